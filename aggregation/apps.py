@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AggregationConfig(AppConfig):
+    verbose_name = "Experiments and models"
+    name = "aggregation"
