@@ -1,0 +1,184 @@
+"""Binary-classification metrics for per-site evaluation and the web UI's plots.
+
+Ranking and probabilistic scores (AUROC, log loss, Brier) come from scikit-learn. The
+threshold metrics are derived from the confusion counts with sklearn's formulas, which
+lets the undefined cases be handled explicitly instead of through
+``UndefinedMetricWarning``:
+
+* one class only in ``y_true``: ``auroc`` is NaN, and so is the recall of the missing
+  class (``sensitivity`` without positives, ``specificity`` without negatives);
+  ``balanced_accuracy`` is then the recall of the class present (as sklearn's);
+* no positive predictions: ``precision`` is 0 (sklearn's ``zero_division=0``), and ``f1``
+  is 0 when there are no true positives either.
+
+NaN means "not defined on this data"; ``mean_metrics`` skips it when averaging sites.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
+
+from fedhealth.ml.types import Metrics
+
+__all__ = [
+    "METRIC_KEYS",
+    "calibration_points",
+    "compute_metrics",
+    "confusion",
+    "mean_metrics",
+    "roc_points",
+]
+
+METRIC_KEYS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "auroc",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "brier",
+    "log_loss",
+    "n",
+)
+
+_NAN = float("nan")
+
+
+def _check(y_true: npt.ArrayLike, y_prob: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and return ``(y_true as int64 0/1, y_prob as float64)``, both shape (n,)."""
+    t = np.asarray(y_true)
+    p = np.asarray(y_prob, dtype=np.float64)
+    if t.ndim != 1 or p.ndim != 1 or t.shape != p.shape:
+        raise ValueError(f"y_true and y_prob must be 1-D of equal length, got {t.shape}, {p.shape}")
+    if not np.isin(t, (0, 1)).all():
+        raise ValueError("y_true must contain only 0 and 1")
+    if not (np.isfinite(p).all() and (p >= 0.0).all() and (p <= 1.0).all()):
+        raise ValueError("y_prob must contain probabilities in [0, 1]")
+    return t.astype(np.int64), p
+
+
+def _div(num: float, den: float, undefined: float) -> float:
+    return num / den if den else undefined
+
+
+def confusion(
+    y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold: float = 0.5
+) -> dict[str, int]:
+    """Confusion counts ``{"tn", "fp", "fn", "tp"}``; positive means ``y_prob >= threshold``."""
+    t, p = _check(y_true, y_prob)
+    pred = (p >= threshold).astype(np.int64)
+    tn, fp, fn, tp = np.bincount(2 * t + pred, minlength=4).tolist()
+    return {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+
+
+def compute_metrics(
+    y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold: float = 0.5
+) -> Metrics:
+    """Metrics of predicted probabilities against 0/1 labels.
+
+    Args:
+        y_true: (n,) labels in {0, 1}.
+        y_prob: (n,) predicted probabilities of class 1, in [0, 1].
+        threshold: ``y_prob >= threshold`` counts as a positive prediction.
+
+    Returns:
+        Exactly ``METRIC_KEYS``: accuracy, balanced_accuracy, auroc, sensitivity (recall of
+        class 1), specificity (recall of class 0), precision, f1, brier (mean squared error
+        of the probabilities), log_loss (mean binary cross-entropy, natural log), n (rows,
+        as float). Undefined values are NaN (see the module docstring); with n == 0 every
+        metric is NaN and n is 0.0.
+
+    Raises:
+        ValueError: on mismatched shapes, labels outside {0, 1} or probabilities outside
+            [0, 1].
+    """
+    t, p = _check(y_true, y_prob)
+    n = t.shape[0]
+    if n == 0:
+        return {key: (0.0 if key == "n" else _NAN) for key in METRIC_KEYS}
+    c = confusion(t, p, threshold)
+    tn, fp, fn, tp = c["tn"], c["fp"], c["fn"], c["tp"]
+    sensitivity = _div(tp, tp + fn, _NAN)
+    specificity = _div(tn, tn + fp, _NAN)
+    recalls = [r for r in (sensitivity, specificity) if not math.isnan(r)]
+    both_classes = tp + fn > 0 and tn + fp > 0
+    return {
+        "accuracy": (tp + tn) / n,
+        "balanced_accuracy": sum(recalls) / len(recalls),
+        "auroc": float(roc_auc_score(t, p)) if both_classes else _NAN,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "precision": _div(tp, tp + fp, 0.0),
+        "f1": _div(2 * tp, 2 * tp + fp + fn, 0.0),
+        "brier": float(brier_score_loss(t, p, labels=[0, 1])),
+        "log_loss": float(log_loss(t, p, labels=[0, 1])),
+        "n": float(n),
+    }
+
+
+def mean_metrics(items: Sequence[Metrics]) -> Metrics:
+    """Unweighted mean over sites, key by key, ignoring NaN (and sites lacking the key).
+
+    A key that is NaN everywhere stays NaN (without numpy's "mean of empty slice"
+    warning). Exception: ``n`` is *summed*, so it stays the number of rows evaluated.
+    Keys keep their first-seen order; an empty ``items`` gives ``{}``.
+    """
+    keys: dict[str, None] = {}
+    for item in items:
+        keys.update(dict.fromkeys(item))
+    result: Metrics = {}
+    for key in keys:
+        values = [float(item[key]) for item in items if key in item]
+        finite = [v for v in values if not math.isnan(v)]
+        if key == "n":
+            result[key] = float(sum(finite))
+        else:
+            result[key] = float(np.mean(finite)) if finite else _NAN
+    return result
+
+
+def roc_points(y_true: npt.ArrayLike, y_prob: npt.ArrayLike) -> dict[str, list[float]]:
+    """ROC curve as ``{"fpr": [...], "tpr": [...]}`` (JSON-ready, from (0, 0) to (1, 1)).
+
+    Collinear points are dropped (sklearn ``drop_intermediate``). With a single class in
+    ``y_true`` the curve is undefined and both lists are empty.
+    """
+    t, p = _check(y_true, y_prob)
+    if t.size == 0 or t.min() == t.max():
+        return {"fpr": [], "tpr": []}
+    fpr, tpr, _ = roc_curve(t, p)
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+
+
+def calibration_points(
+    y_true: npt.ArrayLike, y_prob: npt.ArrayLike, n_bins: int = 10
+) -> dict[str, list[float]]:
+    """Reliability diagram over ``n_bins`` equal-width bins of [0, 1].
+
+    Bins as sklearn's ``calibration_curve(strategy="uniform")``; empty bins are left out.
+
+    Returns:
+        ``{"mean_predicted": [...], "fraction_positive": [...], "count": [...]}``, one entry
+        per non-empty bin in increasing order: mean ``y_prob`` in the bin, fraction of
+        ``y_true == 1`` in it, and its number of rows (as float).
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    t, p = _check(y_true, y_prob)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.searchsorted(edges[1:-1], p)
+    count = np.bincount(bins, minlength=n_bins)
+    sum_prob = np.bincount(bins, weights=p, minlength=n_bins)
+    sum_true = np.bincount(bins, weights=t, minlength=n_bins)
+    nz = count > 0
+    return {
+        "mean_predicted": (sum_prob[nz] / count[nz]).tolist(),
+        "fraction_positive": (sum_true[nz] / count[nz]).tolist(),
+        "count": count[nz].astype(np.float64).tolist(),
+    }

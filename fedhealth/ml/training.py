@@ -1,0 +1,277 @@
+"""Local training and evaluation of ``HealthNet`` on one site's (normalised) data.
+
+``train_local`` is the client half of FedAvg/FedProx (McMahan et al. 2017, "Communication-
+Efficient Learning of Deep Networks from Decentralized Data"; Li et al. 2020, "Federated
+Optimization in Heterogeneous Networks"): start from the global weights, run a few epochs
+of mini-batch Adam with a fresh optimiser, return the new weights and the row count.
+
+Determinism: every random draw (shuffling, dropout) comes from one local
+``torch.Generator`` seeded with ``TrainConfig.seed``, so the same inputs and seed give
+bit-identical weights, and torch's global RNG is neither read nor advanced. The CPU kernels
+used are deterministic; results are reproducible for the same torch build and thread
+count (callers own ``torch.set_num_threads``; this module never changes global settings).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from fedhealth.ml.metrics import compute_metrics
+from fedhealth.ml.model import HealthNet, ModelConfig, build_model, get_weights, set_weights
+from fedhealth.ml.types import Metrics, Weights
+
+__all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "evaluate", "predict_proba", "train_local"]
+
+LR_SCHEDULES = ("cosine", "step", "constant")
+_COSINE_FLOOR = 0.1  # cosine ends at 10% of lr rather than 0, so no local step is wasted
+_PREDICT_BATCH = 8192  # rows per forward pass in predict_proba/evaluate
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one site's local training in one round.
+
+    Defaults target sites with hundreds to thousands of normalised rows and the default
+    ``ModelConfig`` (64-32-16 MLP, dropout 0.2):
+
+    * ``epochs=2``: few local epochs limit client drift on non-IID sites (FedAvg uses
+      1-5); more rounds beat more local epochs.
+    * ``batch_size=32``: ~30-300 Adam steps per epoch at these site sizes; small batches
+      regularise.
+    * ``lr=3e-3``: a bit above Adam's 1e-3 because each round runs few steps and restarts
+      the optimiser; the schedule anneals it within the round.
+    * ``weight_decay=1e-4``: light L2 (Adam's coupled form) against overfitting small sites.
+    * ``lr_schedule="cosine"``: per local step from ``lr`` down to 10% of ``lr``;
+      ``"step"`` halves ``lr`` after each third of the steps; ``"constant"`` keeps it.
+    * ``proximal_mu=0.0``: plain FedAvg; > 0 adds FedProx's ``mu/2 * ||w - w_global||^2``
+      (0.001-0.1 typical for heterogeneous sites).
+    * ``seed``: vary it per round and site (e.g. ``hash((experiment, round, site))``) so
+      rounds do not replay the same shuffles.
+    """
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    proximal_mu: float = 0.0
+    lr_schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        for name in ("lr", "weight_decay", "proximal_mu"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed accepts
+            raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict``; missing keys take defaults; raises ``ValueError`` otherwise."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of ``train_local``.
+
+    Attributes:
+        weights: Trained weights, float32, ``state_dict`` order.
+        num_samples: Training rows (the FedAvg aggregation weight).
+        loss: Mean BCE per row over the last epoch, as seen during training (dropout on,
+            excluding the FedProx and weight-decay penalties).
+        metrics: ``evaluate`` on the training data with the trained weights (incl. "loss").
+    """
+
+    weights: Weights
+    num_samples: int
+    loss: float
+    metrics: Metrics
+
+
+def _features(cfg: ModelConfig, X: npt.ArrayLike) -> torch.Tensor:
+    x = np.asarray(X, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != cfg.n_features:
+        raise ValueError(f"X must have shape (n, {cfg.n_features}), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("X contains NaN or infinite values (impute before training)")
+    if not (x.flags.writeable and x.flags.c_contiguous):
+        x = np.array(x, order="C")  # a writable copy: torch.from_numpy warns on read-only
+    return torch.from_numpy(x)
+
+
+def _labels(y: npt.ArrayLike, n: int) -> torch.Tensor:
+    labels = np.asarray(y)
+    if labels.shape != (n,):
+        raise ValueError(f"y must have shape ({n},), got {labels.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("y must contain only 0 and 1")
+    return torch.from_numpy(labels.astype(np.float32))
+
+
+def _learning_rates(train: TrainConfig, total_steps: int) -> list[float]:
+    """Learning rate of each local step (precomputed: no scheduler object in the loop)."""
+    if train.lr_schedule == "constant":
+        return [train.lr] * total_steps
+    if train.lr_schedule == "step":
+        return [train.lr * 0.5 ** (3 * s // total_steps) for s in range(total_steps)]
+    return [
+        train.lr
+        * (_COSINE_FLOOR + (1 - _COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+        for s in range(total_steps)
+    ]
+
+
+def _logits(model: HealthNet, x: torch.Tensor) -> torch.Tensor:
+    """(n,) logits in eval mode, without autograd, in batches of ``_PREDICT_BATCH`` rows."""
+    model.eval()
+    with torch.inference_mode():
+        if x.shape[0] <= _PREDICT_BATCH:
+            return model(x)
+        return torch.cat([model(chunk) for chunk in x.split(_PREDICT_BATCH)])
+
+
+def _evaluate_model(model: HealthNet, x: torch.Tensor, y: torch.Tensor) -> Metrics:
+    logits = _logits(model, x)
+    prob = torch.sigmoid(logits).numpy()
+    metrics = compute_metrics(y.numpy(), prob)
+    with torch.inference_mode():
+        bce = F.binary_cross_entropy_with_logits(logits, y) if len(y) else torch.tensor(math.nan)
+    metrics["loss"] = float(bce)
+    return metrics
+
+
+def train_local(
+    cfg: ModelConfig,
+    global_weights: Weights,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    train: TrainConfig,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train from ``global_weights`` on one site's data and return the new weights.
+
+    Args:
+        cfg: Architecture matching ``global_weights``.
+        global_weights: Starting point (the current global model); not modified.
+        X: (n, n_features) features, already normalised with the experiment's statistics.
+        y: (n,) labels in {0, 1}.
+        train: Hyper-parameters; ``train.seed`` fixes shuffling and dropout.
+        progress: Called as ``progress(epochs_done, epochs_total)`` after each epoch.
+
+    Each epoch shuffles the rows with one ``randperm`` and slices contiguous mini-batches
+    of ``batch_size`` (the last one may be smaller; ``n < batch_size`` gives a single
+    batch). A fresh Adam optimiser minimises ``BCEWithLogitsLoss``.
+
+    Raises:
+        ValueError: n == 0, bad shapes/labels, non-finite X, or weights not matching ``cfg``.
+    """
+    x_all = _features(cfg, X)
+    n = x_all.shape[0]
+    if n == 0:
+        raise ValueError("cannot train on an empty dataset (n == 0)")
+    y_all = _labels(y, n)
+
+    model = build_model(cfg)
+    set_weights(model, global_weights)
+    generator = torch.Generator().manual_seed(train.seed)
+    model.generator = generator
+    model.train()
+    params = list(model.parameters())
+    mu = train.proximal_mu
+    anchors = [p.detach().clone() for p in params] if mu > 0 else []
+    # fused=True: the single-kernel CPU Adam, ~3.5x cheaper per step than the default
+    # per-parameter loop for a model this small (same update rule).
+    optimizer = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    group = optimizer.param_groups[0]
+
+    batch = min(train.batch_size, n)
+    starts = range(0, n, batch)
+    lrs = _learning_rates(train, len(starts) * train.epochs)
+    last_losses: list[torch.Tensor] = []
+    step = 0
+    for epoch in range(train.epochs):
+        # One gather per epoch; the mini-batches below are then zero-copy views.
+        perm = torch.randperm(n, generator=generator)
+        x_epoch, y_epoch = x_all[perm], y_all[perm]
+        last_epoch = epoch == train.epochs - 1
+        for start in starts:
+            group["lr"] = lrs[step]
+            step += 1
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(
+                model(x_epoch[start : start + batch]), y_epoch[start : start + batch]
+            )
+            loss.backward()
+            if mu > 0:
+                # FedProx: add the gradient of mu/2 * ||w - w_global||^2, i.e. mu * (w - w_global),
+                # directly instead of building the penalty into the graph (same update, fewer ops).
+                with torch.no_grad():
+                    for p, anchor in zip(params, anchors, strict=True):
+                        p.grad.add_(p - anchor, alpha=mu)  # type: ignore[union-attr]
+            optimizer.step()
+            if last_epoch:
+                last_losses.append(loss.detach())  # no .item(): avoid a per-step sync
+        if progress is not None:
+            progress(epoch + 1, train.epochs)
+
+    sizes = torch.tensor([min(batch, n - s) for s in starts], dtype=torch.float32)
+    mean_loss = float((torch.stack(last_losses) * sizes).sum() / n)
+    model.generator = None
+    return TrainResult(
+        weights=get_weights(model),
+        num_samples=n,
+        loss=mean_loss,
+        metrics=_evaluate_model(model, x_all, y_all),
+    )
+
+
+def predict_proba(cfg: ModelConfig, weights: Weights, X_normalised: npt.ArrayLike) -> np.ndarray:
+    """Probabilities of class 1, shape (n,) float32 in [0, 1] (eval mode, no autograd)."""
+    model = build_model(cfg)
+    set_weights(model, weights)
+    return torch.sigmoid(_logits(model, _features(cfg, X_normalised))).numpy()
+
+
+def evaluate(
+    cfg: ModelConfig, weights: Weights, X_normalised: npt.ArrayLike, y: npt.ArrayLike
+) -> Metrics:
+    """``compute_metrics`` of ``predict_proba`` against ``y``, plus "loss" (mean BCE per row).
+
+    "loss" is computed from the logits (exact), "log_loss" from clipped probabilities;
+    they agree except for extreme predictions. With n == 0 every value is NaN and n is 0.
+    """
+    model = build_model(cfg)
+    set_weights(model, weights)
+    x = _features(cfg, X_normalised)
+    return _evaluate_model(model, x, _labels(y, x.shape[0]))
