@@ -1,6 +1,6 @@
-"""FedHealth: federated learning of health classifiers across sites."""
+"""FedHealth: federated learning of health classifiers across sites.
 
-# Importing the Celery app here makes @shared_task bind to it when Django starts.
-from .celery import app as celery_app
-
-__all__ = ("celery_app",)
+Deliberately empty: ``fedhealth.ml`` must import without Django or Celery (a site
+agent or a notebook uses it alone), so the Celery app is loaded by the aggregation
+app's ``ready()`` instead of here.
+"""

@@ -93,10 +93,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # ------------------------------------------------------------------------------
 # Datasets, model weights and experiment logs go through Django's storage API, so
 # setting STORAGE_BACKEND=s3 (django-storages) moves them to S3 without code changes.
-MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
+MEDIA_ROOT = env.str("MEDIA_ROOT", default=str(BASE_DIR / "var" / "media"))
 MEDIA_URL = "/media/"
 STATIC_URL = "/static/"
-STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "staticfiles")
+STATIC_ROOT = env.str("STATIC_ROOT", default=str(BASE_DIR / "var" / "staticfiles"))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 _storage_backend = env.str("STORAGE_BACKEND", default="filesystem")
 if _storage_backend == "s3":
@@ -139,7 +139,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 # so `make run` works on a machine with no Redis; Redis in docker-compose, CI and
 # production.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
-_BROKER_DIR = BASE_DIR / "var" / "broker"
+_BROKER_DIR = Path(env.str("CELERY_FILESYSTEM_BROKER_DIR", default=str(BASE_DIR / "var" / "broker")))
 if CELERY_BROKER_URL.startswith("filesystem"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_BROKER_DIR),
@@ -147,6 +147,9 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "processed_folder": str(_BROKER_DIR / "processed"),
         "store_processed": False,
     }
+    # kombu's filesystem transport expects its folder to exist, for producers (web)
+    # and consumers (workers) alike.
+    (_BROKER_DIR / "processed").mkdir(parents=True, exist_ok=True)
 # Results are not used for control flow (state lives in the database), so none are stored.
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -196,3 +199,24 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# FEDHEALTH ORCHESTRATION
+# ------------------------------------------------------------------------------
+# Aggregation and the sweeper run on the server queue; site work runs on site.<slug>.
+FEDHEALTH_SERVER_QUEUE = "server"
+CELERY_TASK_DEFAULT_QUEUE = FEDHEALTH_SERVER_QUEUE
+# Site work or an aggregation quiet for this long is re-queued by the sweeper. Local
+# training of a typical site takes seconds; 5 minutes means only lost work is re-sent.
+FEDHEALTH_STALE_SECONDS = env.int("FEDHEALTH_STALE_SECONDS", default=300)
+FEDHEALTH_SWEEP_SECONDS = env.float("FEDHEALTH_SWEEP_SECONDS", default=30.0)
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "aggregation.sweep", "schedule": FEDHEALTH_SWEEP_SECONDS},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+if CELERY_BROKER_URL.startswith("redis"):
+    # A message a killed worker had taken comes back after this many seconds. It must
+    # exceed the longest task (the hard limit, 660 s), or Redis hands running tasks to
+    # a second worker; the sweeper covers the gap faster for site work.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=900),
+    }

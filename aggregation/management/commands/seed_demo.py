@@ -1,0 +1,50 @@
+"""Seed a demo: a coordinator, three hosted sites with a user and sample data each, and a
+draft experiment ready to start. Does nothing when sites already exist."""
+
+import io
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from aggregation.models import Experiment, Participant
+from clients.models import Membership, Site
+from clients.services import ingest_dataset
+from fedhealth.ml.schema import DEFAULT_SCHEMA
+from fedhealth.ml.synthetic import generate_sites
+
+DEMO_PASSWORD = "fedhealth-demo"
+SITES = [("St Mary's Hospital", "st-marys"), ("Riverside Clinic", "riverside"), ("Northgate Medical Centre", "northgate")]
+
+
+class Command(BaseCommand):
+    help = "Create demo sites, users, data and an experiment if the database has no sites."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--rows", type=int, default=1500)
+        parser.add_argument("--seed", type=int, default=7)
+
+    def handle(self, *args, rows, seed, **options):
+        if Site.objects.exists():
+            self.stdout.write("sites exist already: demo not seeded")
+            return
+        User = get_user_model()
+        frames = generate_sites(len(SITES), rows, seed=seed, non_iid=True)
+        with transaction.atomic():
+            coordinator = User.objects.create_user("coordinator", password=DEMO_PASSWORD, is_staff=True, is_superuser=True)
+            Membership.objects.create(user=coordinator, role=Membership.Role.COORDINATOR)
+            experiment = Experiment.objects.create(
+                name="Demo: vitals classifier", schema=DEFAULT_SCHEMA.to_dict(), num_rounds=10,
+                min_sites=2, created_by=coordinator,
+                description="Three sites with different populations train one classifier with FedAvg.",
+            )
+            for (name, slug), frame in zip(SITES, frames.values(), strict=True):
+                site = Site.objects.create(name=name, slug=slug, contact_email=f"research@{slug}.example")
+                user = User.objects.create_user(slug, password=DEMO_PASSWORD)
+                Membership.objects.create(user=user, site=site, role=Membership.Role.SITE_ADMIN)
+                result = ingest_dataset(site, io.BytesIO(frame.to_csv(index=False).encode()), name=f"{slug}-vitals.csv", user=user)
+                Participant.objects.create(experiment=experiment, site=site, dataset=result.dataset)
+        self.stdout.write(self.style.SUCCESS("demo seeded"))
+        self.stdout.write(f"  coordinator / {DEMO_PASSWORD}   (Django admin at /admin/)")
+        for _, slug in SITES:
+            self.stdout.write(f"  {slug} / {DEMO_PASSWORD}")

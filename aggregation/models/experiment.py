@@ -1,0 +1,121 @@
+"""An experiment: the configuration of a federated study and where it stands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from fedhealth.ml.federation import FederatedConfig
+from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.schema import Schema
+from fedhealth.ml.training import TrainConfig
+
+
+def _default_hidden() -> list[int]:
+    return list(ModelConfig(n_features=1).hidden)
+
+
+class Experiment(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.RUNNING, Status.PAUSED)
+    FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    schema = models.JSONField()
+    hidden_layers = models.JSONField(default=_default_hidden, blank=True)
+    dropout = models.FloatField(default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(0.9)])
+    strategy = models.CharField(max_length=30, default="fedavg")
+    strategy_params = models.JSONField(default=dict, blank=True)
+    num_rounds = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1), MaxValueValidator(1000)])
+    local_epochs = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1), MaxValueValidator(100)])
+    batch_size = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1), MaxValueValidator(65536)])
+    lr = models.FloatField(default=3e-3, validators=[MinValueValidator(1e-6), MaxValueValidator(1.0)])
+    weight_decay = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
+    min_sites = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    fraction_fit = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
+        help_text="Fraction of participating sites sampled each round.",
+    )
+    round_timeout = models.PositiveIntegerField(
+        default=1800, help_text="Seconds a round waits for its sites before closing."
+    )
+    test_fraction = models.FloatField(default=0.25, validators=[MinValueValidator(0.05), MaxValueValidator(0.5)])
+    seed = models.IntegerField(default=0)
+    sites = models.ManyToManyField("clients.Site", through="Participant", related_name="experiments")
+
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
+    failure_reason = models.TextField(blank=True)
+    # Fixed when the experiment starts: the global normaliser (from the participants'
+    # sufficient statistics) and the initial weights every site starts from.
+    normalizer = models.JSONField(null=True, blank=True)
+    initial_weights = models.CharField(max_length=255, blank=True)
+    initial_sha256 = models.CharField(max_length=64, blank=True)
+    # Server-side strategy state (e.g. FedAdam moments): JSON part here, arrays in a
+    # safetensors file, so a restart loses nothing.
+    strategy_state = models.JSONField(default=dict, blank=True)
+    strategy_state_file = models.CharField(max_length=255, blank=True)
+
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # -- the core's view of this experiment ---------------------------------------
+
+    @property
+    def schema_obj(self) -> Schema:
+        return Schema.from_dict(self.schema)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            n_features=len(self.schema_obj.features), hidden=tuple(self.hidden_layers), dropout=self.dropout
+        )
+
+    def train_config(self, seed: int, **extra: Any) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+            weight_decay=self.weight_decay, seed=seed, **extra,
+        )
+
+    def federated_config(self) -> FederatedConfig:
+        return FederatedConfig(
+            rounds=self.num_rounds, strategy=self.strategy, strategy_params=dict(self.strategy_params),
+            model=self.model_config, train=self.train_config(self.seed), seed=self.seed,
+        )
+
+    @property
+    def storage_prefix(self) -> str:
+        return f"experiments/{self.pk}"
+
+
+class Participant(models.Model):
+    """A site taking part in an experiment, with the dataset it trains on."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="participants")
+    site = models.ForeignKey("clients.Site", on_delete=models.CASCADE, related_name="participations")
+    dataset = models.ForeignKey("clients.Dataset", on_delete=models.PROTECT, null=True, blank=True)
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["experiment", "site"], name="one_participation_per_site")]
+
+    def __str__(self) -> str:
+        return f"{self.site} in {self.experiment}"

@@ -1,0 +1,191 @@
+"""Experiment lifecycle: start, pause, resume, cancel, and opening rounds.
+
+Each transition locks the experiment row and checks the current status, so two
+coordinators clicking at once (or a retried request) cannot start an experiment twice.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+
+from clients.models import Dataset, Site
+from fedhealth.ml.model import init_weights
+from fedhealth.ml.stats import Normalizer, SufficientStats, merge_stats
+from fedhealth.ml.strategies import get_strategy
+
+from ..models import ClientUpdate, Experiment, Round
+from . import artifacts
+
+
+class TransitionError(Exception):
+    """The experiment is not in a state that allows this action."""
+
+
+def _locked(experiment_id: int) -> Experiment:
+    return Experiment.objects.select_for_update().get(pk=experiment_id)
+
+
+def check_ready(experiment: Experiment) -> list[str]:
+    """Reasons the experiment cannot start yet (empty when it can)."""
+    problems: list[str] = []
+    try:
+        get_strategy(experiment.strategy, **experiment.strategy_params)
+    except ValueError as exc:
+        problems.append(str(exc))
+    participants = list(experiment.participants.select_related("site", "dataset"))
+    if len(participants) < experiment.min_sites:
+        problems.append(
+            f"{len(participants)} sites take part but at least {experiment.min_sites} are required"
+        )
+    for p in participants:
+        if not p.site.is_active:
+            problems.append(f"site {p.site.name} is deactivated")
+        elif p.dataset is None or p.dataset.status != Dataset.Status.READY:
+            problems.append(f"site {p.site.name} has no ready dataset for this experiment")
+        elif p.dataset.schema != experiment.schema:
+            problems.append(f"site {p.site.name}'s dataset has a different schema")
+    return problems
+
+
+def start_experiment(experiment_id: int) -> Experiment:
+    """DRAFT -> RUNNING: fix the normaliser and initial weights, open round 1."""
+    experiment = Experiment.objects.get(pk=experiment_id)
+    if experiment.status != Experiment.Status.DRAFT:
+        raise TransitionError(f"only a draft experiment can start (this one is {experiment.status})")
+    problems = check_ready(experiment)
+    if problems:
+        raise TransitionError("; ".join(problems))
+    # Global normalisation from each site's sufficient statistics: no rows needed.
+    stats = [SufficientStats.from_dict(p.dataset.stats) for p in experiment.participants.select_related("dataset")]
+    normalizer = Normalizer.from_stats(merge_stats(stats))
+    weights = init_weights(experiment.model_config, experiment.seed)
+    # Written before the transaction (slow I/O stays outside it); the name is fixed, so
+    # a retry simply rewrites the same file.
+    sha = artifacts.save_weights(artifacts.initial_name(experiment), weights)
+    with transaction.atomic():
+        experiment = _locked(experiment_id)
+        if experiment.status != Experiment.Status.DRAFT:
+            raise TransitionError(f"only a draft experiment can start (this one is {experiment.status})")
+        experiment.normalizer = normalizer.to_dict()
+        experiment.initial_weights = artifacts.initial_name(experiment)
+        experiment.initial_sha256 = sha
+        experiment.status = Experiment.Status.RUNNING
+        experiment.started_at = timezone.now()
+        experiment.failure_reason = ""
+        experiment.save()
+        artifacts.write_log_event(experiment, {
+            "event": "started", "round": 0, "at": timezone.now().isoformat(),
+            "config": experiment.federated_config().to_dict(),
+            "sites": sorted(experiment.participants.values_list("site__slug", flat=True)),
+        })
+        open_round(experiment, 1)
+    return experiment
+
+
+def select_sites(experiment: Experiment, round_number: int) -> list[Site]:
+    """The sites asked to train this round: a seeded sample of the active participants."""
+    sites = list(
+        Site.objects.filter(participations__experiment=experiment, is_active=True).order_by("slug")
+    )
+    k = min(len(sites), max(experiment.min_sites, math.ceil(experiment.fraction_fit * len(sites))))
+    if k >= len(sites):
+        return sites
+    rng = np.random.default_rng([experiment.seed, round_number])
+    chosen = sorted(rng.choice(len(sites), size=k, replace=False))
+    return [sites[i] for i in chosen]
+
+
+def open_round(experiment: Experiment, number: int) -> Round:
+    """Create round ``number`` with a pending update per selected site and queue the
+    hosted sites' training once the transaction commits. Caller holds the lock."""
+    round_, created = Round.objects.get_or_create(
+        experiment=experiment,
+        number=number,
+        defaults={"deadline": timezone.now() + timedelta(seconds=experiment.round_timeout)},
+    )
+    if created:
+        ClientUpdate.objects.bulk_create(
+            ClientUpdate(round=round_, site=site) for site in select_sites(experiment, number)
+        )
+        artifacts.write_log_event(experiment, {
+            "event": "round_opened", "round": number, "at": timezone.now().isoformat(),
+            "sites": sorted(round_.updates.values_list("site__slug", flat=True)),
+        })
+    from .. import tasks  # tasks import services; import here to avoid a cycle
+
+    transaction.on_commit(lambda: tasks.queue_round_training(round_.pk))
+    return round_
+
+
+def advance(experiment: Experiment, finished_round: int) -> None:
+    """After a round completes: open the next one, or complete the experiment.
+    A paused experiment waits here until resumed. Caller holds the lock."""
+    if experiment.status != Experiment.Status.RUNNING:
+        return
+    if finished_round >= experiment.num_rounds:
+        experiment.status = Experiment.Status.COMPLETED
+        experiment.finished_at = timezone.now()
+        experiment.save(update_fields=["status", "finished_at"])
+        artifacts.write_log_event(experiment, {"event": "completed", "round": finished_round,
+                                               "at": timezone.now().isoformat()})
+    else:
+        open_round(experiment, finished_round + 1)
+
+
+def pause_experiment(experiment_id: int) -> Experiment:
+    """RUNNING -> PAUSED: the round in flight finishes; no new round opens."""
+    with transaction.atomic():
+        experiment = _locked(experiment_id)
+        if experiment.status != Experiment.Status.RUNNING:
+            raise TransitionError(f"only a running experiment can pause (this one is {experiment.status})")
+        experiment.status = Experiment.Status.PAUSED
+        experiment.save(update_fields=["status"])
+    return experiment
+
+
+def resume_experiment(experiment_id: int) -> Experiment:
+    """PAUSED -> RUNNING, opening the next round if the last one finished meanwhile."""
+    with transaction.atomic():
+        experiment = _locked(experiment_id)
+        if experiment.status != Experiment.Status.PAUSED:
+            raise TransitionError(f"only a paused experiment can resume (this one is {experiment.status})")
+        experiment.status = Experiment.Status.RUNNING
+        experiment.save(update_fields=["status"])
+        last = experiment.rounds.order_by("-number").first()
+        if last is not None and last.status == Round.Status.COMPLETED:
+            advance(experiment, last.number)
+    return experiment
+
+
+def cancel_experiment(experiment_id: int, reason: str = "cancelled by the coordinator") -> Experiment:
+    """Any unfinished experiment -> CANCELLED; its open round fails, pending work is dropped."""
+    return _finish(experiment_id, Experiment.Status.CANCELLED, reason)
+
+
+def fail_experiment(experiment_id: int, reason: str) -> Experiment:
+    return _finish(experiment_id, Experiment.Status.FAILED, reason)
+
+
+def _finish(experiment_id: int, status: str, reason: str) -> Experiment:
+    with transaction.atomic():
+        experiment = _locked(experiment_id)
+        if experiment.status in Experiment.FINISHED:
+            raise TransitionError(f"the experiment is already {experiment.status}")
+        now = timezone.now()
+        open_rounds = experiment.rounds.filter(status__in=[Round.Status.OPEN, Round.Status.AGGREGATING])
+        ClientUpdate.objects.filter(
+            round__in=open_rounds, status__in=[ClientUpdate.Status.PENDING, ClientUpdate.Status.TRAINING]
+        ).update(status=ClientUpdate.Status.FAILED, error=reason)
+        open_rounds.update(status=Round.Status.FAILED, failure_reason=reason, closed_at=now)
+        experiment.status = status
+        experiment.failure_reason = reason
+        experiment.finished_at = now
+        experiment.save(update_fields=["status", "failure_reason", "finished_at"])
+        artifacts.write_log_event(experiment, {"event": status, "round": None, "reason": reason,
+                                               "at": now.isoformat()})
+    return experiment

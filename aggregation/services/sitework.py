@@ -1,0 +1,126 @@
+"""Work done *at a site*: local training and evaluation on the site's own rows.
+
+In the hosted mode these run in a Celery worker consuming only the site's queue
+(``site.<slug>``), next to the site's private storage. Only weights and aggregate
+figures leave these functions; the rows stay in memory here. A remote site agent
+does the same with the same core functions on its own machine.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import IntegrityError, transaction
+
+from clients.models import Site
+from clients.services import load_dataset_arrays
+from fedhealth.ml.federation import SiteSplit, round_seed, split_site
+from fedhealth.ml.metrics import calibration_points, confusion, mean_metrics, roc_points
+from fedhealth.ml.stats import Normalizer
+from fedhealth.ml.strategies import get_strategy
+from fedhealth.ml.training import evaluate, predict_proba, train_local
+from fedhealth.ml.types import Metrics
+
+from ..models import ClientUpdate, Experiment, ModelVersion, Participant, SiteEvaluation
+from . import artifacts
+from .rounds import claim_update, fail_update, submit_update
+
+log = logging.getLogger(__name__)
+
+
+class SiteDataError(Exception):
+    """The site's data cannot be used (missing, changed or invalid); not worth retrying."""
+
+
+def site_split(experiment: Experiment, site: Site) -> SiteSplit:
+    """The site's rows split into train/test with the experiment's seed (stable across
+    rounds, so the test rows are never trained on)."""
+    participant = Participant.objects.select_related("dataset").get(experiment=experiment, site=site)
+    if participant.dataset is None or not participant.dataset.file:
+        raise SiteDataError(f"site {site.slug} has no hosted dataset for this experiment")
+    try:
+        data = load_dataset_arrays(participant.dataset)
+        return split_site(site.slug, data.X, data.y, test_fraction=experiment.test_fraction, seed=experiment.seed)
+    except (ValueError, OSError) as exc:
+        raise SiteDataError(str(exc)) from exc
+
+
+def train_hosted_update(update_id: int) -> str:
+    """Train one site's update for a round and submit it. Returns what happened."""
+    if not claim_update(update_id):
+        return "skipped: already reported or round closed"
+    update = ClientUpdate.objects.select_related("round__experiment", "site").get(pk=update_id)
+    experiment = update.round.experiment
+    try:
+        split = site_split(experiment, update.site)
+    except SiteDataError as exc:
+        fail_update(update_id, f"site data unusable: {exc}")
+        return "failed: site data"
+    normalizer = Normalizer.from_dict(experiment.normalizer)
+    weights, _ = artifacts.global_weights_for(update.round)
+    extra = get_strategy(experiment.strategy, **experiment.strategy_params).configure_fit(update.round.number)
+    train_cfg = experiment.train_config(round_seed(experiment.seed, update.round.number, update.site.slug), **extra)
+    try:
+        result = train_local(experiment.model_config, weights, normalizer.transform(split.X_train), split.y_train, train_cfg)
+    except ValueError as exc:
+        fail_update(update_id, f"local training failed: {exc}")
+        return "failed: training"
+    local = evaluate(experiment.model_config, result.weights, normalizer.transform(split.X_test), split.y_test)
+    submit_update(
+        update_id, result.weights, num_samples=result.num_samples, loss=result.loss,
+        metrics=local, source="hosted",
+    )
+    return "submitted"
+
+
+def evaluate_hosted(version_id: int, site_id: int) -> str:
+    """Evaluate a global model version on a hosted site's held-out rows."""
+    version = ModelVersion.objects.select_related("experiment").get(pk=version_id)
+    site = Site.objects.get(pk=site_id)
+    if SiteEvaluation.objects.filter(version=version, site=site).exists():
+        return "skipped: already evaluated"
+    try:
+        split = site_split(version.experiment, site)
+    except SiteDataError as exc:
+        log.warning("cannot evaluate %s at %s: %s", version, site.slug, exc)
+        return "failed: site data"
+    weights = artifacts.load_weights(version.weights_file, version.sha256)
+    X = Normalizer.from_dict(version.normalizer).transform(split.X_test)
+    cfg = version.experiment.model_config
+    metrics = evaluate(cfg, weights, X, split.y_test)
+    prob = predict_proba(cfg, weights, X)
+    curves = {
+        "roc": roc_points(split.y_test, prob),
+        "calibration": calibration_points(split.y_test, prob),
+        "confusion": confusion(split.y_test, prob),
+    }
+    record_evaluation(version.pk, site.pk, metrics, curves)
+    return "evaluated"
+
+
+def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: dict | None = None) -> bool:
+    """Store a site's evaluation of a version (once) and refresh the version's mean."""
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version_id)
+        try:
+            with transaction.atomic():
+                SiteEvaluation.objects.create(version=version, site_id=site_id, metrics=metrics, curves=curves or {})
+        except IntegrityError:
+            return False  # a duplicate delivery: the first evaluation stands
+        evaluations = list(version.evaluations.select_related("site"))
+        version.metrics = {
+            "mean": mean_metrics([e.metrics for e in evaluations]),
+            "sites_reported": len(evaluations),
+        }
+        version.save(update_fields=["metrics"])
+        expected = version.experiment.participants.count()
+        if len(evaluations) == expected:
+            artifacts.write_log_event(version.experiment, {
+                "event": "evaluated", "round": version.version, "version": version.version,
+                "mean": version.metrics["mean"],
+                "per_site": {e.site.slug: e.metrics for e in evaluations},
+            })
+    return True
+
+
+__all__ = ["SiteDataError", "evaluate_hosted", "record_evaluation", "site_split", "train_hosted_update"]

@@ -1,0 +1,35 @@
+import pytest
+
+
+@pytest.fixture
+def drive():
+    """Run an experiment's work in this process, in the order Celery would: hosted
+    training, aggregation, evaluation; until nothing is left to do."""
+    from aggregation import services
+    from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round, SiteEvaluation
+
+    def run(experiment_id: int, *, max_steps: int = 500) -> Experiment:
+        for _ in range(max_steps):
+            progressed = False
+            for update_id in ClientUpdate.objects.filter(
+                round__experiment_id=experiment_id, round__status=Round.Status.OPEN,
+                status=ClientUpdate.Status.PENDING, site__mode="hosted",
+            ).values_list("pk", flat=True):
+                services.train_hosted_update(update_id)
+                progressed = True
+            for round_id in Round.objects.filter(
+                experiment_id=experiment_id, status=Round.Status.AGGREGATING
+            ).values_list("pk", flat=True):
+                services.aggregate_round(round_id)
+                progressed = True
+            for version in ModelVersion.objects.filter(experiment_id=experiment_id):
+                done = set(SiteEvaluation.objects.filter(version=version).values_list("site_id", flat=True))
+                for site_id in version.experiment.participants.values_list("site_id", flat=True):
+                    if site_id not in done:
+                        services.evaluate_hosted(version.pk, site_id)
+                        progressed = True
+            if not progressed:
+                break
+        return Experiment.objects.get(pk=experiment_id)
+
+    return run

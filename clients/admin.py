@@ -1,0 +1,50 @@
+from django.contrib import admin, messages
+
+from .models import Dataset, Membership, Site
+
+
+@admin.register(Site)
+class SiteAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "mode", "is_active", "contact_email", "created_at"]
+    list_filter = ["mode", "is_active"]
+    search_fields = ["name", "slug", "contact_name", "contact_email"]
+    prepopulated_fields = {"slug": ["name"]}
+    actions = ["deactivate", "activate"]
+
+    @admin.action(description="Deactivate selected sites (they leave future rounds)")
+    def deactivate(self, request, queryset):
+        n = queryset.update(is_active=False)
+        self.message_user(request, f"{n} site(s) deactivated.", messages.SUCCESS)
+
+    @admin.action(description="Activate selected sites")
+    def activate(self, request, queryset):
+        n = queryset.update(is_active=True)
+        self.message_user(request, f"{n} site(s) activated.", messages.SUCCESS)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "site", "role"]
+    list_filter = ["role", "site"]
+    search_fields = ["user__username", "user__email", "site__name"]
+    autocomplete_fields = ["site"]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    # No link to the file: the admin shows what a coordinator may see, never rows.
+    list_display = ["name", "site", "status", "row_count", "label_balance_pct", "rows_dropped", "created_at"]
+    list_filter = ["status", "site"]
+    search_fields = ["name", "site__name", "sha256"]
+    readonly_fields = [
+        "site", "name", "schema", "policy", "sha256", "size_bytes", "row_count", "positive_count",
+        "rows_dropped", "stats", "summary", "validation_report", "status", "uploaded_by", "created_at",
+    ]
+    exclude = ["file"]
+
+    @admin.display(description="Healthy %")
+    def label_balance_pct(self, obj: Dataset) -> str:
+        return f"{obj.label_balance:.0%}"
+
+    def has_add_permission(self, request):
+        return False  # datasets arrive through the validated upload, never by hand

@@ -1,0 +1,105 @@
+"""Fixtures shared by every test: isolated storage, the three personas, sites with data.
+
+The personas follow healthchecks' alice/bob/charlie: a member of site A, a member of
+site B, and a coordinator. Every view and endpoint is checked against all three.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+(ROOT / "var").mkdir(exist_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _private_media(request, tmp_path):
+    """Each test writes datasets, models and logs under its own temporary MEDIA_ROOT."""
+    if "settings" in request.fixturenames or request.node.get_closest_marker("django_db"):
+        settings = request.getfixturevalue("settings")
+        settings.MEDIA_ROOT = str(tmp_path / "media")
+
+
+@pytest.fixture
+def make_site(db):
+    from clients.models import Site
+
+    def make(slug: str, **kwargs) -> Site:
+        return Site.objects.create(name=kwargs.pop("name", slug.replace("-", " ").title()), slug=slug, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def make_user(db, django_user_model):
+    from clients.models import Membership
+
+    def make(username: str, site=None, role: str | None = None):
+        user = django_user_model.objects.create_user(username, password="pw-" + username)
+        role = role or (Membership.Role.MEMBER if site else Membership.Role.COORDINATOR)
+        Membership.objects.create(user=user, site=site, role=role)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def make_dataset(db):
+    """A ready dataset of synthetic vitals, ingested through the real upload path."""
+    from clients.services import ingest_dataset
+    from fedhealth.ml.synthetic import generate_site
+
+    def make(site, rows: int = 300, seed: int = 0, **kwargs):
+        frame = generate_site(rows, seed=seed, **kwargs)
+        result = ingest_dataset(site, io.BytesIO(frame.to_csv(index=False).encode()), name=f"{site.slug}.csv")
+        assert result.ok, result.report.format()
+        return result.dataset
+
+    return make
+
+
+@pytest.fixture
+def make_experiment(db):
+    from aggregation.models import Experiment, Participant
+    from fedhealth.ml.schema import DEFAULT_SCHEMA
+
+    def make(datasets, **kwargs):
+        fields = {"name": "test experiment", "schema": DEFAULT_SCHEMA.to_dict(), "num_rounds": 3,
+                  "local_epochs": 1, "min_sites": 1, "seed": 1} | kwargs
+        experiment = Experiment.objects.create(**fields)
+        for ds in datasets:
+            Participant.objects.create(experiment=experiment, site=ds.site, dataset=ds)
+        return experiment
+
+    return make
+
+
+@pytest.fixture
+def site_a(make_site):
+    return make_site("site-a")
+
+
+@pytest.fixture
+def site_b(make_site):
+    return make_site("site-b")
+
+
+@pytest.fixture
+def alice(make_user, site_a):
+    """A member of site A."""
+    return make_user("alice", site_a)
+
+
+@pytest.fixture
+def bob(make_user, site_b):
+    """A member of site B."""
+    return make_user("bob", site_b)
+
+
+@pytest.fixture
+def charlie(make_user):
+    """A coordinator: aggregate figures only, no site's data."""
+    return make_user("charlie")
