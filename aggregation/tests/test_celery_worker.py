@@ -48,12 +48,12 @@ class Worker:
 
     def start(self) -> None:
         self.starts += 1
-        log = open(self.log_dir / f"worker-{self.starts}.log", "wb")  # noqa: SIM115 - closed by the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "worker", "--beat", "--concurrency", "1", "--loglevel", "INFO",
-             "--hostname", f"test{self.starts}@%h"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.log_dir / f"worker-{self.starts}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "manage.py", "worker", "--beat", "--concurrency", "1", "--loglevel", "INFO",
+                 "--hostname", f"test{self.starts}@%h"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
