@@ -20,13 +20,16 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 venv: $(BIN)/.installed
 
 run: venv
-	$(PY) manage.py migrate --no-input
+	mkdir -p var/staticfiles
+	DEBUG=1 $(PY) manage.py migrate --no-input
+	DEBUG=1 $(PY) manage.py seed_demo
 	@echo
-	@echo "FedHealth core is ready. Try a federated experiment in one process:"
-	@echo "  $(PY) manage.py simulate --generate 4"
-	@echo "  $(PY) manage.py generate_sample --sites 3 --rows 2000 --out var/sample"
-	@echo "Starting the development server on http://127.0.0.1:8000/ (admin at /admin/)"
-	DEBUG=1 $(PY) manage.py runserver 127.0.0.1:8000
+	@echo "FedHealth on http://127.0.0.1:$${PORT:-8000}/  (admin: http://127.0.0.1:$${PORT:-8000}/admin/)"
+	@echo "Demo logins above (password fedhealth-demo). Start the demo experiment with"
+	@echo "  $(PY) manage.py experiment start 1      (or the Start action in the admin)"
+	@echo "Headless, in one process:  $(PY) manage.py simulate --generate 4"
+	@echo
+	DEBUG=1 PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start
 
 # The whole suite: SQLite (the embedded default), then the database-backed tests again
 # on PostgreSQL.

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-(ROOT / "var").mkdir(exist_ok=True)
+# whitenoise warns (an error under -W error) when STATIC_ROOT does not exist yet.
+(ROOT / "var" / "staticfiles").mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(autouse=True)
