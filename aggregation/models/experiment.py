@@ -14,8 +14,14 @@ from fedhealth.ml.schema import Schema
 from fedhealth.ml.training import TrainConfig
 
 
+# The core's defaults are the product's defaults (tuned in fedhealth/ml; see README).
+_MODEL = ModelConfig(n_features=1)
+_TRAIN = TrainConfig()
+_FED = FederatedConfig()
+
+
 def _default_hidden() -> list[int]:
-    return list(ModelConfig(n_features=1).hidden)
+    return list(_MODEL.hidden)
 
 
 class Experiment(models.Model):
@@ -34,14 +40,14 @@ class Experiment(models.Model):
     description = models.TextField(blank=True)
     schema = models.JSONField()
     hidden_layers = models.JSONField(default=_default_hidden, blank=True)
-    dropout = models.FloatField(default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(0.9)])
+    dropout = models.FloatField(default=_MODEL.dropout, validators=[MinValueValidator(0.0), MaxValueValidator(0.9)])
     strategy = models.CharField(max_length=30, default="fedavg")
     strategy_params = models.JSONField(default=dict, blank=True)
-    num_rounds = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1), MaxValueValidator(1000)])
-    local_epochs = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1), MaxValueValidator(100)])
-    batch_size = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1), MaxValueValidator(65536)])
-    lr = models.FloatField(default=3e-3, validators=[MinValueValidator(1e-6), MaxValueValidator(1.0)])
-    weight_decay = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
+    num_rounds = models.PositiveIntegerField(default=_FED.rounds, validators=[MinValueValidator(1), MaxValueValidator(1000)])
+    local_epochs = models.PositiveIntegerField(default=_TRAIN.epochs, validators=[MinValueValidator(1), MaxValueValidator(100)])
+    batch_size = models.PositiveIntegerField(default=_TRAIN.batch_size, validators=[MinValueValidator(1), MaxValueValidator(65536)])
+    lr = models.FloatField(default=_TRAIN.lr, validators=[MinValueValidator(1e-6), MaxValueValidator(1.0)])
+    weight_decay = models.FloatField(default=_TRAIN.weight_decay, validators=[MinValueValidator(0.0)])
     min_sites = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
     fraction_fit = models.FloatField(
         default=1.0, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],

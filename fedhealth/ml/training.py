@@ -40,7 +40,7 @@ class TrainConfig:
     """Hyper-parameters of one site's local training in one round.
 
     Defaults target sites with hundreds to thousands of normalised rows and the default
-    ``ModelConfig`` (64-32-16 MLP, dropout 0.2):
+    ``ModelConfig`` (64-32-16 MLP, no dropout):
 
     * ``epochs=2``: few local epochs limit client drift on non-IID sites (FedAvg uses
       1-5); more rounds beat more local epochs.
