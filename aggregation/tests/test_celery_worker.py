@@ -7,84 +7,24 @@ workers, over real Redis or the embedded filesystem broker.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import redis
-from django.db import connection
 from kombu import Connection
 
 from aggregation import tasks
 from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round
 from aggregation.services import artifacts
+from tests.support import REDIS_URL, Process, manage, process_env, wait_until, worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("FEDHEALTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def database_url() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{s['NAME']}"
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
-class Worker:
-    """A `manage.py worker --beat` process group we can start, SIGKILL and restart."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        with open(self.log_dir / f"worker-{self.starts}.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "worker", "--beat", "--concurrency", "1", "--loglevel", "INFO",
-                 "--hostname", f"test{self.starts}@%h"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.log_dir.glob("worker-*.log")))
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 @pytest.fixture
-def worker_env(settings, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "fedhealth.settings_test",
-        "DATABASE_URL": database_url(),
-        "MEDIA_ROOT": settings.MEDIA_ROOT,
-        # Fast recovery for the tests: sweep every second, re-queue work quiet for 8 s,
-        # Redis re-delivers a dead worker's message after 10 s.
-        "FEDHEALTH_SWEEP_SECONDS": "1",
-        "FEDHEALTH_STALE_SECONDS": "8",
-        "CELERY_VISIBILITY_TIMEOUT": "10",
-        "OMP_NUM_THREADS": "1",
-    })
-    return env
+def worker_env(settings):
+    return process_env(settings.MEDIA_ROOT)
 
 
 @pytest.fixture
@@ -97,10 +37,10 @@ def redis_env(worker_env):
 
 @pytest.fixture
 def worker_factory(tmp_path):
-    started: list[Worker] = []
+    started: list[Process] = []
 
     def make(env):
-        w = Worker(env, tmp_path)
+        w = worker(env, tmp_path)
         started.append(w)
         return w
 
@@ -109,15 +49,8 @@ def worker_factory(tmp_path):
         w.kill()
 
 
-def wait_for(predicate, *, timeout: float, worker: Worker, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        if worker.proc and worker.proc.poll() is not None:
-            pytest.fail(f"worker exited while waiting for {what}:\n{worker.logs()}")
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}:\n{worker.logs()}")
+def wait_for(predicate, *, timeout: float, worker: Process, what: str) -> None:
+    wait_until(predicate, timeout=timeout, what=what, watch=[worker])
 
 
 def finished(experiment_id: int, sites: int) -> bool:
