@@ -16,6 +16,18 @@ ROOT = Path(__file__).resolve().parent
 (ROOT / "var" / "staticfiles").mkdir(parents=True, exist_ok=True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """As in the workers: on a loaded 2-core machine torch's thread pool makes this small
+    model train an order of magnitude slower than one thread."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _private_media(request, tmp_path):
     """Each test writes datasets, models and logs under its own temporary MEDIA_ROOT."""

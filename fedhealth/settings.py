@@ -211,6 +211,12 @@ AUTH_PASSWORD_VALIDATORS = [
 # ------------------------------------------------------------------------------
 # How often the live experiment page polls its JSON endpoint, in milliseconds.
 FEDHEALTH_POLL_MS = env.int("FEDHEALTH_POLL_MS", default=2000)
+# A CSV of patients to score is far smaller than a training set: 10,000 records (the
+# prediction service's batch limit) of a few vitals fit in ~1 MB; 5 MB leaves room for
+# extra ID columns.
+FEDHEALTH_MAX_PREDICT_BYTES = 5 * 1024 * 1024
+# django-axes renders this page (HTTP 429) instead of its plain-text lockout message.
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 
 # API (Django REST Framework under /api/v1/, OpenAPI via drf-spectacular)
 # ------------------------------------------------------------------------------
@@ -241,6 +247,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # axes logs its start-up banner at INFO in every process, commands included.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # FEDHEALTH ORCHESTRATION

@@ -1,0 +1,249 @@
+"""Run a whole federated experiment in one process: no server, no worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from fedhealth.ml.federation import (
+    FederatedConfig,
+    RoundRecord,
+    SiteSplit,
+    evaluate_sites,
+    run_centralized,
+    run_federated,
+    run_local,
+    split_site,
+    summarise,
+)
+from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
+from fedhealth.ml.strategies import STRATEGIES
+from fedhealth.ml.synthetic import generate_sites
+from fedhealth.ml.training import TrainConfig, evaluate
+from fedhealth.ml.validation import Dataset, Policy, validate_csv, validate_frame
+
+_TRAIN_DEFAULTS = TrainConfig()
+_FED_DEFAULTS = FederatedConfig()
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """'64,32,16' -> (64, 32, 16); 'none' -> () (logistic regression)."""
+    if text.strip().lower() in {"none", "", "logistic"}:
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise CommandError(f"--hidden must be comma-separated integers or 'none', not {text!r}") from None
+    if any(s <= 0 for s in sizes):
+        raise CommandError(f"--hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
+def parse_site(spec: str) -> tuple[str, Path, Path | None]:
+    """'NAME=TRAIN.csv[:TEST.csv]' -> (name, train path, test path or None)."""
+    name, sep, files = spec.partition("=")
+    if not sep or not name or not files:
+        raise CommandError(f"--site must look like NAME=TRAIN.csv[:TEST.csv], not {spec!r}")
+    train, _, test = files.partition(":")
+    return name, Path(train), Path(test) if test else None
+
+
+class Command(BaseCommand):
+    help = "Run a federated experiment in-process and compare it with centralized and local training."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--site", action="append", default=[], metavar="NAME=TRAIN.csv[:TEST.csv]")
+        parser.add_argument("--generate", type=int, metavar="N", help="use N synthetic sites instead of --site")
+        parser.add_argument("--rows", type=int, default=2000, help="rows per generated site")
+        parser.add_argument("--non-iid", action="store_true", help="generated sites are non-IID")
+        parser.add_argument("--features", help="comma-separated feature columns (default: the four vitals)")
+        parser.add_argument("--label", default=None, help="label column (default: healthy)")
+        parser.add_argument("--policy", choices=[p.value for p in Policy], default=Policy.REJECT.value)
+        parser.add_argument("--test-fraction", type=float, default=0.25)
+        parser.add_argument("--strategy", choices=sorted(STRATEGIES), default=_FED_DEFAULTS.strategy)
+        parser.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
+                            help="strategy hyperparameter, e.g. proximal_mu=0.1 (repeatable)")
+        parser.add_argument("--rounds", type=int, default=_FED_DEFAULTS.rounds)
+        parser.add_argument("--local-epochs", type=int, default=_TRAIN_DEFAULTS.epochs)
+        parser.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size)
+        parser.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS.lr)
+        parser.add_argument("--hidden", default=",".join(map(str, ModelConfig(n_features=1).hidden)))
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--no-baselines", action="store_true", help="skip centralized and local-only runs")
+        parser.add_argument("--json", dest="json_path", help="write results as JSON to this path")
+        parser.add_argument("--threads", type=int, default=1,
+                            help="torch threads (default 1: this small model trains fastest single-threaded)")
+
+    def handle(self, *args, **opts):
+        if opts["threads"] < 1:
+            raise CommandError("--threads must be at least 1")
+        torch.set_num_threads(opts["threads"])
+        schema = self._schema(opts["features"], opts["label"])
+        sites = self._load_sites(schema, opts)
+        config = self._config(schema, opts)
+
+        bar = tqdm(total=config.rounds, desc="rounds", unit="round", disable=opts["verbosity"] == 0)
+        self.stdout.write(f"{'round':>5}  {'loss':>8}  {'accuracy':>8}  {'auroc':>8}  sites")
+
+        def on_round(rec: RoundRecord) -> None:
+            bar.update(1)
+            bar.clear()
+            self.stdout.write(
+                f"{rec.round:>5}  {rec.loss:>8.4f}  {rec.accuracy:>8.4f}  {rec.auroc:>8.4f}  {len(rec.accepted)}"
+                + (f"  rejected: {rec.rejected}" if rec.rejected else "")
+            )
+            bar.refresh()
+
+        try:
+            weights, normalizer, history = run_federated(sites, config, on_round=on_round)
+        finally:
+            bar.close()
+        result: dict[str, Any] = {
+            "config": config.to_dict() | {"sites": [s.name for s in sites], "schema": schema.to_dict()},
+            "history": [
+                {"round": h.round, "loss": h.loss, "accuracy": h.accuracy, "auroc": h.auroc,
+                 "train_loss": h.train_loss, "rejected": h.rejected}
+                for h in history
+            ],
+            "federated": evaluate_sites(config.model, weights, normalizer, sites),
+        }
+        if not opts["no_baselines"]:
+            result |= self._baselines(sites, config)
+        self._print_summary(result)
+        if opts["json_path"]:
+            path = Path(opts["json_path"])
+            path.write_text(json.dumps(result, indent=2, default=_json_default))
+            self.stdout.write(f"results written to {path}")
+
+    # -- option parsing -------------------------------------------------------------
+
+    def _schema(self, features: str | None, label: str | None) -> Schema:
+        if features is None:
+            return DEFAULT_SCHEMA if label in (None, DEFAULT_SCHEMA.label) else Schema(
+                DEFAULT_SCHEMA.features, label=label)
+        names = [f.strip() for f in features.split(",") if f.strip()]
+        try:
+            return Schema.from_columns(names, label=label or DEFAULT_SCHEMA.label)
+        except ValueError as exc:
+            raise CommandError(f"invalid --features/--label: {exc}") from None
+
+    def _config(self, schema: Schema, opts: dict[str, Any]) -> FederatedConfig:
+        for key in ("rounds", "local_epochs", "batch_size"):
+            if opts[key] < 1:
+                raise CommandError(f"--{key.replace('_', '-')} must be at least 1")
+        if opts["lr"] <= 0:
+            raise CommandError("--lr must be positive")
+        params: dict[str, float] = {}
+        for item in opts["strategy_param"]:
+            key, sep, value = item.partition("=")
+            try:
+                params[key] = float(value)
+            except ValueError:
+                raise CommandError(f"--strategy-param must look like KEY=NUMBER, not {item!r}") from None
+            if not sep:
+                raise CommandError(f"--strategy-param must look like KEY=NUMBER, not {item!r}")
+        try:
+            from fedhealth.ml.strategies import get_strategy
+
+            get_strategy(opts["strategy"], **params)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        train = TrainConfig(
+            epochs=opts["local_epochs"], batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"]
+        )
+        model = ModelConfig(n_features=len(schema.features), hidden=parse_hidden(opts["hidden"]))
+        return FederatedConfig(
+            rounds=opts["rounds"], strategy=opts["strategy"], strategy_params=params,
+            model=model, train=train, seed=opts["seed"],
+        )
+
+    def _load_sites(self, schema: Schema, opts: dict[str, Any]) -> list[SiteSplit]:
+        if not 0 < opts["test_fraction"] < 1:
+            raise CommandError("--test-fraction must be between 0 and 1")
+        if opts["generate"] is not None and opts["site"]:
+            raise CommandError("use either --site or --generate, not both")
+        policy = Policy(opts["policy"])
+        sites: list[SiteSplit] = []
+        if opts["generate"] is not None:
+            if opts["generate"] < 1 or opts["rows"] < 20:
+                raise CommandError("--generate must be at least 1 and --rows at least 20")
+            if schema != DEFAULT_SCHEMA:
+                raise CommandError("--generate makes the four default vitals; drop --features/--label")
+            frames = generate_sites(opts["generate"], opts["rows"], seed=opts["seed"], non_iid=opts["non_iid"])
+            for name, frame in frames.items():
+                data = self._check(name, validate_frame(frame, schema, policy=policy))
+                sites.append(self._split(name, data, opts))
+            return sites
+        if not opts["site"]:
+            raise CommandError("give at least one --site NAME=TRAIN.csv[:TEST.csv], or --generate N")
+        seen: set[str] = set()
+        for spec in opts["site"]:
+            name, train_path, test_path = parse_site(spec)
+            if name in seen:
+                raise CommandError(f"site {name!r} is given twice")
+            seen.add(name)
+            train = self._check(f"{name} ({train_path})", self._validate_path(train_path, schema, policy))
+            if test_path is None:
+                sites.append(self._split(name, train, opts))
+            else:
+                test = self._check(f"{name} ({test_path})", self._validate_path(test_path, schema, policy))
+                sites.append(SiteSplit(name, train.X, train.y, test.X, test.y))
+        return sites
+
+    def _validate_path(self, path: Path, schema: Schema, policy: Policy):
+        if not path.is_file():
+            raise CommandError(f"{path}: no such file")
+        return validate_csv(path, schema, policy=policy)
+
+    def _check(self, label: str, result) -> Dataset:
+        if result.data is None:
+            raise CommandError(f"{label}: the CSV is not valid\n{result.report.format()}")
+        if result.report.rows_dropped:
+            self.stderr.write(f"{label}: dropped {result.report.rows_dropped} invalid rows")
+        return result.data
+
+    def _split(self, name: str, data: Dataset, opts: dict[str, Any]) -> SiteSplit:
+        try:
+            return split_site(name, data.X, data.y, test_fraction=opts["test_fraction"], seed=opts["seed"])
+        except ValueError as exc:
+            raise CommandError(f"{name}: cannot hold out a stratified test set: {exc}") from None
+
+    # -- baselines and output -------------------------------------------------------
+
+    def _baselines(self, sites: list[SiteSplit], config: FederatedConfig) -> dict[str, Any]:
+        self.stdout.write("training baselines: centralized (pooled rows) and each site alone ...")
+        c_weights, c_norm = run_centralized(sites, config)
+        local: dict[str, Any] = {}
+        for site in tqdm(sites, desc="local-only", unit="site", disable=len(sites) < 2):
+            w, norm = run_local(site, config)
+            # A site alone can only be judged on every site's test data with its own scaling.
+            local[site.name] = summarise(
+                {s.name: evaluate(config.model, w, norm.transform(s.X_test), s.y_test) for s in sites}
+            )
+        return {"centralized": evaluate_sites(config.model, c_weights, c_norm, sites), "local": local}
+
+    def _print_summary(self, result: dict[str, Any]) -> None:
+        keys = ("accuracy", "balanced_accuracy", "auroc", "f1")
+        self.stdout.write("\nmean over sites' test sets:")
+        self.stdout.write(f"{'model':<22}" + "".join(f"{k:>19}" for k in keys))
+        rows = [("federated", result["federated"]["mean"])]
+        if "centralized" in result:
+            rows.append(("centralized", result["centralized"]["mean"]))
+            rows += [(f"local: {name}", r["mean"]) for name, r in result["local"].items()]
+        for name, metrics in rows:
+            self.stdout.write(f"{name:<22}" + "".join(f"{metrics[k]:>19.4f}" for k in keys))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
