@@ -1,0 +1,174 @@
+"""Validation outcomes: the problem kinds, :class:`Problem`, :class:`ValidationReport`,
+:class:`Dataset`, :class:`ValidationResult` and :class:`Policy`, and the helpers that apply a
+policy to findings and build the final result.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FILE_TOO_LARGE = "file_too_large"
+NOT_UTF8 = "not_utf8"
+EMPTY_FILE = "empty_file"
+HEADER_ONLY = "header_only"
+WRONG_DELIMITER = "wrong_delimiter"
+DUPLICATE_HEADER = "duplicate_header"
+MISSING_COLUMN = "missing_column"
+MALFORMED_ROW = "malformed_row"
+UNEXPECTED_COLUMN = "unexpected_column"
+NON_NUMERIC = "non_numeric"
+EMPTY_VALUE = "empty_value"
+OUT_OF_RANGE = "out_of_range"
+INVALID_LABEL = "invalid_label"
+SINGLE_CLASS = "single_class"
+NO_VALID_ROWS = "no_valid_rows"
+
+FILE_KINDS = frozenset(
+    {
+        FILE_TOO_LARGE,
+        NOT_UTF8,
+        EMPTY_FILE,
+        HEADER_ONLY,
+        WRONG_DELIMITER,
+        DUPLICATE_HEADER,
+        MISSING_COLUMN,
+        MALFORMED_ROW,
+        SINGLE_CLASS,
+        NO_VALID_ROWS,
+    }
+)
+CELL_KINDS = (NON_NUMERIC, EMPTY_VALUE, OUT_OF_RANGE, INVALID_LABEL)
+WARNING_KINDS = frozenset({UNEXPECTED_COLUMN})
+
+
+class Policy(StrEnum):
+    """What to do with rows holding a bad cell: fail the file, or drop the rows."""
+
+    REJECT = "reject"
+    DROP_INVALID_ROWS = "drop-invalid-rows"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding; ``line`` is the 1-based file line, ``value`` the cell as written."""
+
+    kind: str
+    message: str
+    line: int | None = None
+    column: str | None = None
+    value: str | None = None
+
+
+_HEADER_ONLY_PROBLEM = Problem(HEADER_ONLY, "the file has a header but no rows")
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of a validation, JSON-ready through :meth:`to_dict`.
+
+    ``problems`` keeps the first ``max_examples`` per kind, ``counts`` the total per kind.
+    """
+
+    ok: bool
+    policy: str
+    rows_total: int
+    rows_valid: int
+    rows_dropped: int
+    problems: list[Problem] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def file_errors(self) -> list[str]:
+        """Kinds found that make the whole file unusable, whatever the policy."""
+        return sorted(kind for kind in self.counts if kind in FILE_KINDS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form with stable keys."""
+        return {
+            "ok": self.ok,
+            "policy": self.policy,
+            "rows_total": self.rows_total,
+            "rows_valid": self.rows_valid,
+            "rows_dropped": self.rows_dropped,
+            "counts": dict(self.counts),
+            "file_errors": self.file_errors,
+            "problems": [asdict(p) for p in self.problems],
+            "warnings": [asdict(w) for w in self.warnings],
+        }
+
+    def format(self) -> str:
+        """Human-readable multi-line summary for the CLI: counts per kind, then examples."""
+        out = [
+            f"{'OK' if self.ok else 'FAILED'} (policy {self.policy}): {self.rows_total} rows, "
+            f"{self.rows_valid} valid, {self.rows_dropped} dropped"
+        ]
+        for kind, count in self.counts.items():
+            examples = [p for p in self.problems if p.kind == kind]
+            out.append(f"{kind}: {count}")
+            out.extend(f"  {p.message}" for p in examples)
+            if count > len(examples):
+                out.append(f"  ... and {count - len(examples)} more")
+        if self.warnings:
+            out.append(f"warnings: {len(self.warnings)}")
+            out.extend(f"  {w.kind}: {w.message}" for w in self.warnings)
+        return "\n".join(out)
+
+
+@dataclass
+class Dataset:
+    """``X`` float32 (n, d) in schema feature order; ``y`` float32 (n,) of 0.0/1.0."""
+
+    X: npt.NDArray[np.float32]
+    y: npt.NDArray[np.float32]
+
+
+@dataclass
+class ValidationResult:
+    """The report, and the loaded rows when (and only when) ``report.ok``."""
+
+    report: ValidationReport
+    data: Dataset | None
+
+
+def _failed(
+    policy: Policy, problems: list[Problem], warnings: list[Problem] | None = None
+) -> ValidationResult:
+    counts = dict(Counter(p.kind for p in problems))
+    report = ValidationReport(False, str(policy), 0, 0, 0, problems, counts, warnings or [])
+    return ValidationResult(report, None)
+
+
+def _finish(
+    policy: Policy,
+    label: str,
+    total: int,
+    y: npt.NDArray[np.floating[Any]],
+    problems: list[Problem],
+    counts: dict[str, int],
+    warnings: list[Problem],
+    load: Callable[[], Dataset | None],
+) -> ValidationResult:
+    """Apply the policy and the dataset-level checks to the labels ``y`` of the kept rows;
+    ``load`` builds X/y, and is only called when the file is usable."""
+    valid = len(y)
+    rejected = policy is Policy.REJECT and any(kind in counts for kind in CELL_KINDS)
+    # Dataset-level checks only make sense for the rows that would actually be loaded.
+    if not rejected and valid == 0:
+        problems.append(Problem(NO_VALID_ROWS, f"none of the {total} rows is valid"))
+        counts[NO_VALID_ROWS] = 1
+    elif not rejected and y.min() == y.max():
+        msg = f"all {valid} valid rows have label {int(y[0])}; training needs both 0 and 1"
+        problems.append(Problem(SINGLE_CLASS, msg, column=label))
+        counts[SINGLE_CLASS] = 1
+    ok = not rejected and not any(kind in FILE_KINDS for kind in counts)
+    dropped = total - valid if policy is Policy.DROP_INVALID_ROWS else 0
+    report = ValidationReport(ok, str(policy), total, valid, dropped, problems, counts, warnings)
+    return ValidationResult(report, load() if ok else None)
