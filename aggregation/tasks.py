@@ -109,10 +109,8 @@ def sweep() -> dict[str, int]:
     stuck = ClientUpdate.objects.filter(
         round__status=Round.Status.OPEN, site__mode=Site.Mode.HOSTED,
     ).filter(
-        (
-            Q(status=ClientUpdate.Status.PENDING, created_at__lte=stale)
-            | Q(status=ClientUpdate.Status.TRAINING, started_at__lte=stale)
-        )
+        Q(status=ClientUpdate.Status.PENDING, created_at__lte=stale)
+        | Q(status=ClientUpdate.Status.TRAINING, started_at__lte=stale)
     ).select_related("site")
     for update in stuck:
         train_site.apply_async(args=[update.pk], queue=update.site.queue)

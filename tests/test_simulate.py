@@ -41,7 +41,7 @@ def test_iid_federated_matches_centralized_within_one_point(tmp_path):
     assert set(result["local"]) == {"site-1", "site-2", "site-3", "site-4"}
     for section in (result["federated"], result["centralized"], *result["local"].values()):
         assert set(section["per_site"]) == {"site-1", "site-2", "site-3", "site-4"}
-        assert METRICS <= set(section["mean"])
+        assert set(section["mean"]) >= METRICS
 
 
 def test_breast_cancer_over_three_sites_reaches_auroc_098(tmp_path):

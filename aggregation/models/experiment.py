@@ -13,7 +13,6 @@ from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.schema import Schema
 from fedhealth.ml.training import TrainConfig
 
-
 # The core's defaults are the product's defaults (tuned in fedhealth/ml; see README).
 _MODEL = ModelConfig(n_features=1)
 _TRAIN = TrainConfig()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fedhealth.files import append_line, read_bytes, write_bytes
-from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
+from fedhealth.files import read_bytes, write_bytes
 from fedhealth.ml.types import Weights
+from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Round
 
@@ -94,7 +94,6 @@ def read_log(experiment: Experiment) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "append_line",
     "global_weights_for",
     "initial_name",
     "load_weights",

@@ -7,6 +7,7 @@ selected site has reported or at its deadline if the quorum (``min_sites``) hold
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,10 +152,8 @@ def maybe_close_round(round_id: int, *, now: Any = None) -> str:
         round_.save(update_fields=["status", "closed_at", "failure_reason"])
     from .lifecycle import TransitionError, fail_experiment
 
-    try:
+    with contextlib.suppress(TransitionError):  # cancelled or failed meanwhile
         fail_experiment(experiment.pk, f"round {round_.number} failed: {round_.failure_reason}")
-    except TransitionError:
-        pass  # cancelled or failed meanwhile
     return Round.Status.FAILED
 
 

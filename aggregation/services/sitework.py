@@ -9,13 +9,20 @@ does the same with the same core functions on its own machine.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from django.db import IntegrityError, transaction
 
 from clients.models import Site
 from clients.services import load_dataset_arrays
 from fedhealth.ml.federation import SiteSplit, round_seed, split_site
-from fedhealth.ml.metrics import calibration_points, confusion, mean_metrics, roc_points
+from fedhealth.ml.metrics import (
+    calibration_points,
+    compute_metrics,
+    confusion,
+    mean_metrics,
+    roc_points,
+)
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.strategies import get_strategy
 from fedhealth.ml.training import evaluate, predict_proba, train_local
@@ -36,13 +43,29 @@ def site_split(experiment: Experiment, site: Site) -> SiteSplit:
     """The site's rows split into train/test with the experiment's seed (stable across
     rounds, so the test rows are never trained on)."""
     participant = Participant.objects.select_related("dataset").get(experiment=experiment, site=site)
-    if participant.dataset is None or not participant.dataset.file:
+    dataset = participant.dataset
+    if dataset is None or not dataset.file:
         raise SiteDataError(f"site {site.slug} has no hosted dataset for this experiment")
+    key = (dataset.pk, dataset.file.name, dataset.sha256, experiment.test_fraction, experiment.seed)
+    if key in _splits:
+        _splits.move_to_end(key)
+        return _splits[key]
     try:
-        data = load_dataset_arrays(participant.dataset)
-        return split_site(site.slug, data.X, data.y, test_fraction=experiment.test_fraction, seed=experiment.seed)
+        data = load_dataset_arrays(dataset)
+        split = split_site(site.slug, data.X, data.y, test_fraction=experiment.test_fraction, seed=experiment.seed)
     except (ValueError, OSError) as exc:
         raise SiteDataError(str(exc)) from exc
+    _splits[key] = split
+    while len(_splits) > _SPLIT_CACHE_SIZE:
+        _splits.popitem(last=False)
+    return split
+
+
+# A site's worker re-reads the same validated CSV every round; keeping the last few
+# parsed splits in this process (keyed by the file's checksum) saves a parse per task.
+# The rows stay in the site's own worker process, as they would on disk.
+_splits: OrderedDict[tuple, SiteSplit] = OrderedDict()
+_SPLIT_CACHE_SIZE = 8
 
 
 def train_hosted_update(update_id: int) -> str:
@@ -86,9 +109,10 @@ def evaluate_hosted(version_id: int, site_id: int) -> str:
         return "failed: site data"
     weights = artifacts.load_weights(version.weights_file, version.sha256)
     X = Normalizer.from_dict(version.normalizer).transform(split.X_test)
-    cfg = version.experiment.model_config
-    metrics = evaluate(cfg, weights, X, split.y_test)
-    prob = predict_proba(cfg, weights, X)
+    # One forward pass serves the metrics and the analytics curves.
+    prob = predict_proba(version.experiment.model_config, weights, X)
+    metrics = compute_metrics(split.y_test, prob)
+    metrics["loss"] = metrics["log_loss"]
     curves = {
         "roc": roc_points(split.y_test, prob),
         "calibration": calibration_points(split.y_test, prob),

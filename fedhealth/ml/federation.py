@@ -128,7 +128,10 @@ def run_federated(
         extra = strategy.configure_fit(r)
         updates: list[Update] = []
         for site, X in train_sets:
-            train_cfg = replace(config.train, seed=round_seed(config.seed, r, site.name), **extra)
+            # configure_fit's extras (e.g. FedProx's proximal_mu) override the defaults.
+            train_cfg = TrainConfig.from_dict(
+                config.train.to_dict() | {"seed": round_seed(config.seed, r, site.name)} | extra
+            )
             result = train_local(config.model, weights, X, site.y_train, train_cfg)
             updates.append(Update(result.weights, result.num_samples, site.name, result.metrics | {"loss": result.loss}))
         outcome = strategy.aggregate(weights, updates)

@@ -226,3 +226,19 @@ def test_calibration_points_skip_empty_bins_and_allow_one_class() -> None:
     }
     with pytest.raises(ValueError, match="n_bins"):
         calibration_points(np.ones(3, int), np.ones(3), n_bins=0)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_closed_forms_match_sklearn(seed) -> None:
+    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 500)
+    p = np.round(rng.uniform(0, 1, 500), 2)  # rounding makes ties, which AUROC counts half
+    p[:5] = [0.0, 1.0, 1e-20, 1 - 1e-17, 0.5]
+
+    m = compute_metrics(y, p)
+
+    np.testing.assert_allclose(m["auroc"], roc_auc_score(y, p), rtol=1e-12)
+    np.testing.assert_allclose(m["brier"], brier_score_loss(y, p), rtol=1e-12)
+    np.testing.assert_allclose(m["log_loss"], log_loss(y, p), rtol=1e-12)
