@@ -78,6 +78,34 @@ class ClientUpdateAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in ClientUpdate._meta.fields]
 
 
+@admin.register(Participant)
+class ParticipantAdmin(admin.ModelAdmin):
+    list_display = ["experiment", "site", "dataset", "joined_at"]
+    list_filter = ["site", "experiment__status"]
+    search_fields = ["experiment__name", "site__name", "dataset__name"]
+    autocomplete_fields = ["site"]
+    raw_id_fields = ["experiment", "dataset"]
+
+
+@admin.register(SiteEvaluation)
+class SiteEvaluationAdmin(admin.ModelAdmin):
+    list_display = ["version", "site", "accuracy", "auroc", "created_at"]
+    list_filter = ["site", "version__experiment"]
+    search_fields = ["site__name", "version__experiment__name"]
+    readonly_fields = [f.name for f in SiteEvaluation._meta.fields]
+
+    @admin.display(description="Accuracy")
+    def accuracy(self, obj: SiteEvaluation) -> str:
+        return _format(obj.metrics.get("accuracy"))
+
+    @admin.display(description="AUROC")
+    def auroc(self, obj: SiteEvaluation) -> str:
+        return _format(obj.metrics.get("auroc"))
+
+    def has_add_permission(self, request):
+        return False  # evaluations come from the sites
+
+
 class SiteEvaluationInline(admin.TabularInline):
     model = SiteEvaluation
     extra = 0
@@ -104,5 +132,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 
 def _metric(version: ModelVersion, key: str) -> str:
-    value = version.metrics.get("mean", {}).get(key)
+    return _format(version.metrics.get("mean", {}).get(key))
+
+
+def _format(value) -> str:
     return "-" if value is None else f"{value:.3f}"

@@ -1,3 +1,44 @@
 """Browser pages."""
 
-urlpatterns: list = []
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from aggregation import views as experiments
+from clients import views as sites
+
+urlpatterns = [
+    # Signing in; settings.LOGIN_URL / LOGIN_REDIRECT_URL name "login" and "home".
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("", sites.home, name="home"),
+    # A site's own pages.
+    path("site/", sites.site_home, name="site_home"),
+    path("datasets/upload/", sites.dataset_upload, name="dataset_upload"),
+    path("datasets/<int:pk>/", sites.dataset_detail, name="dataset_detail"),
+    path("datasets/<int:pk>/download/", sites.dataset_download, name="dataset_download"),
+    # The coordinator's overview.
+    path("coordinator/", sites.dashboard, name="dashboard"),
+    # Experiments.
+    path("experiments/", experiments.experiment_list, name="experiment_list"),
+    path("experiments/new/", experiments.experiment_create, name="experiment_create"),
+    path("experiments/<int:pk>/", experiments.experiment_detail, name="experiment_detail"),
+    path("experiments/<int:pk>/edit/", experiments.experiment_edit, name="experiment_edit"),
+    path("experiments/<int:pk>/live.json", experiments.experiment_live, name="experiment_live"),
+    *(
+        path(f"experiments/<int:pk>/{action}/", experiments.experiment_action, {"action": action},
+             name=f"experiment_{action}")
+        for action in ("start", "pause", "resume", "cancel")
+    ),
+    path("experiments/<int:pk>/export.json", experiments.experiment_export, {"fmt": "json"},
+         name="experiment_export_json"),
+    path("experiments/<int:pk>/metrics.csv", experiments.experiment_export, {"fmt": "metrics.csv"},
+         name="experiment_export_metrics"),
+    path("experiments/<int:pk>/log.csv", experiments.experiment_export, {"fmt": "log.csv"},
+         name="experiment_export_log"),
+    # Models and predictions.
+    path("experiments/<int:pk>/models/", experiments.model_list, name="model_list"),
+    path("models/<int:pk>/download/", experiments.model_download, name="model_download"),
+    path("predict/", experiments.predict, name="predict"),
+]

@@ -1,0 +1,94 @@
+"""Model versions: metrics, checksums, downloads and the analytics charts."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from django.urls import reverse
+
+from aggregation.services import artifacts
+from clients.tests import conftest as web
+from fedhealth.files import write_bytes
+from fedhealth.ml.weights_io import weights_from_bytes
+
+pytestmark = pytest.mark.django_db
+# The web tests' shared fixtures (clients/tests/conftest.py).
+world = web.world
+
+
+def test_versions_are_listed_newest_first_with_metrics_and_checksums(client, world):
+    client.force_login(world.alice)
+
+    response = client.get(reverse("model_list", args=[world.shared.pk]))
+
+    assert [v.version for v in response.context["versions"]] == [2, 1]
+    page = response.content.decode()
+    assert world.version.sha256 in page
+    assert f"{(0.8263 + 0.7611) / 2:.3f}" in page  # mean accuracy over the two sites
+    assert reverse("model_download", args=[world.version.pk]) in page
+
+
+def test_download_is_the_verified_safetensors_file(client, world):
+    client.force_login(world.bob)
+
+    response = client.get(reverse("model_download", args=[world.version.pk]))
+
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == 'attachment; filename="shared-vitals-study-v2.safetensors"'
+    assert hashlib.sha256(response.content).hexdigest() == world.version.sha256 == response["X-Checksum-SHA256"]
+    weights_from_bytes(response.content, expected_sha256=world.version.sha256)
+
+
+def test_a_tampered_file_is_not_served(client, world):
+    write_bytes(world.version.weights_file, b"not the model")
+    client.force_login(world.charlie)
+
+    response = client.get(reverse("model_download", args=[world.version.pk]))
+
+    assert response.status_code == 409
+
+
+def test_coordinator_analytics_cover_every_site(client, world):
+    client.force_login(world.charlie)
+
+    analytics = client.get(reverse("model_list", args=[world.shared.pk])).context["analytics"]
+
+    roc = analytics["figures"]["roc"]["data"]
+    assert [t["name"] for t in roc] == [world.site_a.name, world.site_b.name, "Chance"]
+    assert analytics["figures"]["confusion"]["data"][0]["z"] == [[40, 10], [12, 92]]  # pooled over both
+    assert [name for name, _, _ in analytics["per_site"]] == [world.site_a.name, world.site_b.name]
+
+
+def test_member_analytics_cover_only_their_site(client, world):
+    client.force_login(world.bob)
+
+    response = client.get(reverse("model_list", args=[world.shared.pk]), {"version": 1})
+    analytics = response.context["analytics"]
+
+    assert response.context["selected"].version == 1
+    assert [t["name"] for t in analytics["figures"]["calibration"]["data"]] == [world.site_b.name, "Perfect calibration"]
+    assert analytics["figures"]["confusion"]["data"][0]["z"] == [[20, 5], [6, 46]]
+    assert 'id="analytics-data"' in response.content.decode()
+
+
+def test_a_version_nobody_evaluated_yet_says_so(client, world):
+    world.version.evaluations.all().delete()
+    client.force_login(world.charlie)
+
+    response = client.get(reverse("model_list", args=[world.shared.pk]))
+
+    assert response.context["analytics"] is None
+    assert "No site has evaluated this version yet." in response.content.decode()
+
+
+def test_an_experiment_without_versions(client, world):
+    client.force_login(world.charlie)
+
+    page = client.get(reverse("model_list", args=[world.draft.pk])).content.decode()
+
+    assert "No version yet" in page
+
+
+def test_version_files_are_where_artifacts_put_them(world):
+    assert world.version.weights_file == artifacts.version_name(world.shared, 2)

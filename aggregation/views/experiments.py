@@ -1,0 +1,89 @@
+"""Experiment pages: list, live detail, create/configure, and the lifecycle buttons."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from clients.permissions import is_coordinator, visible_datasets
+from clients.views.access import coordinator_required
+
+from .. import services
+from ..forms import ExperimentForm, strategy_label
+from ..models import Experiment
+from ..permissions import visible_experiments
+from .live import live_context
+from .progress import experiment_progress, participant_sites
+
+ACTIONS = {
+    "start": (services.start_experiment, "started: round 1 is open"),
+    "pause": (services.pause_experiment, "paused: the round in flight finishes, no new one opens"),
+    "resume": (services.resume_experiment, "resumed"),
+    "cancel": (services.cancel_experiment, "cancelled"),
+}
+
+
+@login_required
+def experiment_list(request):
+    experiments = visible_experiments(request.user).order_by("-created_at")
+    rows = [(e, experiment_progress(e)) for e in experiments]
+    return render(request, "aggregation/experiment_list.html", {"rows": rows})
+
+
+@login_required
+def experiment_detail(request, pk: int):
+    experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
+    coordinator = is_coordinator(request.user)
+    participants = experiment.participants.select_related("site", "dataset").order_by("site__name")
+    if not coordinator:
+        participants = participants.filter(site__in=participant_sites(experiment, request.user))
+    context = {
+        "experiment": experiment,
+        "participants": participants,
+        "strategy_name": strategy_label(experiment.strategy),
+        "problems": services.check_ready(experiment) if coordinator and experiment.status == "draft" else [],
+        "user_is_coordinator": coordinator,
+        "chart_titles": [("loss", "loss"), ("accuracy", "accuracy"), ("auroc", "AUROC")],
+        **live_context(request, experiment),
+    }
+    return render(request, "aggregation/experiment_detail.html", context)
+
+
+@coordinator_required
+def experiment_create(request):
+    form = ExperimentForm(request.POST or None, datasets=visible_datasets(request.user))
+    if request.method == "POST" and form.is_valid():
+        experiment = form.save(user=request.user)
+        messages.success(request, f"Experiment “{experiment.name}” saved as a draft. Start it when ready.")
+        return redirect("experiment_detail", pk=experiment.pk)
+    return render(request, "aggregation/experiment_form.html", {"form": form})
+
+
+@coordinator_required
+def experiment_edit(request, pk: int):
+    experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
+    if experiment.status != Experiment.Status.DRAFT:
+        messages.error(request, "Only a draft experiment can be changed.")
+        return redirect("experiment_detail", pk=pk)
+    form = ExperimentForm(request.POST or None, instance=experiment, datasets=visible_datasets(request.user))
+    if request.method == "POST" and form.is_valid():
+        form.save(user=request.user)
+        messages.success(request, "Changes saved.")
+        return redirect("experiment_detail", pk=pk)
+    return render(request, "aggregation/experiment_form.html", {"form": form, "experiment": experiment})
+
+
+@coordinator_required
+@require_POST
+def experiment_action(request, pk: int, action: str):
+    experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
+    run, done = ACTIONS[action]
+    try:
+        run(experiment.pk)
+    except services.TransitionError as exc:
+        messages.error(request, f"Could not {action} the experiment: {exc}")
+    else:
+        messages.success(request, f"Experiment {done}.")
+    return redirect("experiment_detail", pk=pk)

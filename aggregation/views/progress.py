@@ -1,0 +1,138 @@
+"""Where an experiment stands, and each visible site's local vs global figures.
+
+Shared by the experiment page, its JSON endpoint, the site home and the dashboard.
+Per-site figures are read through the caller's scoped querysets only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.db.models import Count
+
+from clients.models import Site
+from clients.permissions import visible_sites
+
+from ..models import ClientUpdate, Experiment, Round
+from ..permissions import visible_evaluations, visible_updates
+from .charts import clean
+
+REPORTED = (ClientUpdate.Status.RECEIVED, ClientUpdate.Status.FAILED)
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: str
+    status_label: str
+    round: int  # the latest round opened; 0 before the start
+    num_rounds: int
+    rounds_completed: int
+    round_status: str  # of the latest round ("" before the start)
+    sites_selected: int
+    sites_reported: int
+    percent: int
+    text: str
+    finished: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def experiment_progress(experiment: Experiment) -> Progress:
+    rounds = list(experiment.rounds.order_by("number"))
+    completed = sum(r.status == Round.Status.COMPLETED for r in rounds)
+    current = rounds[-1] if rounds else None
+    selected = reported = 0
+    if current is not None:
+        counts = dict(current.updates.order_by().values_list("status").annotate(n=Count("id")))
+        selected = sum(counts.values())
+        reported = sum(counts.get(s, 0) for s in REPORTED)
+    n = experiment.num_rounds
+    status = experiment.status
+    if status == Experiment.Status.COMPLETED:
+        fraction = 1.0
+    else:
+        partial = reported / selected if current and current.status != Round.Status.COMPLETED and selected else 0.0
+        fraction = min(1.0, (completed + partial) / n) if n else 0.0
+    return Progress(
+        status=status,
+        status_label=experiment.get_status_display(),
+        round=current.number if current else 0,
+        num_rounds=n,
+        rounds_completed=completed,
+        round_status=current.status if current else "",
+        sites_selected=selected,
+        sites_reported=reported,
+        percent=math.floor(fraction * 100),
+        text=_progress_text(experiment, current, completed, selected, reported),
+        finished=status in Experiment.FINISHED,
+    )
+
+
+def _progress_text(experiment: Experiment, current: Round | None, completed: int, selected: int, reported: int) -> str:
+    n = experiment.num_rounds
+    status = experiment.status
+    if status == Experiment.Status.DRAFT or current is None:
+        return f"Not started · {n} rounds planned"
+    if status == Experiment.Status.COMPLETED:
+        return f"Completed · {completed} of {n} rounds"
+    if status in (Experiment.Status.FAILED, Experiment.Status.CANCELLED):
+        return f"{experiment.get_status_display()} in round {current.number} of {n}"
+    prefix = "Paused · " if status == Experiment.Status.PAUSED else ""
+    where = f"Round {current.number} of {n}"
+    if current.status == Round.Status.OPEN:
+        return f"{prefix}{where} · {reported} of {selected} sites reported"
+    if current.status == Round.Status.AGGREGATING:
+        return f"{prefix}{where} · aggregating"
+    return f"{prefix}{where} · {current.get_status_display().lower()}"
+
+
+@dataclass
+class SiteFigures:
+    """A site's latest local model (after its own training) and the latest global
+    model, both scored on the site's own test rows."""
+
+    site: Site
+    local: dict[str, float] | None = None
+    local_round: int | None = None
+    global_: dict[str, float] | None = None
+    global_version: int | None = None
+
+
+def participant_sites(experiment: Experiment, user) -> list[Site]:
+    """The experiment's sites the user may see: all for a coordinator, else their own."""
+    return list(visible_sites(user).filter(participations__experiment=experiment).order_by("name"))
+
+
+def site_figures(experiment: Experiment, user) -> list[SiteFigures]:
+    figures = {s.pk: SiteFigures(site=s) for s in participant_sites(experiment, user)}
+    updates = (
+        visible_updates(user)
+        .filter(round__experiment=experiment, status=ClientUpdate.Status.RECEIVED, site__in=list(figures))
+        .order_by("round__number")
+    )
+    for u in updates:
+        figures[u.site_id].local, figures[u.site_id].local_round = clean(u.metrics), u.round.number
+    evaluations = (
+        visible_evaluations(user)
+        .filter(version__experiment=experiment, site__in=list(figures))
+        .order_by("version__version")
+    )
+    for e in evaluations:
+        figures[e.site_id].global_, figures[e.site_id].global_version = clean(e.metrics), e.version.version
+    return list(figures.values())
+
+
+def round_grid(experiment: Experiment, user) -> tuple[list[int], list[dict[str, Any]]]:
+    """Round numbers, and one row per visible site with its update in each round
+    (None where the site was not selected)."""
+    numbers = list(experiment.rounds.order_by("number").values_list("number", flat=True))
+    sites = participant_sites(experiment, user)
+    cells: dict[tuple[int, int], ClientUpdate] = {
+        (u.site_id, u.round.number): u
+        for u in visible_updates(user).filter(round__experiment=experiment, site__in=sites)
+    }
+    rows = [{"site": s, "cells": [cells.get((s.pk, n)) for n in numbers]} for s in sites]
+    return numbers, rows

@@ -1,0 +1,90 @@
+"""Model versions of an experiment: metrics, checksums, downloads and analytics."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils.text import slugify
+
+from clients.permissions import is_coordinator
+from fedhealth.files import read_bytes
+from fedhealth.ml.schema import Schema
+
+from ..models import ModelVersion
+from ..permissions import visible_evaluations, visible_experiments, visible_versions
+from . import charts
+
+# The versions table keeps to a few columns (it also shows the checksum); each site's
+# figures on the selected version get the fuller set.
+VERSION_METRICS = ["accuracy", "auroc", "f1", "brier", "loss"]
+SITE_METRICS = ["accuracy", "auroc", "sensitivity", "specificity", "f1", "brier", "loss"]
+
+
+@login_required
+def model_list(request, pk: int):
+    experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
+    versions = list(visible_versions(request.user).filter(experiment=experiment).order_by("-version"))
+    selected = None
+    if versions:
+        wanted = request.GET.get("version")
+        if wanted:
+            selected = next((v for v in versions if str(v.version) == wanted), None)
+            if selected is None:
+                raise Http404("No such version")
+        else:
+            selected = versions[0]
+    analytics = _analytics(request.user, selected) if selected else None
+    context = {
+        "experiment": experiment,
+        "versions": versions,
+        "rows": [(v, _values(v.metrics.get("mean") or {}, VERSION_METRICS)) for v in versions],
+        "selected": selected,
+        "version_metrics": VERSION_METRICS,
+        "site_metrics": SITE_METRICS,
+        "analytics": analytics,
+        "analytics_json": {"figures": analytics["figures"]} if analytics else None,
+        "pooled": is_coordinator(request.user),
+    }
+    return render(request, "aggregation/model_list.html", context)
+
+
+def _analytics(user, version: ModelVersion) -> dict | None:
+    """ROC, calibration and confusion of one version on the visible sites' test data:
+    every site's for a coordinator, the member's own site's otherwise."""
+    evaluations = list(visible_evaluations(user).filter(version=version).order_by("site__name"))
+    if not evaluations:
+        return None
+    named = [(e.site.name, e.curves or {}) for e in evaluations]
+    confusion = {k: sum(int((c.get("confusion") or {}).get(k, 0)) for _, c in named) for k in ("tn", "fp", "fn", "tp")}
+    label = Schema.from_dict(version.schema).label
+    return {
+        "figures": charts.clean({
+            "roc": charts.roc_figure([(n, c.get("roc") or {}) for n, c in named]),
+            "calibration": charts.calibration_figure([(n, c.get("calibration") or {}) for n, c in named]),
+            "confusion": charts.confusion_figure(confusion, label),
+        }),
+        "sites": [n for n, _ in named],
+        "per_site": [(e.site.name, _values(e.metrics, SITE_METRICS), charts.num(e.metrics.get("n"))) for e in evaluations],
+    }
+
+
+def _values(metrics: dict, names: list[str]) -> list[float | None]:
+    return [charts.num(metrics.get(m)) for m in names]
+
+
+@login_required
+def model_download(request, pk: int):
+    version = get_object_or_404(visible_versions(request.user).select_related("experiment"), pk=pk)
+    data = read_bytes(version.weights_file)
+    if hashlib.sha256(data).hexdigest() != version.sha256:
+        # Never hand out a file that is not the one recorded; the operator must look.
+        return HttpResponse("The stored model file does not match its checksum.", status=409,
+                            content_type="text/plain")
+    name = f"{slugify(version.experiment.name) or 'experiment'}-v{version.version}.safetensors"
+    response = HttpResponse(data, content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["X-Checksum-SHA256"] = version.sha256
+    return response

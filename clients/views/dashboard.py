@@ -1,0 +1,37 @@
+"""The coordinator's overview: every site's aggregate figures and every experiment."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Max, Q, Sum
+from django.shortcuts import render
+
+from aggregation.permissions import visible_experiments
+from aggregation.views.progress import experiment_progress
+from clients.models import Dataset, Membership
+from clients.permissions import visible_sites
+
+from .access import coordinator_required
+
+
+@coordinator_required
+def dashboard(request):
+    ready = Q(datasets__status=Dataset.Status.READY)
+    # One join only (datasets): a second to-many join would multiply the sums.
+    sites = list(visible_sites(request.user).annotate(
+        ready_datasets=Count("datasets", filter=ready),
+        rows=Sum("datasets__row_count", filter=ready),
+        positives=Sum("datasets__positive_count", filter=ready),
+        last_upload=Max("datasets__created_at"),
+    ).order_by("name"))
+    members = dict(Membership.objects.filter(site__in=sites).values_list("site").annotate(n=Count("id")).order_by())
+    for site in sites:
+        site.balance = site.positives / site.rows if site.rows else None
+        site.members = members.get(site.pk, 0)
+    experiments = [(e, experiment_progress(e)) for e in visible_experiments(request.user).order_by("-created_at")]
+    totals = {
+        "sites": sum(s.is_active for s in sites),
+        "rows": sum(s.rows or 0 for s in sites),
+        "running": sum(e.status == "running" for e, _ in experiments),
+        "experiments": len(experiments),
+    }
+    return render(request, "clients/dashboard.html", {"sites": sites, "experiments": experiments, "totals": totals})

@@ -1,0 +1,80 @@
+"""A site's own pages: its home, its datasets, and the download of its own files."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404, render
+
+from aggregation.models import Experiment
+from aggregation.permissions import visible_experiments, visible_updates
+from aggregation.views.progress import experiment_progress, site_figures
+from clients.forms import UploadForm
+from clients.models import Dataset
+from clients.permissions import downloadable_datasets, site_of, visible_datasets
+from fedhealth.ml.schema import DEFAULT_SCHEMA
+
+from .access import site_member_required
+from .upload import describe_report
+
+RECENT_UPDATES = 30
+
+
+@site_member_required
+def site_home(request):
+    user = request.user
+    datasets = list(visible_datasets(user).order_by("-created_at"))
+    latest_ready = next((d for d in datasets if d.status == Dataset.Status.READY), None)
+    experiments = []
+    for experiment in visible_experiments(user).order_by("-created_at"):
+        figures = site_figures(experiment, user)
+        experiments.append({
+            "experiment": experiment,
+            "progress": experiment_progress(experiment),
+            "mine": figures[0] if figures else None,
+            "active": experiment.status in Experiment.ACTIVE,
+        })
+    updates = visible_updates(user).select_related("round__experiment").order_by("-created_at")[:RECENT_UPDATES]
+    return render(request, "clients/site_home.html", {
+        "site": request.site,
+        "datasets": datasets,
+        "latest_ready": latest_ready,
+        "features": feature_rows(latest_ready) if latest_ready else [],
+        "experiments": experiments,
+        "updates": updates,
+        "upload_form": UploadForm(),
+        "schema": DEFAULT_SCHEMA,
+        "poll_ms": settings.FEDHEALTH_POLL_MS,
+    })
+
+
+@login_required
+def dataset_detail(request, pk: int):
+    dataset = get_object_or_404(visible_datasets(request.user), pk=pk)
+    # The validation report quotes cell values from the file: the owning site's only.
+    own = site_of(request.user) == dataset.site
+    return render(request, "clients/dataset_detail.html", {
+        "dataset": dataset,
+        "features": feature_rows(dataset),
+        "own": own,
+        "can_download": own and bool(dataset.file),
+        "report": describe_report(dataset.validation_report if own else _counts_only(dataset.validation_report)),
+    })
+
+
+@login_required
+def dataset_download(request, pk: int):
+    dataset = get_object_or_404(downloadable_datasets(request.user), pk=pk)
+    filename = dataset.name if dataset.name.lower().endswith(".csv") else f"{dataset.name}.csv"
+    return FileResponse(dataset.file.open("rb"), as_attachment=True, filename=filename, content_type="text/csv")
+
+
+def _counts_only(report: dict) -> dict:
+    return {k: val for k, val in report.items() if k not in ("problems", "warnings")}
+
+
+def feature_rows(dataset: Dataset) -> list[tuple[str, dict]]:
+    """The per-feature summary in schema order (a JSON column need not keep key order)."""
+    names = [f["name"] for f in (dataset.schema or {}).get("features", [])]
+    return [(name, dataset.summary[name]) for name in names if name in (dataset.summary or {})]
