@@ -38,9 +38,15 @@ class DatasetAdmin(admin.ModelAdmin):
     search_fields = ["name", "site__name", "sha256"]
     readonly_fields = [
         "site", "name", "schema", "policy", "sha256", "size_bytes", "row_count", "positive_count",
-        "rows_dropped", "stats", "summary", "validation_report", "status", "uploaded_by", "created_at",
+        "rows_dropped", "stats", "summary", "validation_counts", "status", "uploaded_by", "created_at",
     ]
-    exclude = ["file"]
+    # The report's examples quote cell values from the file: only counts are shown here.
+    exclude = ["file", "validation_report"]
+
+    @admin.display(description="Validation problems")
+    def validation_counts(self, obj: Dataset) -> str:
+        counts = (obj.validation_report or {}).get("counts") or {}
+        return ", ".join(f"{kind}: {n}" for kind, n in counts.items()) or "none"
 
     @admin.display(description="Healthy %")
     def label_balance_pct(self, obj: Dataset) -> str:
@@ -48,3 +54,4 @@ class DatasetAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # datasets arrive through the validated upload, never by hand
+from . import admin_tokens  # noqa: E402,F401  API tokens (clients/admin_tokens.py)

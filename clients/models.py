@@ -119,3 +119,103 @@ class Dataset(models.Model):
     def label_balance(self) -> float:
         """Fraction of rows labelled 1."""
         return self.positive_count / self.row_count if self.row_count else 0.0
+
+
+# API tokens (appended: the models above are edited elsewhere, so imports stay here).
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+import secrets  # noqa: E402
+
+from django.utils import timezone  # noqa: E402
+
+
+def _token_prefix() -> str:
+    return secrets.token_hex(4)
+
+
+class ApiToken(models.Model):
+    """A bearer token for the REST API: a person's own, or a site agent's.
+
+    Only the SHA-256 of the token is stored; the token itself is shown once, when it
+    is issued. The short random ``prefix`` is part of the token and finds the row
+    without a scan; comparing hashes (not the prefix) is what authenticates. Tokens
+    carry ~256 bits of randomness, so an unsalted hash is as good as a slow one here.
+    """
+
+    class Kind(models.TextChoices):
+        PERSONAL = "personal", "Personal (acts as its user)"
+        SITE = "site", "Site agent (acts for its site)"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    name = models.CharField(max_length=200, blank=True, help_text="What the token is for.")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True,
+        related_name="api_tokens",
+    )
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, null=True, blank=True, related_name="api_tokens")
+    prefix = models.CharField(max_length=8, unique=True, default=_token_prefix, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(kind="personal") & Q(user__isnull=False) & Q(site__isnull=True))
+                | (Q(kind="site") & Q(site__isnull=False) & Q(user__isnull=True)),
+                name="api_token_owner_matches_kind",
+            )
+        ]
+
+    def __str__(self) -> str:
+        owner = self.user if self.kind == self.Kind.PERSONAL else self.site
+        return f"{self.prefix} ({self.get_kind_display()}: {owner})"
+
+    @staticmethod
+    def hash_key(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def set_new_secret(self) -> str:
+        """Give the (unsaved) token a fresh prefix and secret; return the token text,
+        which is never stored and so can be shown only now."""
+        self.prefix = _token_prefix()
+        letter = "s" if self.kind == self.Kind.SITE else "p"
+        raw = f"fh{letter}_{self.prefix}_{secrets.token_urlsafe(32)}"
+        self.key_hash = self.hash_key(raw)
+        return raw
+
+    @classmethod
+    def issue(cls, *, user=None, site: Site | None = None, name: str = "", created_by=None) -> tuple[ApiToken, str]:
+        """Create a personal token (``user``) or a site token (``site``); returns the
+        row and the token text to hand over once."""
+        if (user is None) == (site is None):
+            raise ValueError("a token belongs to exactly one user or one site")
+        token = cls(kind=cls.Kind.SITE if site else cls.Kind.PERSONAL, user=user, site=site,
+                    name=name[:200], created_by=created_by)
+        raw = token.set_new_secret()
+        token.save()
+        return token, raw
+
+    @classmethod
+    def parse_prefix(cls, raw: str) -> str | None:
+        parts = raw.split("_", 2)
+        if len(parts) != 3 or parts[0] not in ("fhp", "fhs") or len(parts[1]) != 8:
+            return None
+        return parts[1]
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def matches(self, raw: str) -> bool:
+        return hmac.compare_digest(self.key_hash, self.hash_key(raw))
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=self.revoked_at)

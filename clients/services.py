@@ -117,3 +117,118 @@ def load_dataset_arrays(dataset: Dataset) -> ArrayData:
 
 def dataset_stats(dataset: Dataset) -> SufficientStats:
     return SufficientStats.from_dict(dataset.stats)
+
+
+# -- datasets of remote (agent) sites ------------------------------------------------
+
+import json  # noqa: E402  (appended section: the module head is edited elsewhere)
+
+_SUMMARY_KEYS = {"unit", "mean", "std", "min", "max"}
+
+
+class DatasetSummaryError(ValueError):
+    """A remote dataset summary is malformed; ``field`` names the offending input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _finite(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise DatasetSummaryError("summary", f"{where} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_summary(schema: Schema, summary: Any) -> dict[str, Any]:
+    if not isinstance(summary, dict) or set(summary) != set(schema.feature_names):
+        raise DatasetSummaryError(
+            "summary", f"summary must have exactly one entry per feature: {', '.join(schema.feature_names)}"
+        )
+    clean: dict[str, Any] = {}
+    for feature in schema.features:
+        entry = summary[feature.name]
+        if not isinstance(entry, dict) or set(entry) != _SUMMARY_KEYS:
+            raise DatasetSummaryError(
+                "summary", f"summary[{feature.name!r}] must have exactly the keys {sorted(_SUMMARY_KEYS)}"
+            )
+        nums = {k: _finite(entry[k], f"summary[{feature.name!r}][{k!r}]") for k in ("mean", "std", "min", "max")}
+        slack = 1e-6 * max(1.0, abs(nums["min"]), abs(nums["max"]))
+        if nums["std"] < 0 or not nums["min"] - slack <= nums["mean"] <= nums["max"] + slack:
+            raise DatasetSummaryError("summary", f"summary[{feature.name!r}] needs std >= 0 and min <= mean <= max")
+        clean[feature.name] = {"unit": feature.unit, **nums}
+    return clean
+
+
+def _check_stats(schema: Schema, stats: Any, row_count: int) -> SufficientStats:
+    try:
+        parsed = SufficientStats.from_dict(stats)
+    except ValueError as exc:
+        raise DatasetSummaryError("stats", str(exc)) from None
+    if parsed.count != row_count:
+        raise DatasetSummaryError("stats", f"stats count {parsed.count} differs from row_count {row_count}")
+    if parsed.dim != len(schema.features):
+        raise DatasetSummaryError(
+            "stats", f"stats have {parsed.dim} features but the schema has {len(schema.features)}"
+        )
+    # Cauchy-Schwarz: n * sum(x^2) >= (sum x)^2 for real rows; a small relative slack
+    # absorbs float rounding. Anything else cannot come from real data.
+    lhs, rhs = parsed.count * parsed.sumsq, np.square(parsed.sum)
+    if (lhs < rhs - 1e-9 * np.maximum(np.abs(rhs), 1.0)).any():
+        raise DatasetSummaryError("stats", "stats are inconsistent: sumsq is smaller than sum^2 / count")
+    return parsed
+
+
+def register_remote_dataset(
+    site: Site,
+    schema: dict[str, Any],
+    row_count: int,
+    positive_count: int,
+    stats: dict[str, Any],
+    summary: dict[str, Any],
+    *,
+    name: str = "",
+) -> tuple[Dataset, bool]:
+    """Record what an agent site may share about its local CSV: never a row.
+
+    Creates a READY dataset with no file, from the schema, the row and positive
+    counts, the sufficient statistics (``{"count", "sum", "sumsq"}``, each vector of
+    length d = number of features) and the per-feature summary (``{feature: {"unit",
+    "mean", "std", "min", "max"}}``). Every shape is checked strictly
+    (``DatasetSummaryError`` names the bad field). Registering the same summary again
+    returns the existing dataset, so a restarted agent does not multiply its datasets.
+    Returns (dataset, created).
+    """
+    from fedhealth.ml.schema import SchemaError
+
+    try:
+        schema_obj = Schema.from_dict(schema)
+    except SchemaError as exc:
+        raise DatasetSummaryError("schema", str(exc)) from None
+    for field_name, value in (("row_count", row_count), ("positive_count", positive_count)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DatasetSummaryError(field_name, f"{field_name} must be a non-negative integer")
+    if row_count < 2 or not 0 < positive_count < row_count:
+        raise DatasetSummaryError("positive_count", "training needs rows of both labels (0 < positive_count < row_count)")
+    parsed = _check_stats(schema_obj, stats, row_count)
+    clean_summary = _check_summary(schema_obj, summary)
+    canonical = {
+        "schema": schema_obj.to_dict(), "row_count": row_count, "positive_count": positive_count,
+        "stats": parsed.to_dict(), "summary": clean_summary,
+    }
+    fingerprint = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+    with transaction.atomic():
+        existing = (
+            Dataset.objects.select_for_update()
+            .filter(site=site, file="", sha256=fingerprint, status=Dataset.Status.READY)
+            .first()
+        )
+        if existing is not None:
+            return existing, False
+        dataset = Dataset.objects.create(
+            site=site, name=(name or f"{site.slug} (remote)")[:255], schema=canonical["schema"],
+            sha256=fingerprint, row_count=row_count, positive_count=positive_count,
+            stats=canonical["stats"], summary=clean_summary, status=Dataset.Status.READY,
+            validation_report={"ok": True, "source": "agent", "rows_total": row_count, "rows_valid": row_count},
+        )
+    return dataset, True

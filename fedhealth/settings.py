@@ -89,9 +89,15 @@ DATABASES = {
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web and worker processes write concurrently; WAL + a busy timeout turn SQLite's
-    # "database is locked" errors into short waits.
+    # "database is locked" errors into short waits. synchronous=NORMAL is WAL's
+    # recommended pairing: still crash-safe (no corruption), it skips an fsync per
+    # commit, which a round makes dozens of.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
+        {
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+        }
     )
 
 # STORAGE
@@ -147,6 +153,8 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "data_folder_in": str(_BROKER_DIR),
         "data_folder_out": str(_BROKER_DIR),
         "processed_folder": str(_BROKER_DIR / "processed"),
+        # Broadcast (remote control) exchanges; kombu's default is ./control.
+        "control_folder": str(_BROKER_DIR / "control"),
         "store_processed": False,
     }
     # kombu's filesystem transport expects its folder to exist, for producers (web)
@@ -215,25 +223,78 @@ FEDHEALTH_POLL_MS = env.int("FEDHEALTH_POLL_MS", default=2000)
 # prediction service's batch limit) of a few vitals fit in ~1 MB; 5 MB leaves room for
 # extra ID columns.
 FEDHEALTH_MAX_PREDICT_BYTES = 5 * 1024 * 1024
-# django-axes renders this page (HTTP 429) instead of its plain-text lockout message.
-AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# django-axes answers a locked-out sign-in with this page (HTTP 429) rather than its
+# plain-text message.
+AXES_LOCKOUT_CALLABLE = "clients.views.auth.locked_out"
 
 # API (Django REST Framework under /api/v1/, OpenAPI via drf-spectacular)
 # ------------------------------------------------------------------------------
+def _throttle_rate(name: str, default: str) -> str:
+    """A DRF rate such as "600/min" from the environment; malformed values stop start-up."""
+    import re
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    value = env.str(name, default=default)
+    if not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name} must look like 600/min (count/s|min|hour|day), not {value!r}")
+    return value
+
+
 REST_FRAMEWORK = {
+    # Tokens for programs (personal and site-agent tokens, stored hashed); the session
+    # for the browser pages' own JSON calls (CSRF-checked by DRF).
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "fedhealth.api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # JSON bodies; the two file uploads (datasets, agent updates) take multipart.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "fedhealth.api.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["fedhealth.api.filters.QueryParamFilter"],
+    "EXCEPTION_HANDLER": "fedhealth.api.exceptions.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["fedhealth.api.throttles.ScopedThrottle"],
+    # Per caller (user or site) and per web process (the cache is process-local unless
+    # a shared cache is configured). Agents poll every few seconds and predictions may
+    # be batched by programs, so the defaults are generous.
+    "DEFAULT_THROTTLE_RATES": {
+        "api": _throttle_rate("API_THROTTLE_RATE", "1200/min"),
+        "agent": _throttle_rate("API_AGENT_THROTTLE_RATE", "600/min"),
+        "predict": _throttle_rate("API_PREDICT_THROTTLE_RATE", "6000/min"),
+        "upload": _throttle_rate("API_UPLOAD_THROTTLE_RATE", "30/min"),
+    },
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
+# Largest model update an agent may upload, in bytes. The default model has ~3,000
+# parameters (12 KB); 8 MiB leaves room for much wider models and stays under
+# DATA_UPLOAD_MAX_MEMORY_SIZE.
+FEDHEALTH_MAX_UPDATE_BYTES = env.int("FEDHEALTH_MAX_UPDATE_BYTES", default=8 * 1024 * 1024)
 SPECTACULAR_SETTINGS = {
     "TITLE": "FedHealth API",
-    "DESCRIPTION": "Federated learning of health classifiers: sites, datasets, experiments, rounds, models.",
+    "DESCRIPTION": (
+        "Federated learning of health classifiers: sites, datasets, experiments, rounds, "
+        "models, predictions, and the endpoints site agents use. Errors share one format: "
+        '`{"detail", "code", "errors": {field: [messages]}}`.'
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "fedhealth.api.schema.add_error_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetStatusEnum": "clients.models.Dataset.Status",
+        "ExperimentStatusEnum": "aggregation.models.Experiment.Status",
+        "RoundStatusEnum": "aggregation.models.Round.Status",
+        "UpdateStatusEnum": "aggregation.models.ClientUpdate.Status",
+    },
+    # Swagger UI and ReDoc assets come from drf-spectacular-sidecar, served locally.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -1,0 +1,190 @@
+"""What site agents send and receive: configurations, weights and aggregate figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from fedhealth.api.fields import FiniteFloatField
+
+MAX_METRICS = 64
+MAX_CURVE_POINTS = 100_000
+
+
+class TrainingItemSerializer(serializers.Serializer):
+    round = serializers.IntegerField()
+    experiment = serializers.IntegerField()
+    number = serializers.IntegerField()
+    update = serializers.IntegerField()
+    status = serializers.CharField()
+    deadline = serializers.DateTimeField()
+
+
+class EvaluationItemSerializer(serializers.Serializer):
+    model = serializers.IntegerField()
+    experiment = serializers.IntegerField()
+    version = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    dataset = serializers.IntegerField(allow_null=True)
+    test_fraction = serializers.FloatField()
+    seed = serializers.IntegerField()
+
+
+class AssignmentsSerializer(serializers.Serializer):
+    site = serializers.CharField()
+    training = TrainingItemSerializer(many=True)
+    evaluations = EvaluationItemSerializer(many=True)
+
+
+class SplitSerializer(serializers.Serializer):
+    test_fraction = serializers.FloatField()
+    seed = serializers.IntegerField()
+
+
+class TrainingTaskSerializer(serializers.Serializer):
+    """Everything an agent needs to train a round exactly as a hosted worker would."""
+
+    round = serializers.IntegerField()
+    number = serializers.IntegerField()
+    experiment = serializers.IntegerField()
+    update = serializers.IntegerField()
+    attempts = serializers.IntegerField()
+    deadline = serializers.DateTimeField()
+    dataset = serializers.IntegerField(
+        allow_null=True, help_text="The dataset the experiment expects."
+    )
+    schema = serializers.DictField()
+    model_config = serializers.DictField()
+    train_config = serializers.DictField(
+        help_text="Incl. the round seed and the strategy's extras."
+    )
+    normalizer = serializers.DictField()
+    split = SplitSerializer()
+
+
+def metrics_from(value) -> dict[str, float]:
+    """A JSON object (or its text) of metric name -> finite number."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise serializers.ValidationError("must be a JSON object of numbers") from None
+    if not isinstance(value, dict) or len(value) > MAX_METRICS:
+        raise serializers.ValidationError(f"must be a JSON object of at most {MAX_METRICS} numbers")
+    out = {}
+    for key, v in value.items():
+        if not isinstance(key, str) or not key or len(key) > 64 or "\x00" in key:
+            raise serializers.ValidationError("metric names must be 1-64 characters")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise serializers.ValidationError(
+                f"metric {key!r} must be a finite number (omit undefined ones)"
+            )
+        out[key] = float(v)
+    return out
+
+
+@extend_schema_field({"type": "string", "description": "JSON object: metric name -> number"})
+class MetricsJSONField(serializers.JSONField):
+    """Metrics as JSON text inside a multipart form."""
+
+    def to_internal_value(self, data):
+        return metrics_from(data)
+
+
+class UpdateUploadSerializer(serializers.Serializer):
+    """A trained update, as multipart: safetensors weights and what produced them."""
+
+    weights = serializers.FileField(
+        allow_empty_file=True, help_text="safetensors bytes (float32 tensors)."
+    )
+    sha256 = serializers.RegexField(
+        r"^[0-9a-f]{64}$",
+        required=False,
+        help_text="SHA-256 (hex) of the weights bytes; or send the X-Content-SHA256 header.",
+    )
+    num_samples = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    loss = FiniteFloatField(required=False, allow_null=True)
+    metrics = MetricsJSONField(
+        required=False, help_text="Local model on the site's test split (JSON object)."
+    )
+
+    def validate_weights(self, value):
+        if value.size > settings.FEDHEALTH_MAX_UPDATE_BYTES:
+            raise serializers.ValidationError(
+                f"the update is {value.size} bytes; the limit is {settings.FEDHEALTH_MAX_UPDATE_BYTES}"
+            )
+        return value
+
+
+class FailureSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+
+
+class RocSerializer(serializers.Serializer):
+    fpr = serializers.ListField(
+        child=FiniteFloatField(min_value=0, max_value=1), max_length=MAX_CURVE_POINTS
+    )
+    tpr = serializers.ListField(
+        child=FiniteFloatField(min_value=0, max_value=1), max_length=MAX_CURVE_POINTS
+    )
+
+    def validate(self, attrs):
+        if len(attrs["fpr"]) != len(attrs["tpr"]):
+            raise serializers.ValidationError("fpr and tpr must have the same length")
+        return attrs
+
+
+class CalibrationSerializer(serializers.Serializer):
+    mean_predicted = serializers.ListField(
+        child=FiniteFloatField(min_value=0, max_value=1), max_length=1000
+    )
+    fraction_positive = serializers.ListField(
+        child=FiniteFloatField(min_value=0, max_value=1), max_length=1000
+    )
+    count = serializers.ListField(child=FiniteFloatField(min_value=0), max_length=1000)
+
+    def validate(self, attrs):
+        if (
+            not len(attrs["mean_predicted"])
+            == len(attrs["fraction_positive"])
+            == len(attrs["count"])
+        ):
+            raise serializers.ValidationError("calibration lists must have the same length")
+        return attrs
+
+
+class ConfusionSerializer(serializers.Serializer):
+    tn = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    fp = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    fn = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    tp = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+
+
+class CurvesSerializer(serializers.Serializer):
+    roc = RocSerializer(required=False)
+    calibration = CalibrationSerializer(required=False)
+    confusion = ConfusionSerializer(required=False)
+
+
+class EvaluationSerializer(serializers.Serializer):
+    """A site's evaluation of a global model on its own test split: figures, no rows."""
+
+    metrics = serializers.DictField(
+        child=FiniteFloatField(), help_text="Metric name -> number (omit undefined)."
+    )
+    curves = CurvesSerializer(required=False)
+
+    def validate_metrics(self, value):
+        return metrics_from(value)
+
+
+class EvaluationResultSerializer(serializers.Serializer):
+    model = serializers.IntegerField()
+    site = serializers.CharField()
+    recorded = serializers.BooleanField(
+        help_text="False when this site had already reported (the first stands)."
+    )

@@ -1,0 +1,143 @@
+"""Experiments: create, list, detail, lifecycle actions, and their metrics history."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+
+from aggregation import services
+from aggregation.models import Experiment, ModelVersion, Participant
+from aggregation.permissions import visible_evaluations, visible_experiments
+from fedhealth.api.exceptions import Conflict
+from fedhealth.api.fields import finite
+from fedhealth.api.filters import Param
+from fedhealth.api.permissions import IsCoordinator
+from fedhealth.api.schema import ErrorSerializer
+
+from .serializers import ExperimentCreateSerializer, ExperimentSerializer, MetricsHistorySerializer
+
+ACTIONS = {
+    "start": services.start_experiment,
+    "pause": services.pause_experiment,
+    "resume": services.resume_experiment,
+    "cancel": services.cancel_experiment,
+}
+COORDINATOR_ONLY = {"create", *ACTIONS}
+LIFECYCLE_DOC = extend_schema(
+    request=None, responses={200: ExperimentSerializer, 409: ErrorSerializer}
+)
+
+
+class ExperimentViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Experiments: coordinators see and control all; sites see those they take part in."""
+
+    queryset = Experiment.objects.none()  # the model, for the schema; get_queryset() scopes
+    serializer_class = ExperimentSerializer
+    filter_params = {"status": Param("status", "choice", Experiment.Status.values)}
+
+    def get_queryset(self):
+        return (
+            visible_experiments(self.request.user)
+            .prefetch_related("participants__site", "rounds")
+            .order_by("-created_at", "-pk")
+        )
+
+    def get_permissions(self):
+        if self.action in COORDINATOR_ONLY:
+            return [IsAuthenticated(), IsCoordinator()]
+        return super().get_permissions()
+
+    def get_serializer_class(self):
+        return ExperimentCreateSerializer if self.action == "create" else ExperimentSerializer
+
+    @extend_schema(request=ExperimentCreateSerializer, responses={201: ExperimentSerializer})
+    def create(self, request):
+        """Create a draft experiment over ready datasets (coordinators only)."""
+        form = ExperimentCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = dict(form.validated_data)
+        datasets = data.pop("datasets")
+        user = request.user if isinstance(request.user, get_user_model()) else None
+        with transaction.atomic():
+            experiment = Experiment.objects.create(created_by=user, **data)
+            Participant.objects.bulk_create(
+                Participant(experiment=experiment, site=ds.site, dataset=ds) for ds in datasets
+            )
+        return Response(
+            ExperimentSerializer(self.get_queryset().get(pk=experiment.pk)).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    def _transition(self, name: str) -> Response:
+        experiment = self.get_object()
+        try:
+            ACTIONS[name](experiment.pk)
+        except services.TransitionError as exc:
+            raise Conflict(str(exc)) from None
+        return Response(ExperimentSerializer(self.get_queryset().get(pk=experiment.pk)).data)
+
+    @LIFECYCLE_DOC
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        """Draft -> running: fix the normaliser and the initial model, open round 1."""
+        return self._transition("start")
+
+    @LIFECYCLE_DOC
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        """Running -> paused: the round in flight finishes, no new round opens."""
+        return self._transition("pause")
+
+    @LIFECYCLE_DOC
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Paused -> running."""
+        return self._transition("resume")
+
+    @LIFECYCLE_DOC
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Any unfinished experiment -> cancelled."""
+        return self._transition("cancel")
+
+    @extend_schema(responses={200: MetricsHistorySerializer})
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, pk=None):
+        """Per round: training loss, samples, accepted/rejected sites, and the resulting
+        model's mean evaluation, plus the per-site evaluations the caller may see."""
+        experiment = self.get_object()
+        versions = {v.round_id: v for v in ModelVersion.objects.filter(experiment=experiment)}
+        per_site: dict[int, dict[str, dict]] = {}
+        for e in visible_evaluations(request.user).filter(version__experiment=experiment):
+            per_site.setdefault(e.version_id, {})[e.site.slug] = e.metrics
+        rounds = []
+        for r in experiment.rounds.order_by("number"):
+            v = versions.get(r.pk)
+            metrics = r.metrics or {}
+            rounds.append(
+                {
+                    "round": r.number,
+                    "status": r.status,
+                    "train_loss": metrics.get("train_loss"),
+                    "num_samples": metrics.get("num_samples"),
+                    "accepted": metrics.get("accepted", []),
+                    "rejected": metrics.get("rejected", []),
+                    "model": v.pk if v else None,
+                    "version": v.version if v else None,
+                    "sites_reported": (v.metrics or {}).get("sites_reported", 0) if v else 0,
+                    "mean": (v.metrics or {}).get("mean", {}) if v else {},
+                    "per_site": per_site.get(v.pk, {}) if v else {},
+                }
+            )
+        body = {"experiment": experiment.pk, "status": experiment.status, "rounds": rounds}
+        return Response(finite(MetricsHistorySerializer(body).data))

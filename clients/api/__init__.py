@@ -1,0 +1,1 @@
+"""REST resources of the clients app: sites, datasets, and agent dataset registration."""

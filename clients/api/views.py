@@ -1,0 +1,153 @@
+"""Sites and datasets over the API. Querysets are scoped by clients/permissions.py."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+
+from clients.models import Dataset, Site
+from clients.permissions import site_of, visible_datasets, visible_sites
+from clients.services import DatasetSummaryError, ingest_dataset, register_remote_dataset
+from fedhealth.api.exceptions import InvalidWithContext, field_error
+from fedhealth.api.filters import Param
+from fedhealth.api.permissions import IsSiteAgent, IsSiteMember
+from fedhealth.api.schema import ErrorSerializer
+from fedhealth.ml.validation import Policy
+
+from .serializers import (
+    DatasetRegisterSerializer,
+    DatasetSerializer,
+    DatasetUploadResultSerializer,
+    DatasetUploadSerializer,
+    SiteSerializer,
+)
+
+
+class SiteViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Sites: a coordinator sees all; a site member (or site token) its own."""
+
+    queryset = Site.objects.none()  # the model, for the schema; get_queryset() scopes
+    serializer_class = SiteSerializer
+    filter_params = {
+        "mode": Param("mode", "choice", Site.Mode.values),
+        "is_active": Param("is_active", "bool"),
+        "slug": Param("slug", "slug"),
+    }
+
+    def get_queryset(self):
+        return visible_sites(self.request.user).order_by("name")
+
+
+class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Dataset summaries (schema, counts, label balance, statistics); never rows or files."""
+
+    queryset = Dataset.objects.none()
+    serializer_class = DatasetSerializer
+    parser_classes = [MultiPartParser]  # only create() has a body: the CSV upload
+    filter_params = {
+        "site": Param("site__slug", "slug", description="site slug"),
+        "status": Param("status", "choice", Dataset.Status.values),
+    }
+
+    def get_queryset(self):
+        return visible_datasets(self.request.user).order_by("-created_at", "-pk")
+
+    def get_permissions(self):
+        if self.action == "create":
+            return [IsAuthenticated(), IsSiteMember()]
+        return super().get_permissions()
+
+    def get_throttles(self):
+        self.throttle_scope = "upload" if self.action == "create" else "api"
+        return super().get_throttles()
+
+    @extend_schema(
+        request={"multipart/form-data": DatasetUploadSerializer},
+        responses={
+            201: DatasetUploadResultSerializer,
+            413: ErrorSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="Invalid form, or the CSV failed "
+                "validation (then `report` holds the validation report).",
+            ),
+        },
+    )
+    def create(self, request):
+        """Upload a hosted site's CSV: validated by the core, stored site-privately.
+
+        Agent-mode sites never upload rows: they register a summary (/agent/datasets/).
+        """
+        site = site_of(request.user)
+        if site.mode == Site.Mode.AGENT:
+            raise PermissionDenied(
+                f"site {site.slug} runs a site agent: its data stays on its machine; "
+                "the agent registers a summary instead."
+            )
+        form = DatasetUploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        upload = form.validated_data["file"]
+        user = request.user if isinstance(request.user, get_user_model()) else None
+        result = ingest_dataset(
+            site,
+            upload,
+            name=form.validated_data.get("name") or upload.name or "upload.csv",
+            schema=form.validated_schema(),
+            policy=Policy(form.validated_data["policy"]),
+            user=user,
+        )
+        body = DatasetUploadResultSerializer(
+            result.dataset, context=self.get_serializer_context()
+        ).data
+        if not result.ok:
+            messages = [p.message for p in result.report.problems] or ["the file failed validation"]
+            raise InvalidWithContext(
+                {"file": messages},
+                summary=f"the CSV failed validation: {messages[0]}",
+                context={"dataset": result.dataset.pk, "report": body["report"]},
+            )
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class AgentDatasetViewSet(viewsets.GenericViewSet):
+    """An agent registers its local dataset's summary (statistics only, never rows)."""
+
+    serializer_class = DatasetRegisterSerializer
+    parser_classes = [JSONParser]
+    permission_classes = [IsAuthenticated, IsSiteAgent]
+    throttle_scope = "agent"
+
+    def get_queryset(self):
+        return Dataset.objects.none()
+
+    @extend_schema(responses={201: DatasetSerializer, 200: DatasetSerializer})
+    def create(self, request):
+        """Register (idempotently) the summary of the agent's local CSV.
+
+        201 when new; 200 with the existing dataset when the same summary was
+        registered before (a restarted agent).
+        """
+        form = DatasetRegisterSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        try:
+            dataset, created = register_remote_dataset(
+                request.auth.site,
+                data["schema"],
+                data["row_count"],
+                data["positive_count"],
+                dict(data["stats"]),
+                {k: dict(v) for k, v in data["summary"].items()},
+                name=data.get("name", ""),
+            )
+        except DatasetSummaryError as exc:
+            raise field_error(exc.field, str(exc)) from None
+        return Response(
+            DatasetSerializer(dataset).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )

@@ -1,0 +1,5 @@
+import sys
+
+from fedhealth.agent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""Command line of the site agent (``python -m fedhealth.agent``, ``manage.py site_agent``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
+from fedhealth.ml.validation import Policy
+
+from .client import ApiClient
+from .data import LocalData, LocalDataError
+from .loop import SiteAgent
+
+TOKEN_ENV = "FEDHEALTH_AGENT_TOKEN"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The agent's options (shared with the manage.py wrapper)."""
+    parser.add_argument(
+        "--server", required=True, help="FedHealth base URL, e.g. https://fedhealth.example.org"
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"site token (fhs_...); better passed in ${TOKEN_ENV}, out of the process list",
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="the site's local training CSV (never uploaded)"
+    )
+    parser.add_argument(
+        "--schema", type=Path, default=None, help="feature schema JSON file (default: vitals)"
+    )
+    parser.add_argument(
+        "--policy",
+        choices=[p.value for p in Policy],
+        default=Policy.REJECT.value,
+        help="bad rows: reject the file, or drop them",
+    )
+    parser.add_argument(
+        "--name", default=None, help="dataset name shown on the server (default: file name)"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="poll once, do the work assigned, and exit"
+    )
+    parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
+    parser.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
+    parser.add_argument(
+        "--retries", type=int, default=8, help="retries per request on network errors/5xx/429"
+    )
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the CSV, then register and poll until stopped (SIGTERM/SIGINT)."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log = logging.getLogger("fedhealth.agent")
+    token = args.token or os.environ.get(TOKEN_ENV, "")
+    if not token:
+        log.error("no token: pass --token or set %s", TOKEN_ENV)
+        return 2
+    try:
+        schema = (
+            Schema.from_dict(json.loads(args.schema.read_text())) if args.schema else DEFAULT_SCHEMA
+        )
+    except (OSError, ValueError, SchemaError) as exc:
+        log.error("cannot read the schema %s: %s", args.schema, exc)
+        return 2
+    try:
+        data = LocalData.from_source(args.data, schema, Policy(args.policy))
+    except (LocalDataError, OSError) as exc:
+        log.error("%s does not validate:\n%s", args.data, exc)
+        return 2
+    log.info(
+        "validated %s: %d rows (%d dropped), %d features",
+        args.data,
+        len(data.y),
+        data.report.rows_dropped,
+        len(schema.features),
+    )
+    client = ApiClient(args.server, token, timeout=args.timeout, retries=args.retries)
+    agent = SiteAgent(
+        client, data, name=args.name or args.data.name, poll_interval=args.poll_interval
+    )
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    code = agent.run(once=args.once, stop=stop)
+    log.info("stopped")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedhealth-agent", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The agent's polling loop: register, then train and evaluate what the server assigns.
+
+Mirrors aggregation/services/sitework.py step for step (same split, normaliser, seed
+and core functions), so an agent site trains exactly as a hosted worker would. State
+lives on the server: on restart the agent registers again (idempotent), is handed
+the same assignments and re-claims an update it was training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from fedhealth.ml.metrics import calibration_points, confusion, roc_points
+from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.stats import Normalizer
+from fedhealth.ml.training import TrainConfig, evaluate, predict_proba, train_local
+from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
+
+from .client import ApiClient, ApiError, Unavailable
+from .data import LocalData
+
+log = logging.getLogger("fedhealth.agent")
+
+
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Drop undefined (NaN) metrics: strict JSON has no NaN, and absent means undefined."""
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+
+
+class SiteAgent:
+    """One site's agent. ``run()`` loops until stopped; ``run_once()`` does one pass."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        data: LocalData,
+        *,
+        name: str = "local.csv",
+        poll_interval: float = 5.0,
+    ) -> None:
+        self.client, self.data, self.name = client, data, name
+        self.poll_interval = poll_interval
+        self.dataset_id: int | None = None
+        self.site = ""
+        self._skipped: set[tuple[str, int]] = set()
+
+    # -- registration ------------------------------------------------------------------
+
+    def register(self) -> int:
+        """Send the dataset summary (never rows); the same summary maps to the same id."""
+        payload = self.data.registration(self.name)
+        dataset = self.client.post_json("/agent/datasets/", payload)
+        self.dataset_id, self.site = dataset["id"], dataset["site"]
+        log.info(
+            "registered dataset %s for site %s: %d rows, %.0f%% positive (summary only)",
+            dataset["id"],
+            self.site,
+            payload["row_count"],
+            100 * payload["positive_count"] / payload["row_count"],
+        )
+        return self.dataset_id
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, *, once: bool = False, stop: threading.Event | None = None) -> int:
+        """Register, then poll. Returns 0, or 1 if ``once`` and the server was unreachable."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                if self.dataset_id is None:
+                    self.register()
+                self.run_once()
+            except Unavailable as exc:
+                log.warning("server unavailable: %s", exc)
+                if once:
+                    return 1
+            if once:
+                return 0
+            stop.wait(self.poll_interval)
+        return 0
+
+    def run_once(self) -> int:
+        """Poll once and do every assignment. Returns how many were handled."""
+        work = self.client.get_json("/agent/assignments/")
+        self.site = work["site"]
+        done = 0
+        for item in work["training"]:
+            done += self._guard(
+                self.train, item, f"round {item['number']} of experiment {item['experiment']}"
+            )
+        for item in work["evaluations"]:
+            key = ("eval", item["model"])
+            if key not in self._skipped:
+                done += self._guard(
+                    self.evaluate,
+                    item,
+                    f"model v{item['version']} of experiment {item['experiment']}",
+                )
+        if not done:
+            log.debug("no work")
+        return done
+
+    def _guard(self, step, item: dict[str, Any], what: str) -> int:
+        try:
+            step(item)
+            return 1
+        except ApiError as exc:
+            # Refusals (a round closed meanwhile, a duplicate) are normal: log and go on.
+            log.warning("%s: server refused: %s %s", what, exc, exc.errors or "")
+            return 0
+
+    # -- training ----------------------------------------------------------------------
+
+    def train(self, item: dict[str, Any]) -> None:
+        """Claim an update, train on the local split from the global model, upload it."""
+        rid = item["round"]
+        task = self.client.post_json(f"/agent/rounds/{rid}/claim/")
+        log.info(
+            "round %d of experiment %d: claimed (attempt %d)",
+            task["number"],
+            task["experiment"],
+            task["attempts"],
+        )
+        if task["dataset"] != self.dataset_id:
+            reason = (
+                f"the local CSV no longer matches dataset {task['dataset']} the experiment was "
+                f"set up with (now registered as {self.dataset_id})"
+            )
+            self.client.post_json(f"/agent/rounds/{rid}/failure/", {"reason": reason})
+            log.error("round %d: %s; reported as a failure", task["number"], reason)
+            return
+        data, headers = self.client.get_bytes(f"/agent/rounds/{rid}/global-model/")
+        weights = weights_from_bytes(data, expected_sha256=headers.get("X-Content-SHA256"))
+        log.info(
+            "round %d: downloaded global model v%s (%d bytes, sha256 %s)",
+            task["number"],
+            headers.get("X-Model-Version"),
+            len(data),
+            sha256_hex(data)[:12],
+        )
+        cfg = ModelConfig.from_dict(task["model_config"])
+        normalizer = Normalizer.from_dict(task["normalizer"])
+        split = self.data.split(self.site, **task["split"])
+        started = time.monotonic()
+        try:
+            result = train_local(
+                cfg,
+                weights,
+                normalizer.transform(split.X_train),
+                split.y_train,
+                TrainConfig.from_dict(task["train_config"]),
+            )
+        except ValueError as exc:
+            self.client.post_json(
+                f"/agent/rounds/{rid}/failure/", {"reason": f"local training failed: {exc}"}
+            )
+            log.error("round %d: local training failed: %s", task["number"], exc)
+            return
+        local = evaluate(cfg, result.weights, normalizer.transform(split.X_test), split.y_test)
+        log.info(
+            "round %d: trained on %d rows in %.1fs, loss %.4f, local test accuracy %.3f",
+            task["number"],
+            result.num_samples,
+            time.monotonic() - started,
+            result.loss,
+            local["accuracy"],
+        )
+        body = weights_to_bytes(result.weights)
+        sha = sha256_hex(body)
+        fields = {
+            "sha256": sha,
+            "num_samples": str(result.num_samples),
+            "metrics": json.dumps(finite_metrics(local)),
+        }
+        if math.isfinite(result.loss):
+            fields["loss"] = repr(float(result.loss))
+        self.client.post_form(
+            f"/agent/rounds/{rid}/update/",
+            fields,
+            {"weights": ("update.safetensors", body, "application/octet-stream")},
+        )
+        log.info(
+            "round %d: uploaded update (%d bytes, sha256 %s)", task["number"], len(body), sha[:12]
+        )
+
+    # -- evaluation --------------------------------------------------------------------
+
+    def evaluate(self, item: dict[str, Any]) -> None:
+        """Score a global model version on the local test split; report figures only."""
+        if item["dataset"] != self.dataset_id:
+            self._skipped.add(("eval", item["model"]))
+            log.warning(
+                "model v%d of experiment %d: not evaluated, the experiment uses dataset %s, "
+                "this CSV is dataset %s",
+                item["version"],
+                item["experiment"],
+                item["dataset"],
+                self.dataset_id,
+            )
+            return
+        meta = self.client.get_json(f"/models/{item['model']}/")
+        data, _ = self.client.get_bytes(f"/models/{item['model']}/weights/")
+        weights = weights_from_bytes(data, expected_sha256=item["sha256"])
+        cfg = ModelConfig.from_dict(meta["model_config"])
+        split = self.data.split(self.site, test_fraction=item["test_fraction"], seed=item["seed"])
+        X = Normalizer.from_dict(meta["normalizer"]).transform(split.X_test)
+        metrics = evaluate(cfg, weights, X, split.y_test)
+        prob = predict_proba(cfg, weights, X)
+        curves = {
+            "roc": roc_points(split.y_test, prob),
+            "calibration": calibration_points(split.y_test, prob),
+            "confusion": confusion(split.y_test, prob),
+        }
+        self.client.post_json(
+            f"/agent/models/{item['model']}/evaluation/",
+            {"metrics": finite_metrics(metrics), "curves": curves},
+        )
+        log.info(
+            "model v%d of experiment %d: evaluated on %d local test rows, accuracy %.3f, auroc %.3f",
+            item["version"],
+            item["experiment"],
+            len(split.y_test),
+            metrics["accuracy"],
+            metrics["auroc"],
+        )

@@ -1,0 +1,88 @@
+"""A recording reverse proxy on loopback: every request an agent sends passes through
+here on its way to the server, and its method, path, headers and body are kept."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def everything(self) -> bytes:
+        """The request as sent: request line, headers and body."""
+        head = f"{self.method} {self.path}\n" + "\n".join(
+            f"{k}: {v}" for k, v in self.headers.items()
+        )
+        return head.encode("latin-1", "replace") + b"\n\n" + self.body
+
+
+class RecordingProxy:
+    """``with RecordingProxy(upstream_port) as proxy:`` point clients at ``proxy.url``."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.requests: list[Recorded] = []
+        lock = threading.Lock()
+        records = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with lock:
+                    records.append(Recorded(self.command, self.path, dict(self.headers), body))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                try:
+                    upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    reply = upstream.getresponse()
+                    data = reply.read()
+                except OSError:
+                    self.send_error(502, "upstream unavailable")
+                    return
+                self.send_response(reply.status, reply.reason)
+                for k, v in reply.getheaders():
+                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RecordingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
