@@ -76,13 +76,26 @@ def evaluate_site(version_id: int, site_id: int) -> str:
     return services.evaluate_hosted(version_id, site_id)
 
 
-def queue_evaluations(version_id: int) -> int:
-    """Ask every hosted participant that has not yet evaluated a version to do so."""
+def queue_evaluations(version_id: int, *, include_training: bool = False) -> int:
+    """Ask every hosted participant that has not yet evaluated a version to do so.
+
+    Sites training in the next round evaluate the version at the start of that task
+    (they hold it already), so they are skipped unless ``include_training``: the
+    sweeper sets it when such an evaluation went missing.
+    """
     version = ModelVersion.objects.get(pk=version_id)
     done = SiteEvaluation.objects.filter(version=version).values_list("site_id", flat=True)
+    training = ClientUpdate.objects.filter(
+        round__experiment_id=version.experiment_id, round__number=version.version + 1,
+        status__in=[ClientUpdate.Status.PENDING, ClientUpdate.Status.TRAINING],
+    ).values_list("site_id", flat=True)
+    participants = Participant.objects.filter(
+        experiment_id=version.experiment_id, site__mode=Site.Mode.HOSTED, site__is_active=True
+    ).exclude(site_id__in=done)
+    if not include_training:
+        participants = participants.exclude(site_id__in=training)
     n = 0
-    for p in Participant.objects.filter(experiment_id=version.experiment_id, site__mode=Site.Mode.HOSTED,
-                                        site__is_active=True).exclude(site_id__in=done).select_related("site"):
+    for p in participants.select_related("site"):
         evaluate_site.apply_async(args=[version_id, p.site_id], queue=p.site.queue)
         n += 1
     return n
@@ -120,7 +133,7 @@ def sweep() -> dict[str, int]:
         experiment__status__in=[*Experiment.ACTIVE, Experiment.Status.COMPLETED],
     )
     for version in recent:
-        counts["evaluations"] += queue_evaluations(version.pk)
+        counts["evaluations"] += queue_evaluations(version.pk, include_training=True)
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts

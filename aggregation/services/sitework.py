@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
+import numpy as np
 from django.db import IntegrityError, transaction
 
 from clients.models import Site
@@ -23,10 +24,11 @@ from fedhealth.ml.metrics import (
     mean_metrics,
     roc_points,
 )
+from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.strategies import get_strategy
 from fedhealth.ml.training import evaluate, predict_proba, train_local
-from fedhealth.ml.types import Metrics
+from fedhealth.ml.types import Metrics, Weights
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Participant, SiteEvaluation
 from . import artifacts
@@ -80,7 +82,14 @@ def train_hosted_update(update_id: int) -> str:
         fail_update(update_id, f"site data unusable: {exc}")
         return "failed: site data"
     normalizer = Normalizer.from_dict(experiment.normalizer)
-    weights, _ = artifacts.global_weights_for(update.round)
+    weights, version_number = artifacts.global_weights_for(update.round)
+    X_test = normalizer.transform(split.X_test)
+    if version_number:
+        # The site has the latest global model in hand: evaluating it here saves a
+        # separate evaluation task (and a second load of rows and weights) per round.
+        version = ModelVersion.objects.get(experiment=experiment, version=version_number)
+        if not SiteEvaluation.objects.filter(version=version, site=update.site).exists():
+            record_evaluation(version.pk, update.site.pk, *_evaluation(experiment.model_config, weights, X_test, split.y_test))
     extra = get_strategy(experiment.strategy, **experiment.strategy_params).configure_fit(update.round.number)
     train_cfg = experiment.train_config(round_seed(experiment.seed, update.round.number, update.site.slug), **extra)
     try:
@@ -88,7 +97,7 @@ def train_hosted_update(update_id: int) -> str:
     except ValueError as exc:
         fail_update(update_id, f"local training failed: {exc}")
         return "failed: training"
-    local = evaluate(experiment.model_config, result.weights, normalizer.transform(split.X_test), split.y_test)
+    local = evaluate(experiment.model_config, result.weights, X_test, split.y_test)
     submit_update(
         update_id, result.weights, num_samples=result.num_samples, loss=result.loss,
         metrics=local, source="hosted",
@@ -109,17 +118,21 @@ def evaluate_hosted(version_id: int, site_id: int) -> str:
         return "failed: site data"
     weights = artifacts.load_weights(version.weights_file, version.sha256)
     X = Normalizer.from_dict(version.normalizer).transform(split.X_test)
-    # One forward pass serves the metrics and the analytics curves.
-    prob = predict_proba(version.experiment.model_config, weights, X)
-    metrics = compute_metrics(split.y_test, prob)
+    record_evaluation(version.pk, site.pk, *_evaluation(version.experiment.model_config, weights, X, split.y_test))
+    return "evaluated"
+
+
+def _evaluation(cfg: ModelConfig, weights: Weights, X_test: np.ndarray, y_test: np.ndarray) -> tuple[Metrics, dict]:
+    """Metrics and analytics curves of a model on normalised test rows, from one forward pass."""
+    prob = predict_proba(cfg, weights, X_test)
+    metrics = compute_metrics(y_test, prob)
     metrics["loss"] = metrics["log_loss"]
     curves = {
-        "roc": roc_points(split.y_test, prob),
-        "calibration": calibration_points(split.y_test, prob),
-        "confusion": confusion(split.y_test, prob),
+        "roc": roc_points(y_test, prob),
+        "calibration": calibration_points(y_test, prob),
+        "confusion": confusion(y_test, prob),
     }
-    record_evaluation(version.pk, site.pk, metrics, curves)
-    return "evaluated"
+    return metrics, curves
 
 
 def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: dict | None = None) -> bool:
