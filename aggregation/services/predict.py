@@ -8,35 +8,38 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedhealth.ml.inference import FieldError, features_from_records, predict
+from fedhealth.ml.inference import FieldError, Predictor, features_from_records
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.schema import Schema
 from fedhealth.ml.stats import Normalizer
-from fedhealth.ml.types import Weights
 
 from ..models import ModelVersion
 from . import artifacts
 
 MAX_BATCH = 10_000
 
-# Versions are immutable (a checksum names them), so their weights can be cached per
+# Versions are immutable (a checksum names them), so a built model can be kept per
 # process; a small LRU keeps memory bounded when many versions are queried.
-_cache: OrderedDict[str, Weights] = OrderedDict()
+_cache: OrderedDict[str, Predictor] = OrderedDict()
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 16
 
 
-def _weights(version: ModelVersion) -> Weights:
+def _predictor(version: ModelVersion) -> Predictor:
     with _cache_lock:
         if version.sha256 in _cache:
             _cache.move_to_end(version.sha256)
             return _cache[version.sha256]
-    weights = artifacts.load_weights(version.weights_file, version.sha256)
+    predictor = Predictor(
+        ModelConfig.from_dict(version.model_config),
+        artifacts.load_weights(version.weights_file, version.sha256),
+        Normalizer.from_dict(version.normalizer),
+    )
     with _cache_lock:
-        _cache[version.sha256] = weights
+        _cache[version.sha256] = predictor
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return weights
+    return predictor
 
 
 @dataclass
@@ -58,8 +61,5 @@ def predict_records(version: ModelVersion, records: Sequence[Mapping[str, Any]])
     X, errors = features_from_records(records, schema)
     if X is None:
         return PredictionResult(errors=errors)
-    prob, labels = predict(
-        ModelConfig.from_dict(version.model_config), _weights(version),
-        Normalizer.from_dict(version.normalizer), X,
-    )
-    return PredictionResult(probabilities=[float(p) for p in prob], labels=[int(v) for v in labels])
+    prob, labels = _predictor(version).predict(X)
+    return PredictionResult(probabilities=prob.tolist(), labels=labels.tolist())

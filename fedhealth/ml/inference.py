@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from .model import ModelConfig
+from .model import ModelConfig, build_model, set_weights
 from .schema import Schema
 from .stats import Normalizer
 from .training import predict_proba
@@ -55,6 +56,36 @@ def features_from_records(
     Every feature must be present, numeric, finite and within the schema's range;
     extra keys (an ID column, say) are ignored.
     """
+    X = _fast_features(records, schema)
+    if X is not None:
+        return X, []
+    return _checked_features(records, schema, max_errors=max_errors)
+
+
+def _fast_features(records: Sequence[Mapping[str, Any]], schema: Schema) -> np.ndarray | None:
+    """The common case, all records valid, checked with array operations; None sends the
+    batch to the per-value path, which names every problem."""
+    names = schema.feature_names
+    try:
+        rows = [[r[name] for name in names] for r in records]
+        X = np.array(rows, dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if X.shape != (len(records), len(names)) or not np.isfinite(X).all():
+        return None
+    # np.array reads True as 1.0 and "" never reaches here; booleans must still fail.
+    if any(type(v) is bool for row in rows for v in row):
+        return None
+    low = np.array([-np.inf if f.min is None else f.min for f in schema.features])
+    high = np.array([np.inf if f.max is None else f.max for f in schema.features])
+    if ((low > X) | (high < X)).any():
+        return None
+    return X.astype(np.float32)
+
+
+def _checked_features(
+    records: Sequence[Mapping[str, Any]], schema: Schema, *, max_errors: int
+) -> tuple[np.ndarray | None, list[FieldError]]:
     errors: list[FieldError] = []
     if not records:
         return None, [FieldError(0, "", None, "no records to predict")]
@@ -85,6 +116,27 @@ def features_from_records(
             if len(errors) >= max_errors:
                 return None, errors
     return (None, errors) if errors else (X, [])
+
+
+class Predictor:
+    """A model version ready to answer many requests: built once, in eval mode.
+
+    Safe to share between threads: inference runs without autograd and never writes
+    to the module.
+    """
+
+    def __init__(self, cfg: ModelConfig, weights: Weights, normalizer: Normalizer) -> None:
+        self.normalizer = normalizer
+        self.model = build_model(cfg)
+        set_weights(self.model, weights)
+        self.model.eval()
+
+    def predict(self, X_raw: np.ndarray, *, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (n,) of label 1 and labels (n,) 0/1 for raw X (n, d)."""
+        x = torch.from_numpy(self.normalizer.transform(X_raw))
+        with torch.inference_mode():
+            prob = torch.sigmoid(self.model(x)).numpy()
+        return prob, (prob >= threshold).astype(np.int64)
 
 
 def predict(

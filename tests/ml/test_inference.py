@@ -43,3 +43,33 @@ def test_predict_gives_probabilities_and_labels():
 
     assert prob.shape == (2,) and ((prob >= 0) & (prob <= 1)).all()
     np.testing.assert_array_equal(labels, (prob >= 0.5).astype(int))
+
+
+def test_predictor_matches_predict_and_fast_path_matches_checked_path():
+    from fedhealth.ml.inference import Predictor, _checked_features
+
+    rng = np.random.default_rng(0)
+    records = [
+        {"heart_rate": int(rng.integers(50, 121)), "systolic_bp": float(rng.uniform(90, 160)),
+         "diastolic_bp": str(int(rng.integers(60, 101))), "spo2": float(rng.uniform(90, 100))}
+        for _ in range(200)
+    ]
+    cfg = ModelConfig(4)
+    X, errors = features_from_records(records, DEFAULT_SCHEMA)
+    X_checked, _ = _checked_features(records, DEFAULT_SCHEMA, max_errors=100)
+    normalizer = Normalizer.from_stats(compute_stats(X))
+    weights = init_weights(cfg, 1)
+
+    prob, labels = Predictor(cfg, weights, normalizer).predict(X)
+    expected, expected_labels = predict(cfg, weights, normalizer, X)
+
+    assert errors == []
+    np.testing.assert_array_equal(X, X_checked)
+    np.testing.assert_allclose(prob, expected, rtol=1e-6)
+    np.testing.assert_array_equal(labels, expected_labels)
+
+
+def test_boolean_in_an_otherwise_valid_batch_is_caught():
+    _, errors = features_from_records([GOOD, GOOD | {"spo2": True}], DEFAULT_SCHEMA)
+
+    assert [(e.record, e.field) for e in errors] == [(1, "spo2")]
