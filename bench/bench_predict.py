@@ -13,12 +13,12 @@ free loopback port. Throttle rates are raised so the limiter never answers 429 h
    keep-alive connection, ``--repeats`` times, against the core's ``inference.predict``
    on the same rows in this process (the same weights and normaliser, downloaded from the
    API). The API does more: JSON both ways, token lookup, scoping, per-field checks of
-   every value. Ratio = API records/s / direct records/s. Target >= 0.2.
+   every value. Ratio = API records/s / direct records/s, reported (the issue sets no target).
 2. Single-record latency: a second process opens ``--connections`` keep-alive connections
    and sends one-record predictions until ``--requests`` are done or ``--max-seconds``
-   pass; p50/p99 in ms. Target p99 <= 250 ms on this 2-core machine.
+   pass; p50/p99 in ms, reported.
 
-Always exits 0 (the verdict is in the JSON and the last line).
+Always exits 0. The run fails only if a request errors.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TARGET_RATIO = 0.2
-TARGET_P99_MS = 250.0
 
 SETUP = """
 import io, json
@@ -328,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = (
         results["batch_api"]["records_per_second"] / results["batch_direct"]["records_per_second"]
     )
-    passed = ratio >= TARGET_RATIO and latency["p99_ms"] <= TARGET_P99_MS and latency["errors"] == 0
+    passed = latency["errors"] == 0
 
     print(
         f"prediction: batches of {args.batch} x {args.repeats} (median), then {args.requests} single records "
@@ -344,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{latency['requests_per_second']:.0f} req/s, {latency['errors']} errors"
     )
     print(
-        f"ratio api/direct = {ratio:.3f} (target >= {TARGET_RATIO}); p99 target <= {TARGET_P99_MS} ms: "
-        f"{'PASS' if passed else 'FAIL'}"
+        f"ratio api/direct = {ratio:.3f} (reported; no target): "
+        f"{'no errors' if passed else 'ERRORS'}"
     )
     if args.json:
         report = {
@@ -361,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "results": results,
             "ratios": {"batch_throughput": ratio},
-            "targets": {"batch_throughput": TARGET_RATIO, "single_p99_ms": TARGET_P99_MS},
+            "targets": {},
             "pass": passed,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
