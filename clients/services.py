@@ -12,7 +12,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
-from fedhealth.ml.stats import SufficientStats, compute_stats
+from fedhealth.ml.stats import SufficientStats, compute_stats, feature_summary
 from fedhealth.ml.validation import Dataset as ArrayData
 from fedhealth.ml.validation import Policy, ValidationReport, validate_csv
 
@@ -33,17 +33,7 @@ def summarise_arrays(schema: Schema, data: ArrayData) -> tuple[dict[str, Any], d
     """What a site may share about its rows: sufficient statistics and a per-feature
     summary (count, mean, std, min, max). Never a row."""
     stats = compute_stats(data.X)
-    X = data.X.astype(np.float64)
-    summary = {
-        f.name: {
-            "unit": f.unit,
-            "mean": float(X[:, i].mean()),
-            "std": float(X[:, i].std()),
-            "min": float(X[:, i].min()),
-            "max": float(X[:, i].max()),
-        }
-        for i, f in enumerate(schema.features)
-    }
+    summary = feature_summary(schema.feature_names, [f.unit for f in schema.features], data.X)
     return stats.to_dict(), summary
 
 

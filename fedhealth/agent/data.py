@@ -11,7 +11,7 @@ import numpy as np
 
 from fedhealth.ml.federation import SiteSplit, split_site
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
-from fedhealth.ml.stats import compute_stats
+from fedhealth.ml.stats import compute_stats, feature_summary
 from fedhealth.ml.validation import Policy, ValidationReport, validate_csv
 
 # Local files are the site's own: allow far more than the server's upload limit.
@@ -53,17 +53,9 @@ class LocalData:
         """What may leave the site about these rows: schema, counts, sufficient
         statistics (count, per-feature sum and sum of squares) and a per-feature
         summary (mean, std, min, max). The same figures a hosted upload records."""
-        X = self.X.astype(np.float64)
-        summary = {
-            f.name: {
-                "unit": f.unit,
-                "mean": float(X[:, i].mean()),
-                "std": float(X[:, i].std()),
-                "min": float(X[:, i].min()),
-                "max": float(X[:, i].max()),
-            }
-            for i, f in enumerate(self.schema.features)
-        }
+        summary = feature_summary(
+            self.schema.feature_names, [f.unit for f in self.schema.features], self.X
+        )
         return {
             "name": name,
             "schema": self.schema.to_dict(),

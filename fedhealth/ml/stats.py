@@ -144,3 +144,16 @@ class Normalizer:
         var = np.where(var <= _RESOLVABLE_VARIANCE * mean_sq, 0.0, var)
         std = np.sqrt(var)
         return cls(mean=mean, std=np.where(std < eps, 1.0, std))
+
+
+def feature_summary(feature_names: Sequence[str], units: Sequence[str], X: npt.ArrayLike) -> dict[str, dict[str, Any]]:
+    """Per-feature ``{unit, mean, std, min, max}`` of X (n, d): what a dataset's summary
+    page shows. Aggregates only; hosted uploads and site agents both record this."""
+    A = np.asarray(X, dtype=np.float64)
+    if A.ndim != 2 or A.shape[1] != len(feature_names) or A.shape[0] == 0:
+        raise ValueError(f"X must have shape (n > 0, {len(feature_names)}), got {A.shape}")
+    mean, std, low, high = A.mean(axis=0), A.std(axis=0), A.min(axis=0), A.max(axis=0)
+    return {
+        name: {"unit": unit, "mean": float(mean[i]), "std": float(std[i]), "min": float(low[i]), "max": float(high[i])}
+        for i, (name, unit) in enumerate(zip(feature_names, units, strict=True))
+    }

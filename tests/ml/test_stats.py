@@ -172,3 +172,14 @@ def test_normalizer_from_dict_rejects_bad_input(d: Any, message: str) -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match=message):
         Normalizer.from_dict(d)
+
+
+def test_feature_summary_gives_aggregates_per_feature() -> None:
+    from fedhealth.ml.stats import feature_summary
+
+    X = np.array([[60.0, 95.0], [80.0, 99.0]])
+
+    summary = feature_summary(["heart_rate", "spo2"], ["bpm", "%"], X)
+
+    assert summary["heart_rate"] == {"unit": "bpm", "mean": 70.0, "std": 10.0, "min": 60.0, "max": 80.0}
+    assert summary["spo2"]["max"] == 99.0
