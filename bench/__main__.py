@@ -22,6 +22,8 @@ RESULTS = HERE / "results"
 QUICK_ARGS = {
     "csv": ["--rows", "100000"],
     "fedavg": ["--updates", "20"],
+    "orchestration": ["--sites", "4", "--rows", "2000", "--rounds", "3"],
+    "predict": ["--repeats", "5", "--requests", "500"],
 }
 
 
