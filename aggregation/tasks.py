@@ -7,11 +7,15 @@ run twice: every state change they make is guarded in the database.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from celery import shared_task
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import OperationalError
 from django.db.models import Q
 from django.utils import timezone
@@ -22,6 +26,7 @@ from . import services
 from .models import ClientUpdate, Experiment, ModelVersion, Participant, Round, SiteEvaluation
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Transient failures worth retrying: the database briefly unavailable or locked, a
 # storage hiccup. Anything else is a bug or bad data and fails at once.
@@ -35,7 +40,23 @@ SITE_WORK = {"acks_late": True, "reject_on_worker_lost": True, **RETRY}
 
 # -- local training at a site -----------------------------------------------------
 
+def _unless_gone(work: Callable[..., T]) -> Callable[..., T | str]:
+    """A message can outlive its object (an experiment deleted, a database reset):
+    there is nothing to do then, and retrying would not change that."""
+
+    @functools.wraps(work)
+    def run(*args: Any) -> T | str:
+        try:
+            return work(*args)
+        except ObjectDoesNotExist as exc:
+            log.warning("%s%s: %s; nothing to do", work.__name__, args, exc)
+            return "gone"
+
+    return run
+
+
 @shared_task(name="aggregation.train_site", **SITE_WORK)
+@_unless_gone
 def train_site(update_id: int) -> str:
     return services.train_hosted_update(update_id)
 
@@ -57,6 +78,7 @@ def queue_round_training(round_id: int) -> int:
 # -- aggregation on the server ----------------------------------------------------
 
 @shared_task(name="aggregation.aggregate_round", acks_late=True, reject_on_worker_lost=True, **RETRY)
+@_unless_gone
 def aggregate_round(round_id: int) -> int | None:
     version = services.aggregate_round(round_id)
     return version.version if version else None
@@ -72,6 +94,7 @@ def queue_aggregation(round_id: int) -> bool:
 # -- federated evaluation at each site ----------------------------------------------
 
 @shared_task(name="aggregation.evaluate_site", **SITE_WORK)
+@_unless_gone
 def evaluate_site(version_id: int, site_id: int) -> str:
     return services.evaluate_hosted(version_id, site_id)
 

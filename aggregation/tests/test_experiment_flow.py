@@ -225,3 +225,17 @@ def test_other_strategies_persist_their_state(three_sites, make_experiment, driv
     if strategy == "fedadam":
         assert experiment.strategy_state["json"]["step"] == 2
         artifacts.load_weights(experiment.strategy_state_file, experiment.strategy_state["arrays_sha256"])
+
+
+def test_a_task_for_a_deleted_object_does_nothing(three_sites, make_experiment):
+    from aggregation import tasks
+
+    experiment = make_experiment(three_sites[:1], num_rounds=1)
+    services.start_experiment(experiment.pk)
+    update_id = ClientUpdate.objects.get(round__experiment=experiment).pk
+    round_id = Round.objects.get(experiment=experiment).pk
+    experiment.delete()
+
+    assert tasks.train_site.run(update_id).startswith("skipped")  # the claim finds no row
+    assert tasks.aggregate_round.run(round_id) == "gone"
+    assert tasks.evaluate_site.run(10**9, three_sites[0].site_id) == "gone"
