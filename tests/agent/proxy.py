@@ -52,22 +52,28 @@ class RecordingProxy:
                 with lock:
                     records.append(Recorded(self.command, self.path, dict(self.headers), body))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
                 try:
-                    upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
-                    upstream.request(self.command, self.path, body=body, headers=headers)
-                    reply = upstream.getresponse()
-                    data = reply.read()
-                except OSError:
-                    self.send_error(502, "upstream unavailable")
-                    return
-                self.send_response(reply.status, reply.reason)
-                for k, v in reply.getheaders():
-                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                upstream.close()
+                    try:
+                        upstream.request(self.command, self.path, body=body, headers=headers)
+                        reply = upstream.getresponse()
+                        data = reply.read()
+                    except OSError:
+                        self.send_error(502, "upstream unavailable")
+                        return
+                    self.send_response(reply.status, reply.reason)
+                    for k, v in reply.getheaders():
+                        if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The agent was killed mid-request (the restart test does exactly
+                    # that): nobody is left to answer.
+                    self.close_connection = True
+                finally:
+                    upstream.close()
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
