@@ -22,8 +22,10 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=1)
         parser.add_argument("--loglevel", default="INFO")
         parser.add_argument("--hostname", default=None)
+        parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
+                            help="prefork (default) enforces time limits; solo runs tasks in the main process")
 
-    def handle(self, *args, site, server_only, beat, concurrency, loglevel, hostname, **options):
+    def handle(self, *args, site, server_only, beat, concurrency, loglevel, hostname, pool, **options):
         if site:
             found = {s.slug: s for s in Site.objects.filter(slug__in=site)}
             missing = sorted(set(site) - set(found))
@@ -36,7 +38,7 @@ class Command(BaseCommand):
             hosted = Site.objects.filter(mode=Site.Mode.HOSTED, is_active=True)
             queues = [settings.FEDHEALTH_SERVER_QUEUE, *(s.queue for s in hosted)]
         self.stdout.write(f"consuming: {', '.join(queues)}")
-        argv = ["worker", "-Q", ",".join(queues), f"--concurrency={concurrency}", f"--loglevel={loglevel}"]
+        argv = ["worker", "-Q", ",".join(queues), f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--pool={pool}"]
         if beat:
             argv += ["-B", f"--schedule={settings.CELERY_BEAT_SCHEDULE_FILENAME}"]
         if hostname:
