@@ -13,6 +13,24 @@ from fedhealth.api.fields import FiniteFloatField, MetricsField, ReadJSONField, 
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
 from fedhealth.ml.strategies import STRATEGIES, get_strategy
 
+# An experiment's training configuration, shared by the read and create serializers.
+CONFIG_FIELDS = [
+    "hidden_layers",
+    "dropout",
+    "strategy",
+    "strategy_params",
+    "num_rounds",
+    "local_epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "min_sites",
+    "fraction_fit",
+    "round_timeout",
+    "test_fraction",
+    "seed",
+]
+
 
 class ParticipantSerializer(serializers.Serializer):
     site = serializers.CharField(source="site.slug")
@@ -36,20 +54,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "status",
             "failure_reason",
             "schema",
-            "hidden_layers",
-            "dropout",
-            "strategy",
-            "strategy_params",
-            "num_rounds",
-            "local_epochs",
-            "batch_size",
-            "lr",
-            "weight_decay",
-            "min_sites",
-            "fraction_fit",
-            "round_timeout",
-            "test_fraction",
-            "seed",
+            *CONFIG_FIELDS,
             "participants",
             "normalizer",
             "current_round",
@@ -97,20 +102,7 @@ class ExperimentCreateSerializer(serializers.ModelSerializer):
             "description",
             "datasets",
             "schema",
-            "hidden_layers",
-            "dropout",
-            "strategy",
-            "strategy_params",
-            "num_rounds",
-            "local_epochs",
-            "batch_size",
-            "lr",
-            "weight_decay",
-            "min_sites",
-            "fraction_fit",
-            "round_timeout",
-            "test_fraction",
-            "seed",
+            *CONFIG_FIELDS,
         ]
 
     def validate_schema(self, value):
