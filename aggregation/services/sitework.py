@@ -27,7 +27,7 @@ from fedhealth.ml.metrics import (
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.strategies import get_strategy
-from fedhealth.ml.training import evaluate, predict_proba, train_local
+from fedhealth.ml.training import predict_proba, train_local
 from fedhealth.ml.types import Metrics, Weights
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Participant, SiteEvaluation
@@ -93,11 +93,15 @@ def train_hosted_update(update_id: int) -> str:
     extra = get_strategy(experiment.strategy, **experiment.strategy_params).configure_fit(update.round.number)
     train_cfg = experiment.train_config(round_seed(experiment.seed, update.round.number, update.site.slug), **extra)
     try:
-        result = train_local(experiment.model_config, weights, normalizer.transform(split.X_train), split.y_train, train_cfg)
+        # The local model's figures on the site's own test rows, from the same call.
+        result = train_local(
+            experiment.model_config, weights, normalizer.transform(split.X_train), split.y_train, train_cfg,
+            evaluate_on=(X_test, split.y_test),
+        )
     except ValueError as exc:
         fail_update(update_id, f"local training failed: {exc}")
         return "failed: training"
-    local = evaluate(experiment.model_config, result.weights, X_test, split.y_test)
+    local = result.metrics
     submit_update(
         update_id, result.weights, num_samples=result.num_samples, loss=result.loss,
         metrics=local, source="hosted",

@@ -394,3 +394,22 @@ def test_ml_core_does_not_import_django(module: str) -> None:
     assert not [
         m for m in imported if m.startswith("fedhealth.") and not m.startswith("fedhealth.ml")
     ]
+
+
+def test_metrics_can_be_measured_on_held_out_rows() -> None:
+    from sklearn.datasets import make_classification
+
+    from fedhealth.ml.model import ModelConfig, init_weights
+    from fedhealth.ml.training import TrainConfig, evaluate, train_local
+
+    X, y = make_classification(n_samples=300, n_features=4, n_informative=3, n_redundant=0, random_state=0)
+    X = X.astype(np.float32)
+    cfg = ModelConfig(4)
+    train = TrainConfig(epochs=2, seed=3)
+
+    result = train_local(cfg, init_weights(cfg, 0), X[:200], y[:200], train, evaluate_on=(X[200:], y[200:]))
+
+    expected = evaluate(cfg, result.weights, X[200:], y[200:])
+    assert result.metrics["n"] == 100.0
+    np.testing.assert_allclose(result.metrics["accuracy"], expected["accuracy"])
+    np.testing.assert_allclose(result.metrics["loss"], expected["loss"], rtol=1e-6)
