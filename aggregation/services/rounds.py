@@ -17,10 +17,16 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from fedhealth.files import write_bytes
 from fedhealth.ml.model import weight_spec
 from fedhealth.ml.strategies import Rejected, check_update, get_strategy
 from fedhealth.ml.types import Metrics, Update, Weights
-from fedhealth.ml.weights_io import ChecksumMismatch, WeightsFormatError
+from fedhealth.ml.weights_io import (
+    ChecksumMismatch,
+    WeightsFormatError,
+    sha256_hex,
+    weights_to_bytes,
+)
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Round
 from . import artifacts
@@ -79,15 +85,14 @@ def submit_update(
         raise UpdateRefused(f"update rejected: {reason}")
     # The file goes first, outside any transaction: its name carries the checksum, so a
     # retry rewrites identical bytes and an unclaimed file is merely garbage.
-    from fedhealth.ml.weights_io import sha256_hex, weights_to_bytes
-
-    sha = sha256_hex(weights_to_bytes(weights))
+    data = weights_to_bytes(weights)
+    sha = sha256_hex(data)
     if update.status == ClientUpdate.Status.RECEIVED:
         if update.sha256 == sha:
             return Submission(update, replayed=True)
         raise UpdateRefused("this site already reported a different update for this round")
     name = artifacts.update_name(update, sha)
-    artifacts.save_weights(name, weights)
+    write_bytes(name, data)
     with transaction.atomic():
         changed = ClientUpdate.objects.filter(
             pk=update_id, status__in=OPEN_UPDATE, round__status=Round.Status.OPEN
