@@ -31,9 +31,21 @@ def test_no_web_fonts():
     assert "@font-face" not in css
 
 
-def test_plotly_js_is_the_copy_bundled_with_the_plotly_package():
-    bundled = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+def test_plotly_js_is_the_cartesian_build_of_the_bundled_plotly_version():
+    bundled = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text()[:300]
+    version = re.search(r"plotly\.js v(\S+)", bundled).group(1)
     served = finders.find("vendor/plotly.min.js")
 
     assert served is not None
-    assert Path(served).read_bytes() == bundled.read_bytes()
+    text = Path(served).read_text()
+    assert f"plotly.js (cartesian - minified) v{version}" in text[:300]
+    # Map traces fetch tiles from, and link to, other hosts: not in this build.
+    for host in ("openstreetmap.org", "esri.com", "maplibre.org", "mapbox.com"):
+        assert host not in text
+
+
+def test_charts_switch_off_the_plotly_logo_link():
+    # The bundle's only outside link is the mode bar's logo; the pages never show it.
+    live = (ROOT / "static" / "js" / "live.js").read_text()
+
+    assert "displaylogo: false" in live
