@@ -12,7 +12,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from aggregation import services
 from aggregation.models import ClientUpdate, Round, SiteEvaluation
 from aggregation.services import artifacts
-from clients.services import register_remote_dataset
 from clients.tests.api_support import error_fields
 from fedhealth.ml.federation import round_seed
 from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
@@ -24,17 +23,9 @@ API = "/api/v1/agent"
 
 
 @pytest.fixture
-def mixed(site_a, agent_site, make_dataset, make_experiment, csv_bytes, summary_of):
+def mixed(site_a, agent_site, make_dataset, make_experiment, remote_dataset):
     """A running experiment: hosted site A and the agent site, round 1 open."""
-    reg = summary_of(csv_bytes(160, seed=5))
-    remote, _ = register_remote_dataset(
-        agent_site,
-        reg["schema"],
-        reg["row_count"],
-        reg["positive_count"],
-        reg["stats"],
-        reg["summary"],
-    )
+    remote = remote_dataset(agent_site, rows=160, seed=5)
     experiment = make_experiment(
         [make_dataset(site_a, rows=160, seed=4), remote], min_sites=2, num_rounds=2
     )

@@ -13,7 +13,6 @@ import requests
 
 from aggregation import services
 from clients.models import ApiToken
-from clients.services import register_remote_dataset
 from tests.support import free_port, process_env, wait_until, web_server
 
 pytest_plugins = ["clients.tests.api_fixtures"]
@@ -27,18 +26,8 @@ CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance
 
 
 @pytest.fixture
-def eager_celery():
-    from fedhealth.celery import app
-
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
-@pytest.fixture
 def populated(
-    eager_celery, site_a, agent_site, make_dataset, make_experiment, csv_bytes, summary_of, drive
+    eager_celery, site_a, agent_site, make_dataset, make_experiment, remote_dataset, drive
 ):
     """A finished hosted experiment (versions to read and predict with) and a running
     one that the agent site is selected for (a round to claim)."""
@@ -46,15 +35,7 @@ def populated(
     done = make_experiment([ds_a], name="done", num_rounds=1)
     services.start_experiment(done.pk)
     drive(done.pk)
-    reg = summary_of(csv_bytes(160, seed=2))
-    remote, _ = register_remote_dataset(
-        agent_site,
-        reg["schema"],
-        reg["row_count"],
-        reg["positive_count"],
-        reg["stats"],
-        reg["summary"],
-    )
+    remote = remote_dataset(agent_site, rows=160, seed=2)
     running = make_experiment([remote], name="remote", num_rounds=2)
     services.start_experiment(running.pk)
 

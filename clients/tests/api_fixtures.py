@@ -87,6 +87,33 @@ def summary_of():
 
 
 @pytest.fixture
+def remote_dataset(csv_bytes, summary_of):
+    """``remote_dataset(site, rows, seed)``: a dataset registered the way an agent does,
+    from a summary only (no file)."""
+    from clients.services import register_remote_dataset
+
+    def make(site, rows: int = 160, seed: int = 0):
+        reg = summary_of(csv_bytes(rows, seed=seed))
+        dataset, _ = register_remote_dataset(
+            site, reg["schema"], reg["row_count"], reg["positive_count"], reg["stats"], reg["summary"]
+        )
+        return dataset
+
+    return make
+
+
+@pytest.fixture
+def eager_celery():
+    """Run Celery tasks inline (in-process tests with no worker)."""
+    from fedhealth.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture
 def study(site_a, site_b, make_dataset, make_experiment, drive):
     """Site A's two-round experiment, run to completion (site B takes no part), and a
     draft experiment over both sites. Needs ``drive`` (aggregation/tests/conftest.py)."""

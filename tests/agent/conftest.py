@@ -30,17 +30,6 @@ def agent_sites(make_site):
 
 
 @pytest.fixture
-def eager_celery():
-    """Run Celery tasks inline (in-process tests with no worker)."""
-    from fedhealth.celery import app
-
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
-@pytest.fixture
 def stack(settings, tmp_path):
     """A real deployment on loopback: gunicorn, a Celery worker (with beat) on Redis,
     and a recording proxy in front of gunicorn for the agents. Yields a namespace."""
