@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from fedhealth.ml.metrics import json_safe
+
 PALETTE = ["#0f6e8c", "#d9822b", "#4f8a3c", "#8a5cb8", "#c2415d", "#2f9fa8", "#9a7b1c", "#4a5a7a"]
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", "size": 12, "color": "#1f2a37"}
 METRIC_TITLES = {"loss": "Loss (cross-entropy)", "accuracy": "Accuracy", "auroc": "AUROC"}
@@ -28,15 +30,8 @@ def num(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def clean(obj: Any) -> Any:
-    """``obj`` with every float made JSON-safe (NaN/inf become None)."""
-    if isinstance(obj, float):
-        return num(obj)
-    if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [clean(v) for v in obj]
-    return obj
+# Every float made JSON-safe (NaN/inf become None); shared with `simulate --json`.
+clean = json_safe
 
 
 def _axis(title: str, **extra: Any) -> dict[str, Any]:

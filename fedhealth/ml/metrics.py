@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -199,3 +200,22 @@ def calibration_points(
         "fraction_positive": (sum_true[nz] / count[nz]).tolist(),
         "count": count[nz].astype(np.float64).tolist(),
     }
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NumPy scalars and arrays made plain, and NaN/inf floats made None.
+
+    Metrics hold NaN where they are undefined (AUROC with one class); JSON has no NaN,
+    so anything written or served as JSON goes through here.
+    """
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -242,3 +242,14 @@ def test_closed_forms_match_sklearn(seed) -> None:
     np.testing.assert_allclose(m["auroc"], roc_auc_score(y, p), rtol=1e-12)
     np.testing.assert_allclose(m["brier"], brier_score_loss(y, p), rtol=1e-12)
     np.testing.assert_allclose(m["log_loss"], log_loss(y, p), rtol=1e-12)
+
+
+def test_json_safe_turns_nan_and_numpy_values_into_plain_json() -> None:
+    from fedhealth.ml.metrics import json_safe
+
+    value = {"auroc": float("nan"), "n": np.float32(3.0), "curve": np.array([0.5, np.inf]), "k": (1, "a")}
+
+    safe = json_safe(value)
+
+    assert safe == {"auroc": None, "n": 3.0, "curve": [0.5, None], "k": [1, "a"]}
+    json.dumps(safe, allow_nan=False)

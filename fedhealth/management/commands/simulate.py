@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
@@ -22,6 +21,7 @@ from fedhealth.ml.federation import (
     split_site,
     summarise,
 )
+from fedhealth.ml.metrics import json_safe
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
 from fedhealth.ml.strategies import STRATEGIES
@@ -119,7 +119,7 @@ class Command(BaseCommand):
         self._print_summary(result)
         if opts["json_path"]:
             path = Path(opts["json_path"])
-            path.write_text(json.dumps(result, indent=2, default=_json_default))
+            path.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
             self.stdout.write(f"results written to {path}")
 
     # -- option parsing -------------------------------------------------------------
@@ -240,10 +240,3 @@ class Command(BaseCommand):
         for name, metrics in rows:
             self.stdout.write(f"{name:<22}" + "".join(f"{metrics[k]:>19.4f}" for k in keys))
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
