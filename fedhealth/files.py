@@ -27,10 +27,3 @@ def read_bytes(name: str, storage: Storage | None = None) -> bytes:
     with storage.open(name, "rb") as fh:
         return fh.read()
 
-
-def append_line(name: str, line: str, storage: Storage | None = None) -> None:
-    """Append one line to a text file. Callers serialise appends (a row lock or a
-    single-writer task), since object stores have no append."""
-    storage = storage or default_storage
-    existing = read_bytes(name, storage) if storage.exists(name) else b""
-    write_bytes(name, existing + line.rstrip("\n").encode() + b"\n", storage)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.db import transaction
+
 from fedhealth.files import read_bytes, write_bytes
 from fedhealth.ml.types import Weights
 from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
@@ -68,21 +70,27 @@ def global_weights_for(round_: Round) -> tuple[Weights, int]:
 def write_log_event(experiment: Experiment, event: dict[str, Any]) -> None:
     """Record an event in the experiment's JSONL log, at most once per (event, round).
 
-    Callers hold the experiment's row lock, so appends are serialised; replacing an
-    existing line with the same key keeps a retried step from logging twice.
+    Object stores have no append, so the log is rewritten whole; the experiment's row
+    lock, taken here, serialises writers (aggregation and sites' evaluations can log
+    at the same moment). Replacing a line with the same key keeps a retried step from
+    logging twice.
     """
     name = log_name(experiment)
     key = (event.get("event"), event.get("round"))
-    try:
-        lines = read_bytes(name).decode().splitlines()
-    except FileNotFoundError:
-        lines = []
-    kept = [
-        line for line in lines
-        if line.strip() and (lambda e: (e.get("event"), e.get("round")))(json.loads(line)) != key
-    ]
-    kept.append(json.dumps(event, sort_keys=True, default=str))
-    write_bytes(name, ("\n".join(kept) + "\n").encode())
+    with transaction.atomic():
+        Experiment.objects.select_for_update().filter(pk=experiment.pk).exists()
+        try:
+            lines = read_bytes(name).decode().splitlines()
+        except FileNotFoundError:
+            lines = []
+        kept = []
+        for line in lines:
+            if line.strip():
+                old = json.loads(line)
+                if (old.get("event"), old.get("round")) != key:
+                    kept.append(line)
+        kept.append(json.dumps(event, sort_keys=True, default=str))
+        write_bytes(name, ("\n".join(kept) + "\n").encode())
 
 
 def read_log(experiment: Experiment) -> list[dict[str, Any]]:
