@@ -1,5 +1,14 @@
 from .experiment import Experiment, Participant
-from .model_version import ModelVersion, SiteEvaluation
+from .model_version import EvaluationAttempt, ModelVersion, SiteEvaluation, WorkerHeartbeat
 from .round import ClientUpdate, Round
 
-__all__ = ["ClientUpdate", "Experiment", "ModelVersion", "Participant", "Round", "SiteEvaluation"]
+__all__ = [
+    "ClientUpdate",
+    "EvaluationAttempt",
+    "Experiment",
+    "ModelVersion",
+    "Participant",
+    "Round",
+    "SiteEvaluation",
+    "WorkerHeartbeat",
+]

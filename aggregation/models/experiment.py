@@ -56,11 +56,19 @@ class Experiment(models.Model):
         default=1800, help_text="Seconds a round waits for its sites before closing."
     )
     test_fraction = models.FloatField(default=0.25, validators=[MinValueValidator(0.05), MaxValueValidator(0.5)])
-    seed = models.IntegerField(default=0)
+    seed = models.IntegerField(default=0, validators=[MinValueValidator(0), MaxValueValidator(2**31 - 1)])
+    # An update whose distance from the global model is more than this many times the
+    # median distance of the round's other updates is refused (see fedhealth.ml.robust).
+    outlier_factor = models.FloatField(
+        default=10.0, validators=[MinValueValidator(1.5), MaxValueValidator(1000.0)],
+        help_text="Refuse an update farther from the global model than this many times "
+        "the median of the round's other updates.",
+    )
     sites = models.ManyToManyField("clients.Site", through="Participant", related_name="experiments")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
     failure_reason = models.TextField(blank=True)
+    failure_code = models.CharField(max_length=32, blank=True)
     # Fixed when the experiment starts: the global normaliser (from the participants'
     # sufficient statistics) and the initial weights every site starts from.
     normalizer = models.JSONField(null=True, blank=True)

@@ -51,3 +51,35 @@ class SiteEvaluation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.site} on {self.version}"
+
+
+class EvaluationAttempt(models.Model):
+    """Bookkeeping of a hosted site's evaluation of a version: how often it was tried,
+    and whether it was given up (the sweeper never resends a failed one)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        FAILED = "failed", "Failed"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluation_attempts")
+    site = models.ForeignKey("clients.Site", on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    error_code = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "site"], name="one_evaluation_attempt_per_site")]
+
+
+class WorkerHeartbeat(models.Model):
+    """The last time a worker consuming ``queue`` said it was alive. Lets pages say
+    "no worker has taken site X's work for N minutes" instead of counting down."""
+
+    queue = models.CharField(max_length=100, unique=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.queue} @ {self.hostname} ({self.seen_at:%Y-%m-%d %H:%M:%S})"

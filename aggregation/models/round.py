@@ -29,6 +29,10 @@ class Round(models.Model):
     # Aggregate figures only: sample-weighted training loss, counts, rejections.
     metrics = models.JSONField(default=dict, blank=True)
     failure_reason = models.TextField(blank=True)
+    failure_code = models.CharField(max_length=32, blank=True)
+    # Bounded retries of the aggregation task (see aggregation.tasks): a permanent
+    # failure ends the round instead of being resent by the sweeper forever.
+    aggregation_attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["experiment", "number"]
@@ -58,7 +62,12 @@ class ClientUpdate(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     weights_file = models.CharField(max_length=255, blank=True)
     sha256 = models.CharField(max_length=64, blank=True)
+    # The product's message and its code (aggregation.reasons), shown to whoever may
+    # see this update; never raw exception text.
     error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=32, blank=True)
+    # An agent's own free-text explanation: length-limited, shown to its own site only.
+    site_note = models.CharField(max_length=500, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     source = models.CharField(max_length=10, blank=True)  # "hosted" or "agent"
     created_at = models.DateTimeField(auto_now_add=True)
