@@ -219,6 +219,19 @@ AUTH_PASSWORD_VALIDATORS = [
 # ------------------------------------------------------------------------------
 # How often the live experiment page polls its JSON endpoint, in milliseconds.
 FEDHEALTH_POLL_MS = env.int("FEDHEALTH_POLL_MS", default=2000)
+# What a site may see of other sites' figures (aggregation/policy): an aggregate over
+# sites is shown to a site only when at least this many sites contributed to it (with
+# two, a site's own figure and the mean give the other's), and a version's mean only
+# once its evaluations are complete or this many seconds after the version was made.
+FEDHEALTH_MIN_FIGURE_SITES = env.int("FEDHEALTH_MIN_FIGURE_SITES", default=3)
+FEDHEALTH_EVALUATION_GRACE_SECONDS = env.int("FEDHEALTH_EVALUATION_GRACE_SECONDS", default=3600)
+if FEDHEALTH_MIN_FIGURE_SITES < 2 or FEDHEALTH_EVALUATION_GRACE_SECONDS < 0:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "FEDHEALTH_MIN_FIGURE_SITES must be at least 2 and FEDHEALTH_EVALUATION_GRACE_SECONDS "
+        f"at least 0, not {FEDHEALTH_MIN_FIGURE_SITES} and {FEDHEALTH_EVALUATION_GRACE_SECONDS}"
+    )
 # A CSV of patients to score is far smaller than a training set: 10,000 records (the
 # prediction service's batch limit) of a few vitals fit in ~1 MB; 5 MB leaves room for
 # extra ID columns.
