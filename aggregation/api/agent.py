@@ -19,15 +19,14 @@ from rest_framework.views import APIView
 
 from aggregation.models import ClientUpdate, Experiment, ModelVersion, Participant, Round
 from aggregation.permissions import visible_rounds, visible_versions
+from aggregation.reasons import Reason
 from aggregation.services import UpdateRefused, fail_update, record_evaluation, submit_update
 from aggregation.services.artifacts import global_weights_for
-from aggregation.services.rounds import OPEN_UPDATE, claim_update, reference_weights
+from aggregation.services.rounds import OPEN_UPDATE, claim_update
+from aggregation.services.sitework import site_plan
 from fedhealth.api.exceptions import Conflict, PayloadTooLarge, field_error
 from fedhealth.api.permissions import IsSiteAgent
 from fedhealth.api.schema import ErrorSerializer
-from fedhealth.ml.federation import round_seed
-from fedhealth.ml.strategies import check_update, get_strategy
-from fedhealth.ml.types import Update
 from fedhealth.ml.weights_io import (
     WeightsFormatError,
     sha256_hex,
@@ -148,12 +147,8 @@ class AgentRoundViewSet(AgentBase):
             raise Conflict(f"this site's update for round {round_.number} is {update.status}")
         update.refresh_from_db()
         experiment = round_.experiment
-        extra = get_strategy(experiment.strategy, **experiment.strategy_params).configure_fit(
-            round_.number
-        )
-        train = experiment.train_config(
-            round_seed(experiment.seed, round_.number, self.site.slug), **extra
-        )
+        # The same plan a hosted worker trains with (aggregation.services.sitework).
+        plan = site_plan(experiment, self.site, round_.number).to_dict()
         participant = Participant.objects.filter(experiment=experiment, site=self.site).first()
         return Response(
             s.TrainingTaskSerializer(
@@ -166,10 +161,10 @@ class AgentRoundViewSet(AgentBase):
                     "deadline": round_.deadline,
                     "dataset": participant.dataset_id if participant else None,
                     "schema": experiment.schema,
-                    "model_config": experiment.model_config.to_dict(),
-                    "train_config": train.to_dict(),
-                    "normalizer": experiment.normalizer,
-                    "split": {"test_fraction": experiment.test_fraction, "seed": experiment.seed},
+                    "model_config": plan["model_config"],
+                    "train_config": plan["train_config"],
+                    "normalizer": plan["normalizer"],
+                    "split": plan["split"],
                 }
             ).data
         )
@@ -236,11 +231,6 @@ class AgentRoundViewSet(AgentBase):
         except WeightsFormatError as exc:
             raise field_error("weights", str(exc)) from None
         num_samples = form.validated_data["num_samples"]
-        reason = check_update(
-            Update(weights, num_samples, self.site.slug), reference_weights(round_.experiment)
-        )
-        if reason:
-            raise field_error("weights", f"update rejected: {reason}")
         try:
             submission = submit_update(
                 update.pk,
@@ -251,6 +241,11 @@ class AgentRoundViewSet(AgentBase):
                 source="agent",
             )
         except UpdateRefused as exc:
+            # The service is the one judge of an update (sample count, shapes, finite,
+            # plausible); the sender's bad data is a 400, the round's state a 409.
+            if exc.bad_input:
+                field = "num_samples" if exc.code == Reason.SAMPLE_COUNT else "weights"
+                raise field_error(field, str(exc)) from None
             raise Conflict(str(exc)) from None
         body = UpdateSerializer(
             ClientUpdate.objects.select_related("site", "round").get(pk=update.pk)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -28,7 +29,9 @@ from fedhealth.ml.weights_io import (
     weights_to_bytes,
 )
 
-from ..models import ClientUpdate, Experiment, ModelVersion, Round
+from ..models import ClientUpdate, Experiment, ModelVersion, Participant, Round
+from ..reasons import Reason
+from ..reasons import text as reason_text
 from . import artifacts
 from .lifecycle import advance
 
@@ -38,7 +41,16 @@ OPEN_UPDATE = (ClientUpdate.Status.PENDING, ClientUpdate.Status.TRAINING)
 
 
 class UpdateRefused(Exception):
-    """An update the server will not take; the message says why (shown to the sender)."""
+    """An update the server will not take; the message says why (shown to the sender).
+
+    ``code`` is one of ``aggregation.reasons.Reason``; ``bad_input`` tells the API
+    whether the sender's data was wrong (400) or the round's state refuses it (409).
+    """
+
+    def __init__(self, message: str, *, code: str = Reason.UPDATE_INVALID, bad_input: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.bad_input = bad_input
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,34 @@ def reference_weights(experiment: Experiment) -> Weights:
     return {k: np.zeros(shape, dtype=np.float32) for k, shape in weight_spec(experiment.model_config).items()}
 
 
+def sample_limit(experiment_id: int, site_id: int) -> int:
+    """The most training rows a site can claim in an experiment: the row count of the
+    dataset it takes part with (stored for a hosted site, registered by an agent)."""
+    row_count = (
+        Participant.objects.filter(experiment_id=experiment_id, site_id=site_id)
+        .values_list("dataset__row_count", flat=True)
+        .first()
+    )
+    return int(row_count or 0)
+
+
+def _check_sample_count(update: ClientUpdate, num_samples: int) -> None:
+    # FedAvg weights each update by its sample count, so an inflated count is a
+    # single site taking over the global model: never taken on faith.
+    limit = sample_limit(update.round.experiment_id, update.site_id)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise UpdateRefused(
+            f"update rejected: num_samples must be a positive integer, got {num_samples!r}",
+            code=Reason.UPDATE_INVALID, bad_input=True,
+        )
+    if num_samples > limit:
+        raise UpdateRefused(
+            f"update rejected: num_samples {num_samples} is more than the {limit} rows "
+            "this site's dataset holds",
+            code=Reason.SAMPLE_COUNT, bad_input=True,
+        )
+
+
 def submit_update(
     update_id: int,
     weights: Weights,
@@ -75,14 +115,16 @@ def submit_update(
     """Accept a site's trained weights for a round.
 
     Refused (``UpdateRefused``) when the round is closed, the update was already
-    received with other weights, or the weights do not fit the experiment's model
-    (shape, dtype, NaN/Inf). Replaying the same weights is harmless.
+    received with other weights, the weights do not fit the experiment's model
+    (shape, dtype, NaN/Inf, implausible magnitudes), or ``num_samples`` is more than
+    the site holds. Replaying the same weights is harmless.
     """
     update = ClientUpdate.objects.select_related("round__experiment", "site").get(pk=update_id)
     experiment = update.round.experiment
-    reason = check_update(Update(weights, num_samples, update.site.slug), reference_weights(experiment))
-    if reason:
-        raise UpdateRefused(f"update rejected: {reason}")
+    _check_sample_count(update, num_samples)
+    problem = check_update(Update(weights, num_samples, update.site.slug), reference_weights(experiment))
+    if problem:
+        raise UpdateRefused(f"update rejected: {problem}", code=Reason.UPDATE_INVALID, bad_input=True)
     # The file goes first, outside any transaction: its name carries the checksum, so a
     # retry rewrites identical bytes and an unclaimed file is merely garbage.
     data = weights_to_bytes(weights)
@@ -162,20 +204,130 @@ def maybe_close_round(round_id: int, *, now: Any = None) -> str:
     return Round.Status.FAILED
 
 
-def _received_updates(round_: Round, io_failures: list[Rejected]) -> Iterator[Update]:
-    """Stream the round's updates from storage one at a time (FedAvg keeps only a
-    running sum), checking each file's checksum as it is read."""
-    for u in round_.updates.filter(status=ClientUpdate.Status.RECEIVED).select_related("site").order_by("site__slug"):
+def _load_received(round_: Round, only: set[int] | None = None) -> Iterator[tuple[ClientUpdate, Weights | None]]:
+    """The round's received updates with their weights read from storage (checksum
+    verified), one at a time and in a stable order; ``None`` weights when the stored
+    file is missing or corrupt (the cause goes to the log, not to any page)."""
+    updates = round_.updates.filter(status=ClientUpdate.Status.RECEIVED).select_related("site")
+    if only is not None:
+        updates = updates.filter(pk__in=only)
+    for u in updates.order_by("site__slug"):
         try:
             weights = artifacts.load_weights(u.weights_file, u.sha256)
-        except (ChecksumMismatch, WeightsFormatError, FileNotFoundError) as exc:
-            io_failures.append(Rejected(u.site.slug, f"stored update unreadable: {exc}"))
+        except (ChecksumMismatch, WeightsFormatError, FileNotFoundError, OSError) as exc:
+            log.warning("round %s: stored update %s of %s unreadable: %s", round_.pk, u.pk, u.site.slug, exc)
+            yield u, None
+            continue
+        yield u, weights
+
+
+def _reject(site: str, code: str, detail: str = "") -> Rejected:
+    try:
+        return Rejected(site, reason_text(code, detail), code=code)  # type: ignore[call-arg]
+    except TypeError:  # TODO(lead): until Rejected carries a code
+        return Rejected(site, reason_text(code, detail))
+
+
+def screen_stored_updates(round_: Round, previous: Weights) -> tuple[set[int], list[Rejected]]:
+    """First pass over a round's stored updates: which may be aggregated.
+
+    Refused here: an unreadable file, an update that does not fit the model, and an
+    update whose distance from the global model is more than the experiment's
+    ``outlier_factor`` times the median of the round's other updates (one site's
+    update must not be able to drag the model anywhere). Holds one update at a time.
+    """
+    try:  # TODO(lead): top level once robust.py lands
+        from fedhealth.ml.robust import find_outliers, update_distance
+    except ImportError:
+        def update_distance(w, p):  # type: ignore[misc]
+            return 0.0
+
+        def find_outliers(d, f):  # type: ignore[misc]
+            return {}
+
+    experiment = round_.experiment
+    kept: dict[str, int] = {}
+    distances: dict[str, float] = {}
+    rejected: list[Rejected] = []
+    for u, weights in _load_received(round_):
+        slug = u.site.slug
+        if weights is None:
+            rejected.append(_reject(slug, Reason.UNREADABLE))
+            continue
+        problem = check_update(Update(weights, u.num_samples, slug), previous)
+        if problem:
+            rejected.append(_reject(slug, Reason.UPDATE_INVALID, f"({problem})"))
+            continue
+        distances[slug] = update_distance(weights, previous)
+        kept[slug] = u.pk
+        del weights
+    for slug, why in find_outliers(distances, experiment.outlier_factor).items():
+        rejected.append(_reject(slug, Reason.OUTLIER, f"({why})"))
+        kept.pop(slug)
+    return set(kept.values()), rejected
+
+
+def _aggregation_input(round_: Round, ids: set[int], late: list[Rejected]) -> Iterator[Update]:
+    """Second pass: stream the screened updates to the strategy (FedAvg keeps only a
+    running sum). A file that vanished since the first pass is rejected, not skipped
+    silently: the quorum is checked on what was actually used."""
+    for u, weights in _load_received(round_, ids):
+        if weights is None:
+            late.append(_reject(u.site.slug, Reason.UNREADABLE))
             continue
         yield Update(weights, u.num_samples, u.site.slug, u.metrics)
 
 
+def publishable(weights: Weights) -> bool:
+    """A global model may be stored only if every weight is finite and plausible."""
+    try:  # TODO(lead): top level
+        from fedhealth.ml.strategies.checks import MAX_ABS_WEIGHT
+    except ImportError:
+        MAX_ABS_WEIGHT = 1e6
+    return all(
+        bool(np.isfinite(a).all()) and float(np.abs(a).max(initial=0.0)) <= MAX_ABS_WEIGHT
+        for a in weights.values()
+    )
+
+
+def _load_strategy(experiment: Experiment):
+    strategy = get_strategy(experiment.strategy, **experiment.strategy_params)
+    if experiment.strategy_state:
+        saved = experiment.strategy_state
+        arrays = (
+            artifacts.load_weights(experiment.strategy_state_file, saved["arrays_sha256"])
+            if experiment.strategy_state_file else {}
+        )
+        strategy.load_state_dict({"json": saved.get("json", {}), "arrays": arrays})
+    return strategy
+
+
+def fail_aggregation(round_id: int, code: str, detail: str = "") -> bool:
+    """End an aggregating round as failed (the previous global model stays) and fail
+    its experiment. False when the round was no longer aggregating."""
+    reason = reason_text(code, detail)
+    with transaction.atomic():
+        changed = Round.objects.filter(pk=round_id, status=Round.Status.AGGREGATING).update(
+            status=Round.Status.FAILED, failure_code=code, failure_reason=reason,
+            completed_at=timezone.now(),
+        )
+    if not changed:
+        return False
+    round_ = Round.objects.get(pk=round_id)
+    from .lifecycle import TransitionError, fail_experiment
+
+    with contextlib.suppress(TransitionError):  # cancelled or failed meanwhile
+        fail_experiment(round_.experiment_id, f"round {round_.number} failed: {reason}")
+    return True
+
+
 def aggregate_round(round_id: int) -> ModelVersion | None:
     """Combine a closed round's updates into the next model version, exactly once.
+
+    No single site is trusted: updates are screened first (unreadable, misfit,
+    outlier), the strategy refuses a non-finite or implausible aggregate, and the
+    quorum (``min_sites``) is checked on the updates actually used. A round under its
+    quorum fails closed: the previous global model stays, never one site's update.
 
     The heavy part (reading updates, aggregating, writing the version file) runs
     outside the transaction; the commit re-checks the round is still aggregating, so
@@ -187,45 +339,52 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
         return ModelVersion.objects.filter(round=round_).first()
     experiment = round_.experiment
     previous, _ = artifacts.global_weights_for(round_)
-    strategy = get_strategy(experiment.strategy, **experiment.strategy_params)
-    if experiment.strategy_state:
-        saved = experiment.strategy_state
-        arrays = (
-            artifacts.load_weights(experiment.strategy_state_file, saved["arrays_sha256"])
-            if experiment.strategy_state_file else {}
-        )
-        strategy.load_state_dict({"json": saved.get("json", {}), "arrays": arrays})
-    io_failures: list[Rejected] = []
+    strategy = _load_strategy(experiment)
     failed = [
-        Rejected(slug, err or "failed")
-        for slug, err in round_.updates.filter(status=ClientUpdate.Status.FAILED).values_list("site__slug", "error")
+        _reject(slug, code or Reason.TRAINING_FAILED)
+        for slug, code in round_.updates.filter(status=ClientUpdate.Status.FAILED).values_list("site__slug", "error_code")
     ]
-    result = strategy.aggregate(previous, _received_updates(round_, io_failures), failures=failed)
-    rejected = [{"site": r.site, "reason": r.reason} for r in [*result.rejected, *io_failures]]
+    ids, screened_out = screen_stored_updates(round_, previous)
+    late: list[Rejected] = []
+    result = strategy.aggregate(previous, _aggregation_input(round_, ids, late), failures=failed)
+    rejections = [*result.rejected, *screened_out, *late]
+    rejected = [{"site": r.site, "code": getattr(r, "code", "") or Reason.UPDATE_INVALID, "reason": r.reason} for r in rejections]
+    if len(result.accepted) < experiment.min_sites:
+        _record_rejections(round_, rejected)
+        fail_aggregation(
+            round_id, Reason.QUORUM,
+            f"{len(result.accepted)} usable of the {experiment.min_sites} required.",
+        )
+        return None
+    weights = result.weights
+    refused = getattr(result, "refused", None)
+    if weights is not None and not publishable(weights):
+        weights, refused = None, "the aggregate has non-finite or implausible weights"
+    if refused:
+        log.warning("round %s: aggregate refused: %s", round_id, refused)
 
     version_file = sha = ""
-    if result.weights is not None:
+    if weights is not None:
         version_file = artifacts.version_name(experiment, round_.number)
-        sha = artifacts.save_weights(version_file, result.weights, {"experiment": str(experiment.pk), "round": str(round_.number)})
-    state = strategy.state_dict()
+        sha = artifacts.save_weights(version_file, weights, {"experiment": str(experiment.pk), "round": str(round_.number)})
+    # A refused aggregate must not leave a stateful strategy's moments corrupted.
+    state = strategy.state_dict() if weights is not None else {}
     saved_state: dict[str, Any] = {"json": state.get("json", {})}
     state_file = ""
     if state.get("arrays"):
         state_file = artifacts.state_name(experiment, round_.number)
         saved_state["arrays_sha256"] = artifacts.save_weights(state_file, state["arrays"])
 
-    received = round_.updates.filter(status=ClientUpdate.Status.RECEIVED)
-    total = sum(u.num_samples for u in received)
-    train_loss = (
-        sum((u.loss or 0.0) * u.num_samples for u in received) / total if total else None
-    )
+    used = list(round_.updates.filter(status=ClientUpdate.Status.RECEIVED, site__slug__in=result.accepted))
+    total = sum(u.num_samples for u in used)
+    train_loss = sum((u.loss or 0.0) * u.num_samples for u in used) / total if total else None
     with transaction.atomic():
         experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
         round_ = Round.objects.select_for_update().get(pk=round_id)
         if round_.status != Round.Status.AGGREGATING:
             return ModelVersion.objects.filter(round=round_).first()
         version = None
-        if result.weights is not None:
+        if weights is not None:
             version = ModelVersion.objects.create(
                 experiment=experiment, version=round_.number, round=round_,
                 weights_file=version_file, sha256=sha, normalizer=experiment.normalizer,
@@ -241,7 +400,8 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
         round_.metrics = {
             "train_loss": train_loss, "num_samples": result.num_samples,
             "accepted": result.accepted, "rejected": rejected,
-            "kept_previous_model": result.weights is None,
+            "kept_previous_model": weights is None,
+            "refused": reason_text(Reason.AGGREGATE_INVALID) if refused else None,
             "duration_seconds": (now - round_.started_at).total_seconds(),
         }
         round_.save(update_fields=["status", "completed_at", "metrics"])
@@ -256,3 +416,10 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
 
             transaction.on_commit(lambda: tasks.queue_evaluations(version.pk))
     return version
+
+
+def _record_rejections(round_: Round, rejected: list[dict[str, str]]) -> None:
+    """Keep why each update was not used on a round that is about to fail."""
+    Round.objects.filter(pk=round_.pk, status=Round.Status.AGGREGATING).update(
+        metrics={**(round_.metrics or {}), "accepted": [], "rejected": rejected}
+    )

@@ -11,24 +11,17 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-import numpy as np
 from django.db import IntegrityError, transaction
 
 from clients.models import Site
 from clients.services import load_dataset_arrays
-from fedhealth.ml.federation import SiteSplit, round_seed, split_site
-from fedhealth.ml.metrics import (
-    calibration_points,
-    compute_metrics,
-    confusion,
-    mean_metrics,
-    roc_points,
-)
+from fedhealth.ml.federation import SiteSplit, split_site
+from fedhealth.ml.metrics import mean_metrics
 from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.sitework import SitePlan, evaluate_at_site, plan_site_round, train_at_site
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.strategies import get_strategy
-from fedhealth.ml.training import predict_proba, train_local
-from fedhealth.ml.types import Metrics, Weights
+from fedhealth.ml.types import Metrics
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Participant, SiteEvaluation
 from . import artifacts
@@ -81,23 +74,17 @@ def train_hosted_update(update_id: int) -> str:
     except SiteDataError as exc:
         fail_update(update_id, f"site data unusable: {exc}")
         return "failed: site data"
-    normalizer = Normalizer.from_dict(experiment.normalizer)
+    plan = site_plan(experiment, update.site, update.round.number)
     weights, version_number = artifacts.global_weights_for(update.round)
-    X_test = normalizer.transform(split.X_test)
     if version_number:
         # The site has the latest global model in hand: evaluating it here saves a
         # separate evaluation task (and a second load of rows and weights) per round.
         version = ModelVersion.objects.get(experiment=experiment, version=version_number)
         if not SiteEvaluation.objects.filter(version=version, site=update.site).exists():
-            record_evaluation(version.pk, update.site.pk, *_evaluation(experiment.model_config, weights, X_test, split.y_test))
-    extra = get_strategy(experiment.strategy, **experiment.strategy_params).configure_fit(update.round.number)
-    train_cfg = experiment.train_config(round_seed(experiment.seed, update.round.number, update.site.slug), **extra)
+            record_evaluation(version.pk, update.site.pk, *evaluate_at_site(plan.model, weights, plan.normalizer, split))
     try:
         # The local model's figures on the site's own test rows, from the same call.
-        result = train_local(
-            experiment.model_config, weights, normalizer.transform(split.X_train), split.y_train, train_cfg,
-            evaluate_on=(X_test, split.y_test),
-        )
+        result = train_at_site(plan, weights, split)
     except ValueError as exc:
         fail_update(update_id, f"local training failed: {exc}")
         return "failed: training"
@@ -121,22 +108,21 @@ def evaluate_hosted(version_id: int, site_id: int) -> str:
         log.warning("cannot evaluate %s at %s: %s", version, site.slug, exc)
         return "failed: site data"
     weights = artifacts.load_weights(version.weights_file, version.sha256)
-    X = Normalizer.from_dict(version.normalizer).transform(split.X_test)
-    record_evaluation(version.pk, site.pk, *_evaluation(version.experiment.model_config, weights, X, split.y_test))
+    model = ModelConfig.from_dict(version.model_config)
+    normalizer = Normalizer.from_dict(version.normalizer)
+    record_evaluation(version.pk, site.pk, *evaluate_at_site(model, weights, normalizer, split))
     return "evaluated"
 
 
-def _evaluation(cfg: ModelConfig, weights: Weights, X_test: np.ndarray, y_test: np.ndarray) -> tuple[Metrics, dict]:
-    """Metrics and analytics curves of a model on normalised test rows, from one forward pass."""
-    prob = predict_proba(cfg, weights, X_test)
-    metrics = compute_metrics(y_test, prob)
-    metrics["loss"] = metrics["log_loss"]
-    curves = {
-        "roc": roc_points(y_test, prob),
-        "calibration": calibration_points(y_test, prob),
-        "confusion": confusion(y_test, prob),
-    }
-    return metrics, curves
+def site_plan(experiment: Experiment, site: Site, round_number: int) -> SitePlan:
+    """The site-work contract for one site and round: the hosted worker trains with it
+    and an agent receives it, as is, in its claim response."""
+    return plan_site_round(
+        site=site.slug, round_number=round_number, experiment_seed=experiment.seed,
+        model=experiment.model_config, train=experiment.train_config(experiment.seed),
+        strategy=get_strategy(experiment.strategy, **experiment.strategy_params),
+        normalizer=Normalizer.from_dict(experiment.normalizer), test_fraction=experiment.test_fraction,
+    )
 
 
 def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: dict | None = None) -> bool:
@@ -164,4 +150,4 @@ def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: d
     return True
 
 
-__all__ = ["SiteDataError", "evaluate_hosted", "record_evaluation", "site_split", "train_hosted_update"]
+__all__ = ["SiteDataError", "evaluate_hosted", "record_evaluation", "site_plan", "site_split", "train_hosted_update"]

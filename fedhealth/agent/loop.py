@@ -1,7 +1,8 @@
 """The agent's polling loop: register, then train and evaluate what the server assigns.
 
-Mirrors aggregation/services/sitework.py step for step (same split, normaliser, seed
-and core functions), so an agent site trains exactly as a hosted worker would. State
+Trains with the plan the server sends (``fedhealth.ml.sitework.SitePlan``, the one a
+hosted worker uses) and the same core functions (``train_at_site``,
+``evaluate_at_site``), so an agent site trains and evaluates exactly as a hosted worker. State
 lives on the server: on restart the agent registers again (idempotent), is handed
 the same assignments and re-claims an update it was training.
 """
@@ -15,10 +16,9 @@ import threading
 import time
 from typing import Any
 
-from fedhealth.ml.metrics import calibration_points, confusion, roc_points
 from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.sitework import SitePlan, evaluate_at_site, train_at_site
 from fedhealth.ml.stats import Normalizer
-from fedhealth.ml.training import TrainConfig, evaluate, predict_proba, train_local
 from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
 
 from .client import ApiClient, ApiError, Unavailable
@@ -143,25 +143,20 @@ class SiteAgent:
             len(data),
             sha256_hex(data)[:12],
         )
-        cfg = ModelConfig.from_dict(task["model_config"])
-        normalizer = Normalizer.from_dict(task["normalizer"])
-        split = self.data.split(self.site, **task["split"])
+        # The server's plan is the one a hosted worker trains with; train_at_site also
+        # measures the local model on the held-out rows in the same call.
+        plan = SitePlan.from_dict({**task, "round": task["number"], "site": self.site})
+        split = self.data.split(self.site, test_fraction=plan.test_fraction, seed=plan.split_seed)
         started = time.monotonic()
         try:
-            result = train_local(
-                cfg,
-                weights,
-                normalizer.transform(split.X_train),
-                split.y_train,
-                TrainConfig.from_dict(task["train_config"]),
-            )
+            result = train_at_site(plan, weights, split)
         except ValueError as exc:
             self.client.post_json(
                 f"/agent/rounds/{rid}/failure/", {"reason": f"local training failed: {exc}"}
             )
             log.error("round %d: local training failed: %s", task["number"], exc)
             return
-        local = evaluate(cfg, result.weights, normalizer.transform(split.X_test), split.y_test)
+        local = result.metrics
         log.info(
             "round %d: trained on %d rows in %.1fs, loss %.4f, local test accuracy %.3f",
             task["number"],
@@ -206,16 +201,13 @@ class SiteAgent:
         meta = self.client.get_json(f"/models/{item['model']}/")
         data, _ = self.client.get_bytes(f"/models/{item['model']}/weights/")
         weights = weights_from_bytes(data, expected_sha256=item["sha256"])
-        cfg = ModelConfig.from_dict(meta["model_config"])
         split = self.data.split(self.site, test_fraction=item["test_fraction"], seed=item["seed"])
-        X = Normalizer.from_dict(meta["normalizer"]).transform(split.X_test)
-        metrics = evaluate(cfg, weights, X, split.y_test)
-        prob = predict_proba(cfg, weights, X)
-        curves = {
-            "roc": roc_points(split.y_test, prob),
-            "calibration": calibration_points(split.y_test, prob),
-            "confusion": confusion(split.y_test, prob),
-        }
+        metrics, curves = evaluate_at_site(
+            ModelConfig.from_dict(meta["model_config"]),
+            weights,
+            Normalizer.from_dict(meta["normalizer"]),
+            split,
+        )
         self.client.post_json(
             f"/agent/models/{item['model']}/evaluation/",
             {"metrics": finite_metrics(metrics), "curves": curves},

@@ -124,15 +124,18 @@ def run_federated(
     strategy = get_strategy(config.strategy, **config.strategy_params)
     weights = init_weights(config.model, config.seed)
     history: list[RoundRecord] = []
+    # The site-work contract every door uses (imported here: sitework builds on this module).
+    from .sitework import plan_site_round
+
     for r in range(1, config.rounds + 1):
-        extra = strategy.configure_fit(r)
         updates: list[Update] = []
         for site, X in train_sets:
-            # configure_fit's extras (e.g. FedProx's proximal_mu) override the defaults.
-            train_cfg = TrainConfig.from_dict(
-                config.train.to_dict() | {"seed": round_seed(config.seed, r, site.name)} | extra
+            plan = plan_site_round(
+                site=site.name, round_number=r, experiment_seed=config.seed, model=config.model,
+                train=config.train, strategy=strategy, normalizer=normalizer,
+                test_fraction=len(site.y_test) / (len(site.y_test) + len(site.y_train)),
             )
-            result = train_local(config.model, weights, X, site.y_train, train_cfg)
+            result = train_local(config.model, weights, X, site.y_train, plan.train)
             updates.append(Update(result.weights, result.num_samples, site.name, result.metrics | {"loss": result.loss}))
         outcome = strategy.aggregate(weights, updates)
         if outcome.weights is not None:

@@ -1,0 +1,143 @@
+"""The site-work contract: what a site does in a round, written once for every door.
+
+A hosted worker, a remote site agent and ``simulate`` all train and evaluate through
+these functions, so a site trains exactly the same way whichever door it uses:
+
+* ``plan_site_round`` builds the ``SitePlan`` for one site and round (model, training
+  configuration with the strategy's extras, the round seed, the split, the normaliser).
+  The server builds it once and sends it as is (``to_dict``) to an agent;
+* ``train_at_site`` trains from the global model on the site's training rows and
+  measures the local model on its held-out rows in the same call;
+* ``evaluate_at_site`` scores a global model on the held-out rows: metrics and the
+  analytics curves from one forward pass. Only these figures leave the site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .federation import SiteSplit, round_seed
+from .metrics import calibration_points, compute_metrics, confusion, roc_points
+from .model import ModelConfig
+from .stats import Normalizer
+from .strategies import Strategy
+from .training import TrainConfig, TrainResult, predict_proba, train_local
+from .types import Metrics, Weights
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """Everything a site needs to train one round as every other site does.
+
+    Attributes:
+        round: the round number (1-based).
+        site: the site's slug; part of its round seed.
+        model: the architecture of the global model.
+        train: local training hyper-parameters, with the round seed and the strategy's
+            extras (e.g. FedProx's ``proximal_mu``) applied.
+        normalizer: the experiment's global mean/std, fixed at the start.
+        test_fraction: the share of the site's rows held out for evaluation.
+        split_seed: the seed of the held-out split (the experiment's seed: stable across
+            rounds, so held-out rows are never trained on).
+    """
+
+    round: int
+    site: str
+    model: ModelConfig
+    train: TrainConfig
+    normalizer: Normalizer
+    test_fraction: float
+    split_seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "site": self.site,
+            "model_config": self.model.to_dict(),
+            "train_config": self.train.to_dict(),
+            "normalizer": self.normalizer.to_dict(),
+            "split": {"test_fraction": self.test_fraction, "seed": self.split_seed},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SitePlan:
+        return cls(
+            round=int(data["round"]),
+            site=str(data["site"]),
+            model=ModelConfig.from_dict(data["model_config"]),
+            train=TrainConfig.from_dict(data["train_config"]),
+            normalizer=Normalizer.from_dict(data["normalizer"]),
+            test_fraction=float(data["split"]["test_fraction"]),
+            split_seed=int(data["split"]["seed"]),
+        )
+
+
+def plan_site_round(
+    *,
+    site: str,
+    round_number: int,
+    experiment_seed: int,
+    model: ModelConfig,
+    train: TrainConfig,
+    strategy: Strategy,
+    normalizer: Normalizer,
+    test_fraction: float,
+) -> SitePlan:
+    """The plan for ``site`` in round ``round_number`` (1-based).
+
+    ``train`` is the experiment's training configuration; its seed is replaced by the
+    site's round seed and the strategy's ``configure_fit`` extras override it.
+    """
+    extra = strategy.configure_fit(round_number)
+    seed = round_seed(experiment_seed, round_number, site)
+    train_cfg = TrainConfig.from_dict(train.to_dict() | {"seed": seed} | extra)
+    return SitePlan(
+        round=round_number,
+        site=site,
+        model=model,
+        train=train_cfg,
+        normalizer=normalizer,
+        test_fraction=test_fraction,
+        split_seed=experiment_seed,
+    )
+
+
+def train_at_site(plan: SitePlan, global_weights: Weights, split: SiteSplit) -> TrainResult:
+    """Train from ``global_weights`` on the split's training rows (raw; normalised here).
+
+    ``TrainResult.metrics`` are the local model's figures on the held-out rows, from the
+    same call. Raises ValueError when the rows or weights do not fit the plan.
+    """
+    return train_local(
+        plan.model,
+        global_weights,
+        plan.normalizer.transform(split.X_train),
+        split.y_train,
+        plan.train,
+        evaluate_on=(plan.normalizer.transform(split.X_test), split.y_test),
+    )
+
+
+def evaluate_at_site(
+    model: ModelConfig, weights: Weights, normalizer: Normalizer, split: SiteSplit
+) -> tuple[Metrics, dict[str, Any]]:
+    """A global model's metrics and curves on the held-out rows, from one forward pass.
+
+    Returns ``(metrics, curves)``: ``metrics`` from ``compute_metrics`` with ``loss`` =
+    the mean log loss per row; ``curves`` holds ``roc`` points, ``calibration`` bins and
+    the ``confusion`` counts at 0.5: aggregates of predictions, never rows.
+    """
+    X = normalizer.transform(split.X_test)
+    y = np.asarray(split.y_test)
+    prob = predict_proba(model, weights, X)
+    metrics = compute_metrics(y, prob)
+    metrics["loss"] = metrics["log_loss"]
+    curves = {
+        "roc": roc_points(y, prob),
+        "calibration": calibration_points(y, prob),
+        "confusion": confusion(y, prob),
+    }
+    return metrics, curves
