@@ -2,7 +2,11 @@
 
 import os
 
-os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production")
+# 50+ characters, as the production settings require outside DEBUG.
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production-0123456789abcdef")
+# A developer's .env (written by `make run`, DEBUG=1) must not change what the suite
+# tests; child processes started by tests inherit this too.
+os.environ.setdefault("ENV_FILE", "")
 
 from .settings import *  # noqa: E402,F403
 
@@ -20,4 +24,10 @@ if "CELERY_BROKER_URL" not in os.environ:
 # Integration tests start Celery workers in other processes; they must reach the same
 # test database, so SQLite's test database is a file rather than in memory.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-db.sqlite3")}  # noqa: F405
+    # One file per test run (children get its path through DATABASE_URL), so two runs
+    # on one machine never write to the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3")}  # noqa: F405
+
+# Throttle counters and the failed-authentication limit live in the cache: an
+# in-process one, cleared by the API tests' fixtures between tests.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tests"}}
