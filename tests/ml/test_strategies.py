@@ -12,11 +12,14 @@ import pytest
 from fedhealth.ml.strategies import (
     STRATEGIES,
     FedAvg,
+    Krum,
     Rejected,
     Strategy,
     check_update,
     get_strategy,
+    update_problem,
 )
+from fedhealth.ml.strategies.checks import DUPLICATE, IMPLAUSIBLE, INVALID, NONFINITE
 from fedhealth.ml.types import Update, Weights
 
 
@@ -34,42 +37,61 @@ def _with(name: str, value: object) -> Weights:
     return weights
 
 
-BAD_UPDATES: dict[str, tuple[Callable[[], Update], str]] = {
+BAD_UPDATES: dict[str, tuple[Callable[[], Update], str, str]] = {
     "nan": (
         lambda: Update(_weights(w=[[1.0, float("nan")], [3.0, 4.0]], b=[1, 1]), 5, "bad"),
         "parameter 'w' contains non-finite values (1 NaN, 0 Inf)",
+        NONFINITE,
     ),
     "inf": (
         lambda: Update(_weights(w=[[1, 2], [3, 4]], b=[np.inf, -np.inf]), 5, "bad"),
         "parameter 'b' contains non-finite values (0 NaN, 2 Inf)",
+        NONFINITE,
     ),
     "shape": (
         lambda: Update(_with("w", np.zeros((2, 3), np.float32)), 5, "bad"),
         "parameter 'w' has shape (2, 3), expected (2, 2)",
+        INVALID,
     ),
     "dtype": (
         lambda: Update(_with("b", np.zeros(2, np.float64)), 5, "bad"),
         "parameter 'b' has dtype float64, expected float32",
+        INVALID,
     ),
     "not_array": (
         lambda: Update(_with("b", [0.0, 0.0]), 5, "bad"),
         "parameter 'b' is not a NumPy array (got list)",
+        INVALID,
     ),
     "missing": (
         lambda: Update(_weights(w=[[1, 2], [3, 4]]), 5, "bad"),
         "missing parameters: 'b'",
+        INVALID,
     ),
     "extra": (
         lambda: Update(_with("c", np.zeros(1, np.float32)), 5, "bad"),
         "unexpected parameters: 'c'",
+        INVALID,
     ),
     "zero_samples": (
         lambda: Update(GOOD.weights, 0, "bad"),
         "num_samples must be positive, got 0",
+        INVALID,
     ),
     "float_samples": (
         lambda: Update(GOOD.weights, 2.5, "bad"),  # type: ignore[arg-type]
         "num_samples must be an integer, got float",
+        INVALID,
+    ),
+    "implausible": (
+        lambda: Update(_weights(w=[[1, 2], [3e38, -4]], b=[1, 1]), 2**31 - 1, "bad"),
+        "parameter 'w' has a weight of magnitude 3e+38, above the plausible bound 10000",
+        IMPLAUSIBLE,
+    ),
+    "just_implausible": (
+        lambda: Update(_weights(w=[[1, 2], [3, 4]], b=[1, -10_001]), 5, "bad"),
+        "parameter 'b' has a weight of magnitude 1e+04, above the plausible bound 10000",
+        IMPLAUSIBLE,
     ),
 }
 
@@ -91,13 +113,15 @@ def test_check_update_accepts_a_valid_update_whatever_the_key_order() -> None:
 @pytest.mark.parametrize("kind", sorted(BAD_UPDATES))
 def test_check_update_names_the_problem(kind: str) -> None:
     # Prepare
-    make, expected = BAD_UPDATES[kind]
+    make, expected, code = BAD_UPDATES[kind]
 
     # Execute
     reason = check_update(make(), PREVIOUS)
+    problem = update_problem(make(), PREVIOUS)
 
     # Assert
     assert reason == expected
+    assert problem == (code, expected)
 
 
 def test_check_update_reports_missing_and_extra_together() -> None:
@@ -133,16 +157,34 @@ def test_fedavg_is_the_sample_weighted_mean() -> None:
 
 
 def test_fedavg_accumulates_in_float64() -> None:
-    # Prepare: 1 + 1e-8 is 1 in float32; a float32 accumulator would lose the small values.
-    big = Update({"x": np.full(3, 1e8, np.float32)}, 1, "a")
-    small = [Update({"x": np.full(3, 1.0, np.float32)}, 1, f"s{i}") for i in range(99)]
+    # Prepare: 1e4 + 1e-4 is 1e4 in float32; a float32 accumulator would lose the small values.
+    big = Update({"x": np.full(3, 1e4, np.float32)}, 1, "a")
+    small = [Update({"x": np.full(3, 1e-4, np.float32)}, 1, f"s{i}") for i in range(99)]
 
     # Execute
     result = FedAvg().aggregate({"x": np.zeros(3, np.float32)}, [big, *small])
 
-    # Assert: (1e8 + 99) / 100
+    # Assert: (1e4 + 99e-4) / 100 (a float32 sum gives 100.0)
     assert result.weights is not None
-    np.testing.assert_allclose(result.weights["x"], 1_000_000.99, rtol=1e-7)
+    np.testing.assert_allclose(result.weights["x"], 100.000099, rtol=1e-7)
+
+
+def test_fedavg_multiplies_by_num_samples_in_float64() -> None:
+    # Prepare: under NEP 50, float32 weights times a Python float multiply in float32, where
+    # 2**31 - 1 and 2**31 - 2 both round to 2**31: 3 * n1 - 3 * n2 would cancel to exactly 0.
+    n1, n2 = 2**31 - 1, 2**31 - 2
+    updates = [
+        Update({"x": np.full(2, 3.0, np.float32)}, n1, "a"),
+        Update({"x": np.full(2, -3.0, np.float32)}, n2, "b"),
+    ]
+
+    # Execute
+    result = FedAvg().aggregate({"x": np.zeros(2, np.float32)}, updates)
+
+    # Assert: (3 * n1 - 3 * n2) / (n1 + n2) = 3 / (2**32 - 3), about 7e-10
+    assert result.weights is not None
+    np.testing.assert_allclose(result.weights["x"], 3 / (n1 + n2), rtol=1e-6)
+    assert result.num_samples == n1 + n2
 
 
 def test_fedavg_handles_tensors_larger_than_one_chunk() -> None:
@@ -163,7 +205,7 @@ def test_fedavg_handles_tensors_larger_than_one_chunk() -> None:
 @pytest.mark.parametrize("kind", sorted(BAD_UPDATES))
 def test_fedavg_rejects_a_bad_update_and_averages_the_rest(kind: str) -> None:
     # Prepare
-    make, expected_reason = BAD_UPDATES[kind]
+    make, expected_reason, code = BAD_UPDATES[kind]
 
     # Execute
     result = FedAvg().aggregate(PREVIOUS, [make(), GOOD])
@@ -173,13 +215,13 @@ def test_fedavg_rejects_a_bad_update_and_averages_the_rest(kind: str) -> None:
     np.testing.assert_array_equal(result.weights["w"], GOOD.weights["w"])
     np.testing.assert_array_equal(result.weights["b"], GOOD.weights["b"])
     assert result.accepted == ["alpha"]
-    assert result.rejected == [Rejected("bad", expected_reason)]
+    assert result.rejected == [Rejected("bad", expected_reason, code)]
     assert result.num_samples == 1
 
 
 def test_fedavg_carries_failures_and_rejects_duplicates() -> None:
     # Prepare
-    failure = Rejected("gamma", "training timed out after 600 s")
+    failure = Rejected("gamma", "training timed out after 600 s", "timeout")
     retry = Update(_weights(w=[[9, 9], [9, 9]], b=[9, 9]), 100, "alpha")
 
     # Execute
@@ -190,7 +232,7 @@ def test_fedavg_carries_failures_and_rejects_duplicates() -> None:
     np.testing.assert_array_equal(result.weights["w"], GOOD.weights["w"])
     assert result.rejected == [
         failure,
-        Rejected("alpha", "duplicate update from this site in the same round"),
+        Rejected("alpha", "duplicate update from this site in the same round", DUPLICATE),
     ]
 
 
@@ -198,7 +240,7 @@ def test_fedavg_carries_failures_and_rejects_duplicates() -> None:
 def test_no_valid_update_keeps_the_previous_model(strategy: Strategy) -> None:
     # Prepare
     failure = Rejected("gamma", "crashed")
-    nan_update, reason = BAD_UPDATES["nan"]
+    nan_update, reason, _ = BAD_UPDATES["nan"]
 
     # Execute
     result = strategy.aggregate(PREVIOUS, [nan_update()], failures=[failure])
@@ -207,7 +249,7 @@ def test_no_valid_update_keeps_the_previous_model(strategy: Strategy) -> None:
     # Assert
     assert result.weights is None
     assert result.accepted == []
-    assert result.rejected == [failure, Rejected("bad", reason)]
+    assert result.rejected == [failure, Rejected("bad", reason, NONFINITE)]
     assert result.num_samples == 0
     assert empty.weights is None
 
@@ -220,23 +262,29 @@ def test_unnamed_updates_are_labelled_by_position() -> None:
     result = FedAvg().aggregate(PREVIOUS, [GOOD, unnamed])
 
     # Assert
-    assert result.rejected == [Rejected("<update 1>", "num_samples must be positive, got 0")]
+    assert result.rejected == [
+        Rejected("<update 1>", "num_samples must be positive, got 0", INVALID)
+    ]
 
 
 @pytest.mark.parametrize("strategy", [get_strategy(name) for name in STRATEGIES], ids=repr)
 def test_every_strategy_screens_updates(strategy: Strategy) -> None:
-    # Prepare
-    nan_update, reason = BAD_UPDATES["nan"]
+    # Prepare: Krum needs 2f + 3 valid updates; identical ones, so each is selectable.
+    nan_update, reason, _ = BAD_UPDATES["nan"]
     failure = Rejected("gamma", "crashed")
+    count = strategy.required() if isinstance(strategy, Krum) else 1
+    goods = [Update(GOOD.weights, 1, f"alpha{i}") for i in range(count)]
+    used = strategy.select if isinstance(strategy, Krum) else 1
 
     # Execute
-    result = strategy.aggregate(PREVIOUS, [nan_update(), GOOD], failures=[failure])
+    result = strategy.aggregate(PREVIOUS, [nan_update(), *goods], failures=[failure])
 
     # Assert
     assert result.weights is not None
-    assert result.accepted == ["alpha"]
-    assert result.rejected == [failure, Rejected("bad", reason)]
-    assert result.num_samples == 1
+    assert result.accepted == [f"alpha{i}" for i in range(used)]
+    assert result.rejected[:2] == [failure, Rejected("bad", reason, NONFINITE)]
+    assert [r.code for r in result.rejected[2:]] == ["not_selected"] * (count - used)
+    assert result.num_samples == used
 
 
 class _OneShot:

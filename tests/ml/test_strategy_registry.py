@@ -51,6 +51,7 @@ def test_registry_builds_every_strategy_and_round_trips_params() -> None:
     # Assert
     assert set(STRATEGIES) == {
         "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "trimmed_mean",
+        "krum", "multikrum",
     }  # fmt: skip
     for name, strategy in built.items():
         assert strategy.name == name

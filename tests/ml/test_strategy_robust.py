@@ -60,7 +60,7 @@ def test_fedmedian_skips_invalid_updates() -> None:
     assert result.weights is not None
     np.testing.assert_array_equal(result.weights["x"], [2, 0])
     assert result.rejected == [
-        Rejected("bad", "parameter 'x' contains non-finite values (2 NaN, 0 Inf)")
+        Rejected("bad", "parameter 'x' contains non-finite values (2 NaN, 0 Inf)", "nonfinite")
     ]
 
 

@@ -14,14 +14,22 @@ from fedhealth.ml.strategies.base import (
     Rejected,
     Strategy,
 )
-from fedhealth.ml.strategies.checks import check_update
+from fedhealth.ml.strategies.checks import (
+    MAX_ABS_WEIGHT,
+    Problem,
+    check_aggregate,
+    check_update,
+    update_problem,
+)
 from fedhealth.ml.strategies.fedavg import FedAvg
 from fedhealth.ml.strategies.fedmedian import FedMedian
 from fedhealth.ml.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedhealth.ml.strategies.fedprox import FedProx
+from fedhealth.ml.strategies.krum import Krum, MultiKrum
 from fedhealth.ml.strategies.trimmed_mean import TrimmedMean
 
 __all__ = [
+    "MAX_ABS_WEIGHT",
     "STRATEGIES",
     "AggregateResult",
     "CoordinateWiseStrategy",
@@ -32,16 +40,32 @@ __all__ = [
     "FedOpt",
     "FedProx",
     "FedYogi",
+    "Krum",
+    "MultiKrum",
+    "Problem",
     "Rejected",
     "Strategy",
     "TrimmedMean",
+    "check_aggregate",
     "check_update",
     "get_strategy",
     "strategy_params",
+    "update_problem",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean)
+    cls.name: cls
+    for cls in (
+        FedAvg,
+        FedProx,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        FedMedian,
+        TrimmedMean,
+        Krum,
+        MultiKrum,
+    )
 }
 
 

@@ -11,6 +11,10 @@ Two families share this base:
   accumulator, so memory is O(model size) however many sites report;
 * ``CoordinateWiseStrategy`` (median, trimmed mean) needs every update at once for each
   coordinate, so it materialises the valid updates; subclasses override ``_combine``.
+
+Every strategy computes in float64 and passes its result through ``check_aggregate`` before
+returning it: a non-finite or implausible aggregate is refused (``weights=None``, ``refused``
+says why), so the caller keeps the previous global model.
 """
 
 from __future__ import annotations
@@ -24,10 +28,17 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from fedhealth.ml.strategies.checks import Rejected, screen
+from fedhealth.ml.strategies.checks import Problem, Rejected, check_aggregate, screen
 from fedhealth.ml.types import Update, Weights
 
-__all__ = ["AggregateResult", "CoordinateWiseStrategy", "Rejected", "Strategy", "check_param"]
+__all__ = [
+    "AggregateResult",
+    "CoordinateWiseStrategy",
+    "Rejected",
+    "Strategy",
+    "check_count",
+    "check_param",
+]
 
 
 @dataclass
@@ -35,17 +46,40 @@ class AggregateResult:
     """Outcome of one round's aggregation.
 
     Attributes:
-        weights: the new global model (float32, same names/shapes/order as ``previous``), or
-            ``None`` when no update was usable: keep the previous global model.
-        accepted: sites whose updates were used, in arrival order.
-        rejected: failures passed in by the caller, then updates that failed ``check_update``.
-        num_samples: total training rows behind the accepted updates.
+        weights: the new global model (float32, same names/shapes/order as ``previous``, every
+            value finite and of magnitude <= ``MAX_ABS_WEIGHT``), or ``None``: keep the
+            previous global model (no usable update, or the aggregate was refused).
+        accepted: sites whose updates were used, in arrival order. When ``refused`` is set,
+            the sites whose updates passed the checks but produced no model.
+        rejected: failures passed in by the caller, then updates that failed the checks (and,
+            for Krum, valid updates it did not select: code ``"not_selected"``).
+        num_samples: total training rows behind ``accepted``.
+        refused: why the strategy produced no model although updates were valid (a
+            non-finite or implausible aggregate, too few updates for Krum), else ``None``.
+        refused_code: the machine code of ``refused`` (``"nonfinite"``, ``"implausible"``,
+            ``"too_few"``), else ``None``.
     """
 
     weights: Weights | None
     accepted: list[str] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     num_samples: int = 0
+    refused: str | None = None
+    refused_code: str | None = None
+
+    @classmethod
+    def refusal(
+        cls, problem: Problem, accepted: list[str], rejected: list[Rejected], num_samples: int
+    ) -> AggregateResult:
+        """No new model because of ``problem``; the caller keeps the previous one."""
+        return cls(
+            weights=None,
+            accepted=accepted,
+            rejected=rejected,
+            num_samples=num_samples,
+            refused=problem.reason,
+            refused_code=problem.code,
+        )
 
 
 class Strategy(ABC):
@@ -107,7 +141,9 @@ class CoordinateWiseStrategy(Strategy):
     """Base for robust strategies that combine each coordinate across all valid updates.
 
     Materialises the valid updates (memory O(number of updates x model size)); this is
-    inherent to order statistics such as the median. Subclasses override ``_combine``.
+    inherent to order statistics such as the median. Each parameter is stacked in float64
+    (one parameter at a time), so ``_combine`` computes in float64 whatever it does.
+    Subclasses override ``_combine``.
     """
 
     def aggregate(
@@ -117,29 +153,36 @@ class CoordinateWiseStrategy(Strategy):
         *,
         failures: Sequence[Rejected] = (),
     ) -> AggregateResult:
-        """Check every update, then ``_combine`` each parameter across the valid ones."""
+        """Check every update, then ``_combine`` each parameter across the valid ones.
+
+        Refuses (``weights=None``, ``refused`` set) a non-finite or implausible result.
+        """
         rejected = list(failures)
         valid = list(screen(updates, previous, rejected))
         if not valid:
             return AggregateResult(weights=None, rejected=rejected)
         num_samples = np.array([u.num_samples for u in valid], dtype=np.int64)
+        accepted = [u.site for u in valid]
+        total = int(num_samples.sum())
         weights: Weights = {}
         for name in previous:
-            stacked = np.stack([u.weights[name] for u in valid])
-            weights[name] = self._combine(stacked, num_samples).astype(np.float32, copy=False)
+            stacked = np.stack([u.weights[name] for u in valid], dtype=np.float64)
+            combined = self._combine(stacked, num_samples)
+            del stacked
+            problem = check_aggregate({name: combined})  # before the float32 cast can overflow
+            if problem is not None:
+                return AggregateResult.refusal(problem, accepted, rejected, total)
+            weights[name] = combined.astype(np.float32)
         return AggregateResult(
-            weights=weights,
-            accepted=[u.site for u in valid],
-            rejected=rejected,
-            num_samples=int(num_samples.sum()),
+            weights=weights, accepted=accepted, rejected=rejected, num_samples=total
         )
 
     @abstractmethod
     def _combine(
-        self, stacked: npt.NDArray[np.float32], num_samples: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.floating[Any]]:
-        """Reduce ``stacked`` (shape ``(k, *param_shape)``, one row per valid update) over
-        axis 0 to shape ``param_shape``. ``num_samples`` has shape ``(k,)``."""
+        self, stacked: npt.NDArray[np.float64], num_samples: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """Reduce ``stacked`` (float64, shape ``(k, *param_shape)``, one row per valid update)
+        over axis 0 to a float64 array of shape ``param_shape``. ``num_samples``: ``(k,)``."""
 
 
 def check_param(
@@ -168,3 +211,16 @@ def check_param(
         interval += ")" if high_open or high is None else "]"
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
     return number
+
+
+def check_count(name: str, value: object, *, low: int, high: int) -> int:
+    """Validate a whole-number hyperparameter in ``[low, high]`` and return it as an int.
+
+    Accepts an integral float (``1.0``), since forms and JSON hand numbers over as floats.
+    Raises ValueError naming the parameter, e.g. ``byzantine must be a whole number in
+    [0, 1000], got 1.5``.
+    """
+    number = check_param(name, value, low=low, high=high)
+    if not number.is_integer():
+        raise ValueError(f"{name} must be a whole number in [{low}, {high}], got {value!r}")
+    return int(number)

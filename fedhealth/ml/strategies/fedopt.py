@@ -18,6 +18,11 @@ adaptive step, per coordinate::
 correction. The state (``m``, ``v``, step count) lives on the server and is exposed through
 ``state_dict``/``load_state_dict`` so a restart loses nothing.
 
+The step is computed in float64 (the state is stored as float32) into new arrays, and the
+state is replaced only once the new model has passed ``check_aggregate``: a refused round
+(non-finite or implausible model, e.g. from a huge ``eta``) leaves ``m``, ``v`` and the step
+count exactly as they were, so the next round starts from uncorrupted state.
+
 Defaults: ``eta=1e-2`` (FedAdagrad ``1e-1``), ``beta_1=0.9``, ``beta_2=0.99``, ``tau=1e-3``
 (Flower: ``eta=1e-1``, ``tau=1e-9``). A coordinate moves by at most about ``eta`` per round,
 and ``tau`` damps coordinates whose pseudo-gradient is below ~1e-3 instead of inflating them
@@ -35,10 +40,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from fedhealth.ml.strategies.base import AggregateResult, Rejected, check_param
+from fedhealth.ml.strategies.checks import check_aggregate
 from fedhealth.ml.strategies.fedavg import FedAvg
-from fedhealth.ml.types import FloatArray, Update, Weights
+from fedhealth.ml.types import Update, Weights
+
+Float64Array = npt.NDArray[np.float64]
 
 
 class FedOpt(FedAvg):
@@ -68,8 +77,8 @@ class FedOpt(FedAvg):
         self.step = 0
 
     @abstractmethod
-    def _second_moment(self, v: FloatArray, delta_sq: FloatArray) -> None:
-        """Update ``v`` in place from ``delta_sq = delta ** 2`` (same shape, float32)."""
+    def _second_moment(self, v: Float64Array, delta_sq: Float64Array) -> None:
+        """Update ``v`` in place from ``delta_sq = delta ** 2`` (same shape, float64)."""
 
     def aggregate(
         self,
@@ -80,28 +89,37 @@ class FedOpt(FedAvg):
     ) -> AggregateResult:
         """FedAvg the valid updates (streamed), then step from ``previous`` towards them.
 
-        With no valid update the result is ``None`` and the state is left unchanged.
+        With no valid update, or a refused average or step (``refused`` set), the result's
+        weights are ``None`` and the state is left unchanged.
         """
         result = super().aggregate(previous, updates, failures=failures)
-        if result.weights is not None:
-            result.weights = self._server_step(previous, result.weights)
-        return result
-
-    def _server_step(self, previous: Weights, averaged: Weights) -> Weights:
-        if not self.m:
-            self.m = {k: np.zeros_like(w, dtype=np.float32) for k, w in previous.items()}
-            self.v = {k: np.zeros_like(w, dtype=np.float32) for k, w in previous.items()}
-        _check_matches("state", self.m, previous)
-        new: Weights = {}
+        if result.weights is None:
+            return result
+        if self.m:
+            _check_matches("state", self.m, previous)
+        new_w: Weights = {}
+        new_m: Weights = {}
+        new_v: Weights = {}
         for name, prev in previous.items():
-            delta = averaged[name] - prev
-            m, v = self.m[name], self.v[name]
-            m *= self.beta_1
-            m += (1.0 - self.beta_1) * delta
+            prev64 = prev.astype(np.float64)
+            delta = result.weights[name] - prev64
+            m = (1.0 - self.beta_1) * delta
+            v = np.zeros_like(delta)
+            if self.m:
+                m += self.beta_1 * self.m[name]
+                v += self.v[name]
             self._second_moment(v, np.square(delta))
-            new[name] = (prev + self.eta * m / (np.sqrt(v) + self.tau)).astype(np.float32)
-        self.step += 1
-        return new
+            stepped = prev64 + self.eta * m / (np.sqrt(v) + self.tau)
+            problem = check_aggregate({name: stepped})  # in float64: the cast could overflow
+            if problem is not None:  # the state stays as it was: nothing above touched it
+                return AggregateResult.refusal(
+                    problem, result.accepted, result.rejected, result.num_samples
+                )
+            new_w[name] = stepped.astype(np.float32)
+            new_m[name], new_v[name] = m.astype(np.float32), v.astype(np.float32)
+        result.weights = new_w
+        self.m, self.v, self.step = new_m, new_v, self.step + 1
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         """``{"json": {"step": int}, "arrays": {"m.<param>": m, "v.<param>": v}}`` (copies,
@@ -155,7 +173,7 @@ class FedAdagrad(FedOpt):
     def __init__(self, *, eta: float = 1e-1, beta_1: float = 0.9, tau: float = 1e-3) -> None:
         super().__init__(eta=eta, beta_1=beta_1, tau=tau)
 
-    def _second_moment(self, v: FloatArray, delta_sq: FloatArray) -> None:
+    def _second_moment(self, v: Float64Array, delta_sq: Float64Array) -> None:
         v += delta_sq
 
     def params(self) -> dict[str, float]:
@@ -168,7 +186,7 @@ class FedAdam(FedOpt):
 
     name: ClassVar[str] = "fedadam"
 
-    def _second_moment(self, v: FloatArray, delta_sq: FloatArray) -> None:
+    def _second_moment(self, v: Float64Array, delta_sq: Float64Array) -> None:
         v *= self.beta_2
         v += (1.0 - self.beta_2) * delta_sq
 
@@ -179,5 +197,5 @@ class FedYogi(FedOpt):
 
     name: ClassVar[str] = "fedyogi"
 
-    def _second_moment(self, v: FloatArray, delta_sq: FloatArray) -> None:
+    def _second_moment(self, v: Float64Array, delta_sq: Float64Array) -> None:
         v -= (1.0 - self.beta_2) * delta_sq * np.sign(v - delta_sq)

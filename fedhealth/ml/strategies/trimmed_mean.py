@@ -12,7 +12,7 @@ Materialises all valid updates (memory O(number of sites x model size)).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,12 +38,12 @@ class TrimmedMean(CoordinateWiseStrategy):
         return {"beta": self.beta}
 
     def _combine(
-        self, stacked: npt.NDArray[np.float32], num_samples: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.floating[Any]]:
+        self, stacked: npt.NDArray[np.float64], num_samples: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
         k = stacked.shape[0]
         # round() first so that e.g. 0.29 * 100 = 28.999... still trims 29; beta < 0.5 always
         # leaves at least one value per coordinate.
         cut = math.floor(round(self.beta * k, 9))
         kept = np.sort(stacked, axis=0)[cut : k - cut]
-        mean: npt.NDArray[np.float64] = kept.mean(axis=0, dtype=np.float64)
+        mean: npt.NDArray[np.float64] = kept.mean(axis=0)
         return mean
