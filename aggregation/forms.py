@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 from django import forms
-from django.db import transaction
 
 from clients.models import Dataset, Site
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
-from fedhealth.ml.strategies import STRATEGIES, get_strategy, strategy_params
+from fedhealth.ml.strategies import STRATEGIES, strategy_params
 
-from .models import Experiment, ModelVersion, Participant
+from .models import Experiment, ModelVersion
+from .services.creation import (
+    BOUNDS,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_HIDDEN_LAYERS,
+    MAX_LAYER_WIDTH,
+    MAX_NAME_LENGTH,
+    ExperimentInvalid,
+    create_experiment,
+    update_experiment,
+    validate_experiment,
+)
 
 STRATEGY_INFO = {
     "fedavg": ("FedAvg", "Sample-weighted average of the sites' models."),
@@ -35,7 +47,31 @@ FEATURE_LABELS = {
     "diastolic_bp": "Diastolic blood pressure",
     "spo2": "SpO2 (oxygen saturation)",
 }
-MAX_LAYERS, MAX_WIDTH = 6, 1024
+# Bounds come from the creation service, so the form cannot drift from the API.
+MAX_LAYERS, MAX_WIDTH = MAX_HIDDEN_LAYERS, MAX_LAYER_WIDTH
+# Service field -> the form field a person would correct.
+SERVICE_FIELDS = {"hidden_layers": "hidden", "round_timeout": "deadline_minutes", "strategy_params": "strategy"}
+# The deadline is asked in minutes (deadline_minutes); every other bound is a field as is.
+FORM_NUMBERS = [name for name in BOUNDS if name != "round_timeout"]
+NUMBER_LABELS = {
+    "num_rounds": "Rounds",
+    "local_epochs": "Local epochs per round",
+    "batch_size": "Batch size",
+    "lr": "Learning rate",
+    "weight_decay": "Weight decay",
+    "dropout": "Dropout",
+    "min_sites": "Minimum sites per round",
+    "fraction_fit": "Fraction of sites asked each round",
+    "test_fraction": "Test fraction held out at each site",
+    "seed": "Random seed",
+    "outlier_factor": "Outlier factor",
+}
+NUMBER_HELP = {
+    "min_sites": "A round needs at least this many sites' updates.",
+    "test_fraction": "Each site keeps this share of its rows to evaluate the models.",
+    "outlier_factor": "An update farther from the global model than this many times the median of the "
+                      "round's other updates is refused.",
+}
 
 
 def strategy_label(name: str) -> str:
@@ -50,10 +86,30 @@ def _number(step: str, **attrs) -> forms.NumberInput:
     return forms.NumberInput(attrs={"step": step, **attrs})
 
 
-class ExperimentForm(forms.ModelForm):
-    """A draft experiment: which sites (and which of their datasets), model, strategy,
-    training budget. The schema is the default vitals, the one uploads are checked against."""
+def _bounded_field(name: str) -> forms.Field:
+    """A number field whose limits (and the widget's min/max) are the service's BOUNDS."""
+    bound = BOUNDS[name]
+    default = Experiment._meta.get_field(name).default
+    kwargs = {"label": NUMBER_LABELS[name], "help_text": NUMBER_HELP.get(name, ""), "initial": default,
+              # Added after the others: a form without it keeps the default.
+              "required": name != "outlier_factor"}
+    if bound.integer:
+        return forms.IntegerField(min_value=int(bound.low), max_value=int(bound.high), **kwargs)
+    return forms.FloatField(min_value=bound.low, max_value=bound.high, widget=_number("any"), **kwargs)
 
+
+class ExperimentForm(forms.Form):
+    """A draft experiment: which sites (and which of their datasets), model, strategy,
+    training budget. The schema is the default vitals, the one uploads are checked against.
+
+    Validation and saving go through ``aggregation.services.creation``, as the API's and
+    the admin's do; the fields only parse what a person typed.
+    """
+
+    name = forms.CharField(label="Experiment name", max_length=MAX_NAME_LENGTH)
+    description = forms.CharField(
+        required=False, max_length=MAX_DESCRIPTION_LENGTH, widget=forms.Textarea(attrs={"rows": 2}),
+    )
     model_kind = forms.ChoiceField(
         label="Model type",
         choices=[("mlp", "Neural network (hidden layers below)"), ("logistic", "Logistic regression")],
@@ -69,52 +125,28 @@ class ExperimentForm(forms.ModelForm):
         initial="fedavg",
     )
     deadline_minutes = forms.IntegerField(
-        label="Round deadline (minutes)", min_value=1, max_value=7 * 24 * 60, initial=30,
+        label="Round deadline (minutes)",
+        min_value=math.ceil(BOUNDS["round_timeout"].low / 60), max_value=int(BOUNDS["round_timeout"].high // 60),
+        initial=30,
         help_text="A round closes after this long with the sites that reported, if at least the minimum did.",
     )
 
-    class Meta:
-        model = Experiment
-        fields = ["name", "description", "num_rounds", "local_epochs", "batch_size", "lr", "weight_decay",
-                  "dropout", "min_sites", "fraction_fit", "test_fraction", "seed"]
-        labels = {
-            "name": "Experiment name",
-            "num_rounds": "Rounds",
-            "local_epochs": "Local epochs per round",
-            "batch_size": "Batch size",
-            "lr": "Learning rate",
-            "weight_decay": "Weight decay",
-            "dropout": "Dropout",
-            "min_sites": "Minimum sites per round",
-            "fraction_fit": "Fraction of sites asked each round",
-            "test_fraction": "Test fraction held out at each site",
-            "seed": "Random seed",
-        }
-        help_texts = {
-            "min_sites": "A round needs at least this many sites' updates.",
-            "test_fraction": "Each site keeps this share of its rows to evaluate the models.",
-        }
-        widgets = {
-            "description": forms.Textarea(attrs={"rows": 2}),
-            "num_rounds": _number("1", min=1, max=1000),
-            "local_epochs": _number("1", min=1, max=100),
-            "batch_size": _number("1", min=1),
-            "lr": _number("any", min="0.000001", max=1),
-            "weight_decay": _number("any", min=0),
-            "dropout": _number("any", min=0, max=0.9),
-            "min_sites": _number("1", min=1),
-            "fraction_fit": _number("any", min=0.01, max=1),
-            "test_fraction": _number("any", min=0.05, max=0.5),
-        }
-
-    def __init__(self, *args, datasets, **kwargs):
-        """``datasets``: the ready datasets the coordinator may choose from."""
+    def __init__(self, *args, datasets, instance: Experiment | None = None, **kwargs):
+        """``datasets``: the ready datasets the coordinator may choose from; ``instance``:
+        the draft being edited, if any."""
         super().__init__(*args, **kwargs)
+        self.instance = instance
+        for name in FORM_NUMBERS:
+            self.fields[name] = _bounded_field(name)
         self.site_fields: list[tuple[Site, str]] = []
-        chosen = {p.site_id: p.dataset_id for p in self.instance.participants.all()} if self.instance.pk else {}
+        chosen = {p.site_id: p.dataset_id for p in instance.participants.all()} if instance else {}
         by_site: dict[Site, list[Dataset]] = {}
-        for ds in datasets.filter(status=Dataset.Status.READY, site__is_active=True).order_by("site__name", "-created_at"):
-            by_site.setdefault(ds.site, []).append(ds)
+        ready = datasets.filter(status=Dataset.Status.READY, site__is_active=True).select_related("site")
+        for ds in ready.order_by("site__name", "-created_at"):
+            # A hosted site trains on its stored file, an agent on its own CSV: a dataset
+            # of the other kind could never be trained on (the service refuses it too).
+            if bool(ds.file) == (ds.site.mode == Site.Mode.HOSTED):
+                by_site.setdefault(ds.site, []).append(ds)
         self.sites_without_data = list(Site.objects.filter(is_active=True).exclude(pk__in=[s.pk for s in by_site]))
         for site, options in by_site.items():
             name = f"site_{site.pk}"
@@ -127,25 +159,28 @@ class ExperimentForm(forms.ModelForm):
             )
             self.site_fields.append((site, name))
         self.param_groups: list[tuple[str, str, list[str]]] = []
-        stored = self.instance.strategy_params if self.instance.pk else {}
+        stored = instance.strategy_params if instance else {}
         for strategy, defaults in ((s, strategy_params(s)) for s in STRATEGIES):
             names = []
             for param, default in defaults.items():
                 name = param_field_name(strategy, param)
-                current = stored.get(param, default) if self.instance.strategy == strategy else default
+                current = stored.get(param, default) if instance and instance.strategy == strategy else default
                 self.fields[name] = forms.FloatField(
                     label=PARAM_LABELS.get(param, param), required=False, initial=current,
                     widget=_number("any"),
                 )
                 names.append(name)
             self.param_groups.append((strategy, STRATEGY_INFO.get(strategy, (strategy, ""))[1], names))
-        if self.instance.pk:
-            layers = list(self.instance.hidden_layers)
+        if instance:
+            layers = list(instance.hidden_layers)
             self.initial.update({
+                "name": instance.name,
+                "description": instance.description,
+                **{name: getattr(instance, name) for name in FORM_NUMBERS},
                 "model_kind": "mlp" if layers else "logistic",
                 "hidden": ", ".join(map(str, layers)),
-                "strategy": self.instance.strategy,
-                "deadline_minutes": max(1, round(self.instance.round_timeout / 60)),
+                "strategy": instance.strategy,
+                "deadline_minutes": max(1, round(instance.round_timeout / 60)),
             })
         else:
             self.initial.setdefault("hidden", ", ".join(map(str, Experiment._meta.get_field("hidden_layers").default())))
@@ -172,52 +207,79 @@ class ExperimentForm(forms.ModelForm):
             raise forms.ValidationError(f"Up to {MAX_LAYERS} layers, each 1 to {MAX_WIDTH} wide.")
         return widths
 
-    def clean(self):
-        cleaned = super().clean()
-        self.participants = {
-            site: cleaned[name] for site, name in self.site_fields if cleaned.get(name) is not None
-        }
-        if not self.participants:
-            raise forms.ValidationError("Choose a dataset for at least one site.")
-        min_sites = cleaned.get("min_sites")
-        if min_sites and min_sites > len(self.participants):
-            self.add_error("min_sites", f"Only {len(self.participants)} site(s) take part.")
+    def service_arguments(self) -> dict:
+        """What the creation service takes, from the fields that parsed."""
+        cleaned = self.cleaned_data
         strategy = cleaned.get("strategy")
+        args = {
+            "name": cleaned.get("name", ""),
+            "description": cleaned.get("description", ""),
+            "datasets": [cleaned[name] for _, name in self.site_fields if cleaned.get(name) is not None],
+            **{name: cleaned[name] for name in FORM_NUMBERS if cleaned.get(name) is not None},
+        }
+        if cleaned.get("hidden") is not None:
+            args["hidden_layers"] = cleaned["hidden"]
+        if cleaned.get("deadline_minutes") is not None:
+            args["round_timeout"] = cleaned["deadline_minutes"] * 60
         if strategy:
-            params = {
+            args["strategy"] = strategy
+            args["strategy_params"] = {
                 param: cleaned[param_field_name(strategy, param)]
                 for param in strategy_params(strategy)
                 if cleaned.get(param_field_name(strategy, param)) is not None
             }
-            try:
-                get_strategy(strategy, **params)
-            except ValueError as exc:
-                self.add_error("strategy", str(exc))
-            self.strategy_params = params
+        if self.instance is None:
+            args["schema"] = DEFAULT_SCHEMA.to_dict()
+        return args
+
+    def add_service_errors(self, exc: ExperimentInvalid) -> None:
+        for field, messages in exc.errors.items():
+            target = SERVICE_FIELDS.get(field, field)
+            if target not in self.fields:
+                target = None
+            elif self.has_error(target):
+                continue  # the field's own parse error already says what is wrong
+            for message in messages:
+                self.add_error(target, message)
+
+    def clean(self):
+        cleaned = super().clean()
+        try:
+            validate_experiment(**self.service_arguments())
+        except ExperimentInvalid as exc:
+            self.add_service_errors(exc)
         return cleaned
 
-    @transaction.atomic
-    def save(self, commit: bool = True, *, user=None) -> Experiment:
-        experiment = super().save(commit=False)
-        experiment.schema = DEFAULT_SCHEMA.to_dict()
-        experiment.hidden_layers = self.cleaned_data["hidden"]
-        experiment.strategy = self.cleaned_data["strategy"]
-        experiment.strategy_params = self.strategy_params
-        experiment.round_timeout = self.cleaned_data["deadline_minutes"] * 60
-        if user is not None and experiment.created_by_id is None:
-            experiment.created_by = user
-        experiment.save()
-        experiment.participants.all().delete()
-        Participant.objects.bulk_create(
-            Participant(experiment=experiment, site=site, dataset_id=dataset_id)
-            for site, dataset_id in self.participants.items()
-        )
-        return experiment
+    def save(self, *, user=None) -> Experiment | None:
+        """Create the draft (or apply the edit). None, with the errors added to the form,
+        when the service refuses it now (a dataset or the draft changed meanwhile)."""
+        try:
+            if self.instance is None:
+                return create_experiment(created_by=user, **self.service_arguments())
+            return update_experiment(self.instance, **self.service_arguments())
+        except ExperimentInvalid as exc:
+            self.add_service_errors(exc)
+            return None
 
 
 class VersionChoiceField(forms.ModelChoiceField):
+    """A version per option, with its mean AUROC as the viewer may see it (aggregation.policy:
+    a site sees final means only); no viewer, no figure."""
+
+    def __init__(self, *args, viewer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.viewer = viewer
+        self._figures = None
+
     def label_from_instance(self, obj: ModelVersion) -> str:
-        auroc = (obj.metrics.get("mean") or {}).get("auroc")
+        auroc = None
+        if self.viewer is not None:
+            from . import policy  # policy reads the models; forms load before them in admin
+
+            if self._figures is None:
+                self._figures = policy.version_figures(self.queryset)
+            shown = policy.version_metrics(self.viewer, obj, self._figures[obj.pk])
+            auroc = shown["mean"].get("auroc")
         score = f" · AUROC {auroc:.3f}" if isinstance(auroc, float) and auroc == auroc else ""
         return f"{obj.experiment.name} · version {obj.version}{score}"
 
@@ -233,9 +295,11 @@ class PredictForm(forms.Form):
     not here, so the web form, the CSV upload and the API report the same errors.
     """
 
-    def __init__(self, *args, versions, schema: Schema, **kwargs):
+    def __init__(self, *args, versions, schema: Schema, viewer=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["version"] = VersionChoiceField(queryset=versions, label="Model version", empty_label=None)
+        self.fields["version"] = VersionChoiceField(
+            queryset=versions, label="Model version", empty_label=None, viewer=viewer
+        )
         for f in schema.features:
             unit = f" {f.unit}" if f.unit else ""
             bounds = f"Allowed: {f.min:g} to {f.max:g}{unit}" if f.min is not None and f.max is not None else ""
@@ -256,7 +320,9 @@ class PredictCsvForm(forms.Form):
         widget=forms.ClearableFileInput(attrs={"accept": ".csv,text/csv"}),
     )
 
-    def __init__(self, *args, versions, **kwargs):
+    def __init__(self, *args, versions, viewer=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["version"] = VersionChoiceField(queryset=versions, label="Model version", empty_label=None)
+        self.fields["version"] = VersionChoiceField(
+            queryset=versions, label="Model version", empty_label=None, viewer=viewer
+        )
         self.order_fields(["version", "file"])

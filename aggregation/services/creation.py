@@ -1,0 +1,286 @@
+"""Creating and editing draft experiments: the one door behind the form, the API and the admin.
+
+Every bound an experiment's configuration must respect is written here once
+(``BOUNDS``, ``MAX_*``). The web form builds its fields and widgets from these
+constants, the API serializer its OpenAPI minimum/maximum, and all three doors call
+``create_experiment`` / ``update_experiment``, which check everything again, so no door
+can store what another would refuse. Problems are reported together in one
+``ExperimentInvalid`` naming each field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from clients.models import Dataset, Site
+from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
+from fedhealth.ml.strategies import STRATEGIES, get_strategy, strategy_params
+
+from ..models import Experiment, Participant
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Inclusive range of a numeric setting; ``integer`` settings take whole numbers only."""
+
+    low: float
+    high: float
+    integer: bool = False
+
+
+SEED_MAX = 2**31 - 1  # torch and numpy seeds; the round seed is derived from it
+MAX_SITES = 1000
+BOUNDS: dict[str, Bound] = {
+    "num_rounds": Bound(1, 1000, integer=True),
+    "local_epochs": Bound(1, 100, integer=True),
+    "batch_size": Bound(1, 65536, integer=True),
+    "lr": Bound(1e-6, 1.0),
+    "weight_decay": Bound(0.0, 1.0),
+    "dropout": Bound(0.0, 0.9),
+    "min_sites": Bound(1, MAX_SITES, integer=True),
+    "fraction_fit": Bound(0.01, 1.0),
+    "test_fraction": Bound(0.05, 0.5),
+    # Seconds. A round shorter than a minute cannot wait for a worker to pick it up.
+    "round_timeout": Bound(60, 7 * 24 * 3600, integer=True),
+    "seed": Bound(0, SEED_MAX, integer=True),
+    "outlier_factor": Bound(1.5, 1000.0),
+}
+MAX_HIDDEN_LAYERS = 8
+MAX_LAYER_WIDTH = 1024
+MAX_NAME_LENGTH = 200  # Experiment.name's column
+MAX_DESCRIPTION_LENGTH = 5000
+# A strategy parameter is a small hyper-parameter (a learning rate, a fraction); the
+# strategy itself checks its own range.
+MAX_STRATEGY_PARAMS = 16
+
+CONFIG_KEYS = (*BOUNDS, "hidden_layers", "strategy", "strategy_params")
+
+
+class ExperimentInvalid(ValueError):
+    """The experiment cannot be stored as given. ``errors`` maps each offending field
+    (``name``, ``seed``, ``datasets``, ...) to messages naming the value."""
+
+    def __init__(self, errors: Mapping[str, list[str]]) -> None:
+        self.errors = {field: list(messages) for field, messages in errors.items()}
+        super().__init__("; ".join(f"{f}: {m}" for f, ms in self.errors.items() for m in ms))
+
+
+def _number(field: str, value: Any, bound: Bound) -> tuple[float | int | None, str | None]:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = "a whole number" if bound.integer else "a number"
+        return None, f"{field} must be {kind}, not {value!r}."
+    if bound.integer and isinstance(value, float):
+        if not value.is_integer():
+            return None, f"{field} must be a whole number, not {value!r}."
+        value = int(value)
+    if not math.isfinite(value):
+        return None, f"{field} must be a finite number, not {value!r}."
+    if not bound.low <= value <= bound.high:
+        return None, f"{field} must be between {bound.low:g} and {bound.high:g}; got {value:g}."
+    return value, None
+
+
+def _text(field: str, value: Any, limit: int, *, required: bool) -> tuple[str | None, str | None]:
+    if not isinstance(value, str):
+        return None, f"{field} must be text."
+    value = value.strip()
+    if required and not value:
+        return None, f"{field} is required."
+    if len(value) > limit:
+        return None, f"{field} is {len(value):,} characters long; the limit is {limit:,}."
+    if "\x00" in value:
+        return None, f"{field} must not contain NUL characters."
+    return value, None
+
+
+def _hidden_layers(value: Any) -> tuple[list[int] | None, str | None]:
+    if not isinstance(value, list | tuple):
+        return None, "hidden_layers must be a list of layer widths."
+    if len(value) > MAX_HIDDEN_LAYERS:
+        return None, f"hidden_layers has {len(value)} layers; at most {MAX_HIDDEN_LAYERS}."
+    for width in value:
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_LAYER_WIDTH:
+            return None, f"hidden_layers: each width must be a whole number from 1 to {MAX_LAYER_WIDTH}, not {width!r}."
+    return list(value), None
+
+
+def _strategy(name: Any, params: Any) -> tuple[tuple[str, dict[str, float]] | None, dict[str, str]]:
+    if name not in STRATEGIES:
+        return None, {"strategy": f"strategy must be one of {', '.join(STRATEGIES)}, not {name!r}."}
+    if not isinstance(params, Mapping) or len(params) > MAX_STRATEGY_PARAMS:
+        return None, {"strategy_params": "strategy_params must be an object of a few named numbers."}
+    known = strategy_params(name)
+    clean: dict[str, float] = {}
+    for key, value in params.items():
+        if key not in known:
+            expected = ", ".join(known) or "none"
+            return None, {"strategy_params": f"{key!r} is not a parameter of {name} (expected: {expected})."}
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None, {"strategy_params": f"{key} must be a finite number, not {value!r}."}
+        clean[key] = value
+    try:
+        get_strategy(name, **clean)
+    except (ValueError, TypeError) as exc:  # the strategy's own message names the parameter
+        return None, {"strategy_params": str(exc)}
+    return (name, clean), {}
+
+
+def _datasets(items: Iterable[Dataset | int], schema: dict[str, Any]) -> tuple[list[Dataset], list[str]]:
+    ids = [d.pk if isinstance(d, Dataset) else d for d in items]
+    if not ids:
+        return [], ["Choose a dataset for at least one site."]
+    if len(ids) > MAX_SITES:
+        return [], [f"at most {MAX_SITES} datasets."]
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        return [], ["datasets must be dataset ids."]
+    found = {d.pk: d for d in Dataset.objects.filter(pk__in=ids).select_related("site")}
+    problems: list[str] = []
+    sites: set[int] = set()
+    for pk in ids:
+        ds = found.get(pk)
+        if ds is None:
+            problems.append(f"dataset {pk} does not exist")
+            continue
+        if ds.status != Dataset.Status.READY:
+            problems.append(f"dataset {pk} is {ds.status}, not ready")
+        elif not ds.site.is_active:
+            problems.append(f"dataset {pk} belongs to site {ds.site.slug}, which is not active")
+        elif ds.schema != schema:
+            problems.append(f"dataset {pk} has a different schema from the experiment")
+        elif ds.site.mode == Site.Mode.AGENT and ds.file:
+            # A file uploaded while the site was hosted: its agent trains on its own CSV,
+            # so the stored file's statistics would not describe what is trained on.
+            problems.append(f"dataset {pk} is a stored upload, but site {ds.site.slug} runs a site agent")
+        elif ds.site.mode == Site.Mode.HOSTED and not ds.file:
+            problems.append(f"dataset {pk} is an agent's summary, but site {ds.site.slug} is hosted")
+        if ds.site_id in sites:
+            problems.append(f"site {ds.site.slug} has more than one dataset in the list")
+        sites.add(ds.site_id)
+    return [found[pk] for pk in ids if pk in found], problems
+
+
+def validate_experiment(
+    *, name: Any, description: Any = "", datasets: Sequence[Dataset | int], schema: Any = None,
+    **config: Any,
+) -> dict[str, Any]:
+    """Check a draft experiment's fields; return them cleaned (``datasets`` as Dataset rows,
+    ``schema`` as a dict). Settings left out keep the model's defaults.
+
+    Raises ``ExperimentInvalid`` with every problem found, by field.
+    """
+    errors: dict[str, list[str]] = {}
+
+    def fail(field: str, message: str) -> None:
+        errors.setdefault(field, []).append(message)
+
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    for key in unknown:
+        fail(key, f"{key} is not a setting of an experiment.")
+    clean: dict[str, Any] = {}
+    for field, value, limit, required in (
+        ("name", name, MAX_NAME_LENGTH, True), ("description", description or "", MAX_DESCRIPTION_LENGTH, False),
+    ):
+        text, problem = _text(field, value, limit, required=required)
+        if problem:
+            fail(field, problem)
+        clean[field] = text
+    for field, bound in BOUNDS.items():
+        if field in config:
+            value, problem = _number(field, config[field], bound)
+            if problem:
+                fail(field, problem)
+            clean[field] = value
+    if "hidden_layers" in config:
+        layers, problem = _hidden_layers(config["hidden_layers"])
+        if problem:
+            fail("hidden_layers", problem)
+        clean["hidden_layers"] = layers
+    if "strategy" in config or "strategy_params" in config:
+        strategy, problems = _strategy(config.get("strategy", "fedavg"), config.get("strategy_params") or {})
+        for field, message in problems.items():
+            fail(field, message)
+        if strategy:
+            clean["strategy"], clean["strategy_params"] = strategy
+
+    try:
+        schema_dict = Schema.from_dict(schema).to_dict() if schema is not None else DEFAULT_SCHEMA.to_dict()
+    except (SchemaError, TypeError, AttributeError, KeyError) as exc:
+        fail("schema", f"schema is not valid: {exc}")
+        schema_dict = None
+    clean["schema"] = schema_dict
+    rows: list[Dataset] = []
+    if schema_dict is not None:
+        rows, problems = _datasets(datasets, schema_dict)
+        for message in problems:
+            fail("datasets", message)
+    clean["datasets"] = rows
+
+    # Rules across fields, each named by the field a person would change.
+    n = len(rows)
+    min_sites = clean.get("min_sites", Experiment._meta.get_field("min_sites").default)
+    if n and isinstance(min_sites, int) and min_sites > n:
+        fail("min_sites", f"min_sites is {min_sites}. Only {n} site(s) take part.")
+    if errors:
+        raise ExperimentInvalid(errors)
+    return clean
+
+
+def _participants(experiment: Experiment, datasets: list[Dataset]) -> None:
+    experiment.participants.all().delete()
+    Participant.objects.bulk_create(
+        Participant(experiment=experiment, site=ds.site, dataset=ds) for ds in datasets
+    )
+
+
+def create_experiment(
+    *, created_by: Any = None, name: str, description: str = "", datasets: Sequence[Dataset | int],
+    schema: Any = None, **config: Any,
+) -> Experiment:
+    """Create a draft experiment over ``datasets`` (one ready dataset per site).
+
+    ``config``: any of ``CONFIG_KEYS``; settings left out keep the model's defaults.
+    Raises ``ExperimentInvalid``.
+    """
+    clean = validate_experiment(name=name, description=description, datasets=datasets, schema=schema, **config)
+    rows = clean.pop("datasets")
+    user = created_by if getattr(created_by, "is_authenticated", False) else None
+    with transaction.atomic():
+        experiment = Experiment.objects.create(created_by=user, **clean)
+        _participants(experiment, rows)
+    return experiment
+
+
+def update_experiment(
+    experiment: Experiment, *, name: str, description: str = "", datasets: Sequence[Dataset | int],
+    schema: Any = None, **config: Any,
+) -> Experiment:
+    """Change a draft experiment's configuration and participants (drafts only).
+
+    Raises ``ExperimentInvalid`` (``status`` when the experiment has started).
+    """
+    schema = experiment.schema if schema is None else schema
+    clean = validate_experiment(name=name, description=description, datasets=datasets, schema=schema, **config)
+    rows = clean.pop("datasets")
+    with transaction.atomic():
+        # Under the row lock: a concurrent Start must not see half an edit, nor an edit
+        # land on an experiment that has just started.
+        locked = Experiment.objects.select_for_update().get(pk=experiment.pk)
+        if locked.status != Experiment.Status.DRAFT:
+            raise ExperimentInvalid({"status": [f"only a draft can be changed; this experiment is {locked.status}."]})
+        for field, value in clean.items():
+            setattr(locked, field, value)
+        locked.save()
+        _participants(locked, rows)
+    return locked
+
+
+__all__ = [
+    "BOUNDS", "CONFIG_KEYS", "MAX_DESCRIPTION_LENGTH", "MAX_HIDDEN_LAYERS", "MAX_LAYER_WIDTH", "MAX_NAME_LENGTH",
+    "MAX_SITES", "SEED_MAX", "Bound", "ExperimentInvalid", "create_experiment", "update_experiment",
+    "validate_experiment",
+]
