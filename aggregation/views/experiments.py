@@ -54,8 +54,7 @@ def experiment_detail(request, pk: int):
 @coordinator_required
 def experiment_create(request):
     form = ExperimentForm(request.POST or None, datasets=visible_datasets(request.user))
-    if request.method == "POST" and form.is_valid():
-        experiment = form.save(user=request.user)
+    if request.method == "POST" and form.is_valid() and (experiment := form.save(user=request.user)):
         messages.success(request, f"Experiment “{experiment.name}” saved as a draft. Start it when ready.")
         return redirect("experiment_detail", pk=experiment.pk)
     return render(request, "aggregation/experiment_form.html", {"form": form})
@@ -68,8 +67,7 @@ def experiment_edit(request, pk: int):
         messages.error(request, "Only a draft experiment can be changed.")
         return redirect("experiment_detail", pk=pk)
     form = ExperimentForm(request.POST or None, instance=experiment, datasets=visible_datasets(request.user))
-    if request.method == "POST" and form.is_valid():
-        form.save(user=request.user)
+    if request.method == "POST" and form.is_valid() and form.save(user=request.user):
         messages.success(request, "Changes saved.")
         return redirect("experiment_detail", pk=pk)
     return render(request, "aggregation/experiment_form.html", {"form": form, "experiment": experiment})
