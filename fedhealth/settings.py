@@ -8,19 +8,53 @@ rather than at the first request.
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# `make run` writes .env (DEBUG=1 and a generated key) for local use; variables already
+# in the environment win. ENV_FILE names another file, or none when empty: the test
+# settings set it empty so a developer's .env cannot change what the suite tests.
+_ENV_FILE = env.str("ENV_FILE", default=str(BASE_DIR / ".env"))
+if _ENV_FILE:
+    environ.Env.read_env(_ENV_FILE, overwrite=False)
 
 # GENERAL
 # ------------------------------------------------------------------------------
 DEBUG = env.bool("DEBUG", default=False)
-# The default key only exists so `manage.py` works on a fresh checkout; outside DEBUG a
-# real key is required (checked below).
+# Only DEBUG may run on this key; outside DEBUG a real one is required (below).
 _DEV_SECRET = "dev-only-insecure-key-change-me"
-SECRET_KEY = env.str("SECRET_KEY", default=_DEV_SECRET)
+# Django signs sessions, CSRF tokens and password-reset links with the key; Django's own
+# deploy check (security.W009) asks for 50+ characters, 5+ distinct, no default prefix.
+SECRET_KEY_MIN_LENGTH = 50
+
+
+def secret_key_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable production SECRET_KEY, or None when it is."""
+    if not value.strip():
+        return "is empty"
+    if value.startswith("django-insecure") or value == _DEV_SECRET:
+        return "is a development default"
+    if len(value) < SECRET_KEY_MIN_LENGTH:
+        return f"has {len(value)} characters; at least {SECRET_KEY_MIN_LENGTH} are needed"
+    if len(set(value)) < 5:
+        return "has fewer than 5 distinct characters"
+    return None
+
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if DEBUG and not SECRET_KEY:
+    SECRET_KEY = _DEV_SECRET
+elif not DEBUG and (_problem := secret_key_problem(SECRET_KEY)):
+    # Refused at start-up, not at the first request: an empty key passes `check` and
+    # then every request fails.
+    raise ImproperlyConfigured(
+        f"SECRET_KEY {_problem}. Outside DEBUG set SECRET_KEY to a random string of "
+        f"{SECRET_KEY_MIN_LENGTH}+ characters, for example the output of: "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'  "
+        "(for local development, `make run` writes a .env with DEBUG=1 and a generated key)"
+    )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 TIME_ZONE = "UTC"
 USE_TZ = True
@@ -41,6 +75,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    "csp",
     "fedhealth",
     "clients",
     "aggregation",
@@ -55,6 +90,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Content-Security-Policy outside DEBUG (policy under SECURITY below).
+    "csp.middleware.CSPMiddleware",
     # Last, as django-axes requires: it sees the outcome of authentication.
     "axes.middleware.AxesMiddleware",
 ]
@@ -184,13 +221,48 @@ CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 if not DEBUG:
+    # Production defaults; a plain-HTTP test deployment turns them off explicitly.
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
-    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
-    if SECRET_KEY == _DEV_SECRET:
-        from django.core.exceptions import ImproperlyConfigured
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    # Container health checks call /healthz over plain HTTP inside the host.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    # HSTS (sent on HTTPS responses only): a year, subdomains included.
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading commits the whole domain to HTTPS in browsers' built-in lists, a
+        # decision for the domain's owner (SECURE_HSTS_PRELOAD=1), not a default.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+    # Behind a TLS-terminating proxy: the header it sets, e.g. HTTP_X_FORWARDED_PROTO
+    # (only if the proxy always sets or strips it, or clients could claim HTTPS).
+    if _proxy_header := env.str("SECURE_PROXY_SSL_HEADER", default=""):
+        SECURE_PROXY_SSL_HEADER = (_proxy_header, "https")
 
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    # Content-Security-Policy (django-csp): the pages load scripts, styles, images and
+    # JSON from this origin only. No 'unsafe-inline' and no 'unsafe-eval': data for the
+    # scripts travels in <script type="application/json"> blocks, and the two <style>
+    # elements plotly.js fills at run time carry the request's nonce
+    # (templates/includes/plotly.html). DEBUG keeps no policy: Django's debug pages are
+    # inline HTML.
+    from csp.constants import NONCE, NONE, SELF
+
+    CONTENT_SECURITY_POLICY = {
+        "DIRECTIVES": {
+            "default-src": [SELF],
+            "script-src": [SELF],
+            "style-src": [SELF, NONCE],
+            # plotly.js draws its mode-bar icons from data: SVG images.
+            "img-src": [SELF, "data:"],
+            "connect-src": [SELF],
+            "font-src": [SELF],
+            "object-src": [NONE],
+            "base-uri": [NONE],
+            "form-action": [SELF],
+            "frame-ancestors": [NONE],
+        }
+    }
 
 # AUTHENTICATION
 # ------------------------------------------------------------------------------
@@ -281,7 +353,15 @@ REST_FRAMEWORK = {
         "upload": _throttle_rate("API_UPLOAD_THROTTLE_RATE", "30/min"),
     },
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Client addresses (throttles, failed-authentication limit) come from REMOTE_ADDR;
+    # behind N trusted proxies, from the N-th address from the right of X-Forwarded-For.
+    # Never None: DRF would then key on the whole header, which any client can vary.
+    "NUM_PROXIES": env.int("API_NUM_PROXIES", default=0),
 }
+# Failed token authentications allowed per client address within the window; then
+# that address gets 429 until the window (counted from its first failure) ends.
+FEDHEALTH_API_AUTH_FAILURES = env.int("API_AUTH_FAILURE_LIMIT", default=20)
+FEDHEALTH_API_AUTH_WINDOW_SECONDS = env.int("API_AUTH_FAILURE_WINDOW", default=600)
 # Largest model update an agent may upload, in bytes. The default model has ~3,000
 # parameters (12 KB); 8 MiB leaves room for much wider models and stays under
 # DATA_UPLOAD_MAX_MEMORY_SIZE.

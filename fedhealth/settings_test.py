@@ -31,3 +31,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
 # Throttle counters and the failed-authentication limit live in the cache: an
 # in-process one, cleared by the API tests' fixtures between tests.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tests"}}
+
+# The test client speaks plain HTTP; the production default would redirect every
+# request to HTTPS (tests of the deploy settings run them in a subprocess).
+SECURE_SSL_REDIRECT = False

@@ -34,6 +34,17 @@ def num(value: Any) -> float | None:
 clean = json_safe
 
 
+def plain(text: str) -> str:
+    """A user-controlled string (a site's name, a column's) as plain text in a figure.
+
+    plotly.js renders a subset of HTML in tick labels, legends and hover text, so a
+    site named ``<a href="https://evil.example">x</a>`` would show as a link. It decodes
+    ``&amp; &lt; &gt;`` back to the characters, so escaping those three shows the
+    name as typed (not ``html.escape``: plotly.js does not decode ``&quot;``).
+    """
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _axis(title: str, **extra: Any) -> dict[str, Any]:
     return {"title": {"text": title}, "gridcolor": "#e5eaf0", "zeroline": False, "automargin": True, **extra}
 
@@ -86,9 +97,10 @@ def global_figures(num_rounds: int, versions: Sequence[tuple[int, dict]], train_
 def site_comparison_figures(rows: Sequence[tuple[str, dict | None, dict | None]]) -> dict[str, Figure]:
     """Grouped bars per site: its local model vs the global model, on its test data.
 
-    ``rows`` are (site name, local metrics or None, global metrics or None).
+    ``rows`` are (site name, local metrics or None, global metrics or None). Names,
+    like every user-controlled string in these figures, go through ``plain``.
     """
-    names = [name for name, _, _ in rows]
+    names = [plain(name) for name, _, _ in rows]
     figures: dict[str, Figure] = {}
     for key, title in METRIC_TITLES.items():
         bars = [
@@ -111,7 +123,7 @@ def site_comparison_figures(rows: Sequence[tuple[str, dict | None, dict | None]]
 def roc_figure(curves: Sequence[tuple[str, dict]]) -> Figure:
     """ROC curve per site (``curves``: site name, {"fpr": [...], "tpr": [...]})."""
     data = [
-        _line(name, c.get("fpr", []), c.get("tpr", []), PALETTE[i % len(PALETTE)], mode="lines")
+        _line(plain(name), c.get("fpr", []), c.get("tpr", []), PALETTE[i % len(PALETTE)], mode="lines")
         for i, (name, c) in enumerate(curves)
     ]
     data.append({"type": "scatter", "mode": "lines", "name": "Chance", "x": [0, 1], "y": [0, 1],
@@ -123,7 +135,7 @@ def roc_figure(curves: Sequence[tuple[str, dict]]) -> Figure:
 def calibration_figure(curves: Sequence[tuple[str, dict]]) -> Figure:
     """Reliability diagram per site (mean predicted vs observed fraction positive)."""
     data = [
-        _line(name, c.get("mean_predicted", []), c.get("fraction_positive", []), PALETTE[i % len(PALETTE)],
+        _line(plain(name), c.get("mean_predicted", []), c.get("fraction_positive", []), PALETTE[i % len(PALETTE)],
               text=[f"{int(n)} patients" for n in c.get("count", [])])
         for i, (name, c) in enumerate(curves)
     ]
@@ -137,7 +149,7 @@ def calibration_figure(curves: Sequence[tuple[str, dict]]) -> Figure:
 def confusion_figure(counts: dict[str, int], label: str) -> Figure:
     """2x2 heatmap of confusion counts at threshold 0.5 ({"tn", "fp", "fn", "tp"})."""
     z = [[counts.get("tn", 0), counts.get("fp", 0)], [counts.get("fn", 0), counts.get("tp", 0)]]
-    names = [f"{label} = 0", f"{label} = 1"]
+    names = [f"{plain(label)} = 0", f"{plain(label)} = 1"]
     return {
         "data": [{
             "type": "heatmap", "z": z, "x": names, "y": names, "colorscale": [[0, "#eef5f8"], [1, PALETTE[0]]],

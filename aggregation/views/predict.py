@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, render
 from django.template.defaultfilters import filesizeformat
 
 from clients.views.access import limit_upload_size
+from fedhealth import csvsafe
 from fedhealth.ml.inference import FieldError
 from fedhealth.ml.schema import Schema
 
@@ -125,7 +126,7 @@ def _error_row(err: FieldError) -> dict:
 def _results_csv(version, schema: Schema, records, result) -> HttpResponse:
     columns = list(records[0].keys()) if records else schema.feature_names
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csvsafe.writer(out)  # the file's own cells are echoed: formulas neutralised
     writer.writerow([*columns, f"probability_{schema.label}", f"predicted_{schema.label}"])
     for r, p, y in zip(records, result.probabilities, result.labels, strict=True):
         writer.writerow([*(r.get(c, "") for c in columns), f"{p:.6f}", y])

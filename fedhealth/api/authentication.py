@@ -14,6 +14,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
 from clients.models import ApiToken, Membership, Site
+from fedhealth.api.throttles import FailedAuthLimit
 
 KEYWORDS = (b"bearer", b"token")
 # last_used_at is advisory: writing it on every request would serialise all API
@@ -48,6 +49,16 @@ class TokenAuthentication(BaseAuthentication):
         auth = get_authorization_header(request).split()
         if not auth or auth[0].lower() not in KEYWORDS:
             return None
+        # An address past its failure limit is refused before the token is looked at.
+        limit = FailedAuthLimit(request)
+        limit.check()
+        try:
+            return self._authenticate(auth)
+        except exceptions.AuthenticationFailed:
+            limit.record_failure()
+            raise
+
+    def _authenticate(self, auth: list[bytes]):
         if len(auth) != 2:
             raise exceptions.AuthenticationFailed(
                 "Invalid token header: expected 'Bearer <token>'."

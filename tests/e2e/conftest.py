@@ -76,14 +76,16 @@ def product(people, settings, tmp_path, monkeypatch):
         FEDHEALTH_POLL_MS="300",
     )
     # The web server runs as in production: DEBUG off, collected (hashed, compressed)
-    # static files served by whitenoise. Plain HTTP on 127.0.0.1, hence no secure cookies.
+    # static files served by whitenoise, the Content-Security-Policy on. Plain HTTP on
+    # 127.0.0.1, hence no secure cookies and no redirect to HTTPS.
     web_env = env | {
         "DJANGO_SETTINGS_MODULE": "fedhealth.settings",
-        "SECRET_KEY": "e2e-only-secret-key-0123456789abcdef",
+        "SECRET_KEY": "e2e-only-secret-key-0123456789abcdef-0123456789abcdef",
         "DEBUG": "0",
         "STATIC_ROOT": str(tmp_path / "static"),
         "SESSION_COOKIE_SECURE": "0",
         "CSRF_COOKIE_SECURE": "0",
+        "SECURE_SSL_REDIRECT": "0",
     }
     manage(web_env, "collectstatic", "--no-input", "-v0")
     port = free_port()

@@ -31,17 +31,45 @@ BAD_CSV = (
 )
 
 
+# Records Content-Security-Policy violations from the page's start, before any script.
+CSP_LISTENER = """window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
+});"""
+
+
+def assert_no_csp_violation(page: Page) -> None:
+    """The page (as drawn so far, charts included) broke no rule of its policy."""
+    seen = page.evaluate("window.__cspViolations")
+    assert seen is not None, f"no CSP listener on {page.url}"
+    assert seen == [], f"{page.url}: {seen}"
+
+
 class Watch:
-    """Console errors, failed requests and any request leaving the product's host."""
+    """Console errors, Content-Security-Policy violations (every page of the context,
+    from its first byte), failed requests and any request leaving the product's host."""
 
     def __init__(self, page: Page, host: str) -> None:
         self.problems: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        self.pages_with_csp: set[str] = set()
+        page.context.add_init_script(CSP_LISTENER)
+        page.on("response", self._policy)
+        page.on("console", lambda m: (m.type == "error" or "Content Security Policy" in m.text)
+                and self.problems.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         # A poll cut short by leaving the page is aborted, not failed.
         page.on("requestfailed", lambda r: "ERR_ABORTED" not in (r.failure or "") and self.problems.append(
             f"failed: {r.url} {r.failure}"))
         page.on("request", lambda r: urlparse(r.url).netloc != host and self.problems.append(f"off-site: {r.url}"))
+
+    def _policy(self, response) -> None:
+        """Every HTML page carries the policy (no 'unsafe-inline', no 'unsafe-eval')."""
+        if response.request.resource_type != "document":
+            return
+        policy = response.headers.get("content-security-policy", "")
+        if "script-src 'self'" not in policy or "unsafe-" in policy:
+            self.problems.append(f"policy of {response.url}: {policy!r}")
+        self.pages_with_csp.add(urlparse(response.url).path)
 
 
 def sign_in(page: Page, url: str, username: str) -> None:
@@ -52,13 +80,20 @@ def sign_in(page: Page, url: str, username: str) -> None:
 
 
 def both_widths(browser, page: Page, shoot, name: str, path: str | None = None) -> None:
-    """A desktop screenshot of the page, then the same page at a phone's width."""
+    """A desktop screenshot of the page, then the same page at a phone's width; neither
+    broke the Content-Security-Policy."""
+    assert_no_csp_violation(page)
     shoot(page, f"{name}-desktop")
     phone = browser.new_context(viewport=PHONE, storage_state=page.context.storage_state(), is_mobile=True)
+    phone.add_init_script(CSP_LISTENER)
     try:
         mobile = phone.new_page()
+        console: list[str] = []
+        mobile.on("console", lambda m: m.type == "error" and console.append(m.text))
         mobile.goto(path or page.url)
         mobile.wait_for_load_state("networkidle")
+        assert_no_csp_violation(mobile)
+        assert console == [], console
         assert mobile.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, f"{name} scrolls sideways"
         shoot(mobile, f"{name}-phone")
     finally:
@@ -92,6 +127,7 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     expect(problems).to_contain_text("heart_rate")
     expect(problems).to_contain_text("abc")
     expect(page.locator("[data-report-counts]")).to_contain_text("Out of range")
+    assert_no_csp_violation(page)
     shoot(page, "03-upload-report-desktop")
     assert not query(Dataset.objects.filter(site__slug="st-marys", status=Dataset.Status.READY).exists)
 
@@ -157,6 +193,7 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     both_widths(browser, page, shoot, "10-predict", path=product.url + "/predict/")
 
     assert watch.problems == [], watch.problems
+    assert {"/login/", "/site/", "/coordinator/", "/predict/"} <= watch.pages_with_csp, watch.pages_with_csp
 
     # -- five wrong passwords lock signing in, with a page that says so (HTTP 429) ------
     page.get_by_role("button", name="Sign out").click()
@@ -168,6 +205,7 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
             break
         page.goto(product.url + "/login/")
     expect(page.get_by_role("heading", name="Signing in is locked")).to_be_visible()
+    assert_no_csp_violation(page)
     shoot(page, "11-locked-out-desktop")
 
     context.close()
