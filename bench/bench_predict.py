@@ -97,7 +97,9 @@ def start_server(tmp: Path) -> tuple[subprocess.Popen, str, dict]:
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "fedhealth.settings",
-            "SECRET_KEY": "bench-only-secret-key",
+            "SECRET_KEY": "bench-only-secret-key-0123456789abcdef-0123456789abcdef",
+            # Plain HTTP on 127.0.0.1: no redirect to HTTPS.
+            "SECURE_SSL_REDIRECT": "0",
             "DEBUG": "0",
             "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
             "MEDIA_ROOT": str(tmp / "media"),
