@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from aggregation import services
-from aggregation.models import Experiment, ModelVersion, Participant
+from aggregation.models import Experiment, ModelVersion
 from aggregation.permissions import visible_evaluations, visible_experiments
+from aggregation.services.creation import ExperimentInvalid, create_experiment
 from fedhealth.api.exceptions import Conflict
 from fedhealth.api.fields import finite
 from fedhealth.api.filters import Param
@@ -65,14 +66,11 @@ class ExperimentViewSet(
         """Create a draft experiment over ready datasets (coordinators only)."""
         form = ExperimentCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        data = dict(form.validated_data)
-        datasets = data.pop("datasets")
         user = request.user if isinstance(request.user, get_user_model()) else None
-        with transaction.atomic():
-            experiment = Experiment.objects.create(created_by=user, **data)
-            Participant.objects.bulk_create(
-                Participant(experiment=experiment, site=ds.site, dataset=ds) for ds in datasets
-            )
+        try:
+            experiment = create_experiment(created_by=user, **form.validated_data)
+        except ExperimentInvalid as exc:  # a dataset changed since the check: same 400
+            raise ValidationError(exc.errors) from None
         return Response(
             ExperimentSerializer(self.get_queryset().get(pk=experiment.pk)).data,
             status=status.HTTP_201_CREATED,

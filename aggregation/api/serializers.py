@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from django.db import models
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round
+from aggregation.services.creation import (
+    BOUNDS,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_HIDDEN_LAYERS,
+    MAX_LAYER_WIDTH,
+    MAX_NAME_LENGTH,
+    MAX_SITES,
+    ExperimentInvalid,
+    validate_experiment,
+)
 from aggregation.services.predict import MAX_BATCH
-from clients.models import Dataset
 from fedhealth.api.fields import FiniteFloatField, MetricsField, ReadJSONField, reject_nul
-from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
-from fedhealth.ml.strategies import STRATEGIES, get_strategy
+from fedhealth.ml.schema import Schema, SchemaError
+from fedhealth.ml.strategies import STRATEGIES
 
 # An experiment's training configuration, shared by the read and create serializers.
 CONFIG_FIELDS = [
@@ -69,41 +77,53 @@ class ExperimentSerializer(serializers.ModelSerializer):
         return max(numbers) if numbers else None
 
 
-class ExperimentCreateSerializer(serializers.ModelSerializer):
-    """A new draft experiment over the given datasets (one per site)."""
+def _bounded(name: str) -> serializers.Field:
+    """A number field whose minimum/maximum (and OpenAPI's) are the creation service's."""
+    bound = BOUNDS[name]
+    if bound.integer:
+        return serializers.IntegerField(min_value=int(bound.low), max_value=int(bound.high), required=False)
+    return FiniteFloatField(min_value=bound.low, max_value=bound.high, required=False)
 
+
+class ExperimentCreateSerializer(serializers.Serializer):
+    """A new draft experiment over the given datasets (one per site).
+
+    The fields parse and document; ``aggregation.services.creation`` decides (the web
+    form and the admin call it too), so every door accepts and refuses the same drafts.
+    """
+
+    name = serializers.CharField(max_length=MAX_NAME_LENGTH)
+    description = serializers.CharField(
+        max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True, trim_whitespace=False
+    )
     datasets = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
         min_length=1,
-        max_length=1000,
+        max_length=MAX_SITES,
         help_text="Ready datasets, one per participating site.",
     )
     schema = serializers.JSONField(
         required=False, help_text="Feature schema; the default vitals schema if absent."
     )
     hidden_layers = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=1024), max_length=8, required=False
+        child=serializers.IntegerField(min_value=1, max_value=MAX_LAYER_WIDTH),
+        max_length=MAX_HIDDEN_LAYERS,
+        required=False,
     )
     strategy = serializers.ChoiceField(choices=list(STRATEGIES), default="fedavg")
     strategy_params = serializers.DictField(child=FiniteFloatField(), required=False)
-    round_timeout = serializers.IntegerField(min_value=10, max_value=7 * 24 * 3600, required=False)
-    seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False)
-    min_sites = serializers.IntegerField(min_value=1, max_value=1000, required=False)
-    weight_decay = FiniteFloatField(min_value=0.0, max_value=1.0, required=False)
-    serializer_field_mapping = {
-        **serializers.ModelSerializer.serializer_field_mapping,
-        models.FloatField: FiniteFloatField,
-    }
-
-    class Meta:
-        model = Experiment
-        fields = [
-            "name",
-            "description",
-            "datasets",
-            "schema",
-            *CONFIG_FIELDS,
-        ]
+    num_rounds = _bounded("num_rounds")
+    local_epochs = _bounded("local_epochs")
+    batch_size = _bounded("batch_size")
+    lr = _bounded("lr")
+    weight_decay = _bounded("weight_decay")
+    dropout = _bounded("dropout")
+    min_sites = _bounded("min_sites")
+    fraction_fit = _bounded("fraction_fit")
+    round_timeout = _bounded("round_timeout")
+    test_fraction = _bounded("test_fraction")
+    seed = _bounded("seed")
+    outlier_factor = _bounded("outlier_factor")
 
     def validate_schema(self, value):
         reject_nul(value, "schema")
@@ -114,30 +134,9 @@ class ExperimentCreateSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs):
         try:
-            get_strategy(attrs.get("strategy", "fedavg"), **attrs.get("strategy_params", {}))
-        except (ValueError, TypeError) as exc:
-            raise serializers.ValidationError({"strategy_params": [str(exc)]}) from None
-        schema = attrs.setdefault("schema", DEFAULT_SCHEMA.to_dict())
-        ids = attrs["datasets"]
-        found = {d.pk: d for d in Dataset.objects.filter(pk__in=ids).select_related("site")}
-        problems, sites = [], set()
-        for pk in ids:
-            ds = found.get(pk)
-            if ds is None:
-                problems.append(f"dataset {pk} does not exist")
-            elif ds.status != Dataset.Status.READY:
-                problems.append(f"dataset {pk} is {ds.status}, not ready")
-            elif ds.schema != schema:
-                problems.append(f"dataset {pk} has a different schema from the experiment")
-            elif ds.site_id in sites:
-                problems.append(f"site {ds.site.slug} has more than one dataset in the list")
-            sites.add(getattr(ds, "site_id", None))
-        if problems:
-            raise serializers.ValidationError({"datasets": problems})
-        if attrs.get("min_sites", 1) > len(ids):
-            raise serializers.ValidationError({"min_sites": [f"only {len(ids)} sites take part"]})
-        attrs["datasets"] = [found[pk] for pk in ids]
-        return attrs
+            return validate_experiment(**attrs)
+        except ExperimentInvalid as exc:
+            raise serializers.ValidationError(exc.errors) from None
 
 
 class RoundSerializer(serializers.ModelSerializer):
