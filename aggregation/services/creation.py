@@ -70,6 +70,10 @@ class ExperimentInvalid(ValueError):
         super().__init__("; ".join(f"{f}: {m}" for f, ms in self.errors.items() for m in ms))
 
 
+def _show(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:g}"
+
+
 def _number(field: str, value: Any, bound: Bound) -> tuple[float | int | None, str | None]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         kind = "a whole number" if bound.integer else "a number"
@@ -81,7 +85,7 @@ def _number(field: str, value: Any, bound: Bound) -> tuple[float | int | None, s
     if not math.isfinite(value):
         return None, f"{field} must be a finite number, not {value!r}."
     if not bound.low <= value <= bound.high:
-        return None, f"{field} must be between {bound.low:g} and {bound.high:g}; got {value:g}."
+        return None, f"{field} must be between {_show(bound.low)} and {_show(bound.high)}; got {_show(value)}."
     return value, None
 
 
