@@ -84,7 +84,7 @@ BAD_UPDATES: dict[str, tuple[Callable[[], Update], str, str]] = {
         INVALID,
     ),
     "implausible": (
-        lambda: Update(_weights(w=[[1, 2], [3e38, -4]], b=[1, 1]), 2**31 - 1, "bad"),
+        lambda: Update(_weights(w=[[1.0, 2.0], [3e38, -4.0]], b=[1, 1]), 2**31 - 1, "bad"),
         "parameter 'w' has a weight of magnitude 3e+38, above the plausible bound 10000",
         IMPLAUSIBLE,
     ),
