@@ -248,7 +248,8 @@ class AgentRoundViewSet(AgentBase):
                 raise field_error(field, str(exc)) from None
             raise Conflict(str(exc)) from None
         body = UpdateSerializer(
-            ClientUpdate.objects.select_related("site", "round").get(pk=update.pk)
+            ClientUpdate.objects.select_related("site", "round").get(pk=update.pk),
+            context=self.get_serializer_context(),
         ).data
         return Response(
             body, status=status.HTTP_200_OK if submission.replayed else status.HTTP_201_CREATED
@@ -263,13 +264,16 @@ class AgentRoundViewSet(AgentBase):
         _, update = self.selected()
         form = s.FailureSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        if not fail_update(update.pk, f"site agent: {form.validated_data['reason']}"):
+        # The agent's words are its own note, shown to its own site only; everyone else
+        # reads the product's reason.
+        if not fail_update(update.pk, Reason.SITE_REPORTED, note=form.validated_data["reason"]):
             update.refresh_from_db()
             if update.status != ClientUpdate.Status.FAILED:
                 raise Conflict(f"this site's update is {update.status} and cannot fail now")
         return Response(
             UpdateSerializer(
-                ClientUpdate.objects.select_related("site", "round").get(pk=update.pk)
+                ClientUpdate.objects.select_related("site", "round").get(pk=update.pk),
+                context=self.get_serializer_context(),
             ).data
         )
 

@@ -10,8 +10,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from aggregation import services
-from aggregation.models import Experiment, ModelVersion
+from aggregation import policy, services
+from aggregation.models import Experiment
 from aggregation.permissions import visible_evaluations, visible_experiments
 from aggregation.services.creation import ExperimentInvalid, create_experiment
 from fedhealth.api.exceptions import Conflict
@@ -72,7 +72,9 @@ class ExperimentViewSet(
         except ExperimentInvalid as exc:  # a dataset changed since the check: same 400
             raise ValidationError(exc.errors) from None
         return Response(
-            ExperimentSerializer(self.get_queryset().get(pk=experiment.pk)).data,
+            ExperimentSerializer(
+                self.get_queryset().get(pk=experiment.pk), context=self.get_serializer_context()
+            ).data,
             status=status.HTTP_201_CREATED,
         )
 
@@ -82,7 +84,10 @@ class ExperimentViewSet(
             ACTIONS[name](experiment.pk)
         except services.TransitionError as exc:
             raise Conflict(str(exc)) from None
-        return Response(ExperimentSerializer(self.get_queryset().get(pk=experiment.pk)).data)
+        read = ExperimentSerializer(
+            self.get_queryset().get(pk=experiment.pk), context=self.get_serializer_context()
+        )
+        return Response(read.data)
 
     @LIFECYCLE_DOC
     @action(detail=True, methods=["post"])
@@ -112,30 +117,10 @@ class ExperimentViewSet(
     @action(detail=True, methods=["get"])
     def metrics(self, request, pk=None):
         """Per round: training loss, samples, accepted/rejected sites, and the resulting
-        model's mean evaluation, plus the per-site evaluations the caller may see."""
+        model's mean evaluation, plus the per-site evaluations the caller may see.
+        A site sees only its own acceptance, and aggregates only when final and backed by
+        at least FEDHEALTH_MIN_FIGURE_SITES sites (see the round and version metrics)."""
         experiment = self.get_object()
-        versions = {v.round_id: v for v in ModelVersion.objects.filter(experiment=experiment)}
-        per_site: dict[int, dict[str, dict]] = {}
-        for e in visible_evaluations(request.user).filter(version__experiment=experiment):
-            per_site.setdefault(e.version_id, {})[e.site.slug] = e.metrics
-        rounds = []
-        for r in experiment.rounds.order_by("number"):
-            v = versions.get(r.pk)
-            metrics = r.metrics or {}
-            rounds.append(
-                {
-                    "round": r.number,
-                    "status": r.status,
-                    "train_loss": metrics.get("train_loss"),
-                    "num_samples": metrics.get("num_samples"),
-                    "accepted": metrics.get("accepted", []),
-                    "rejected": metrics.get("rejected", []),
-                    "model": v.pk if v else None,
-                    "version": v.version if v else None,
-                    "sites_reported": (v.metrics or {}).get("sites_reported", 0) if v else 0,
-                    "mean": (v.metrics or {}).get("mean", {}) if v else {},
-                    "per_site": per_site.get(v.pk, {}) if v else {},
-                }
-            )
-        body = {"experiment": experiment.pk, "status": experiment.status, "rounds": rounds}
+        evaluations = visible_evaluations(request.user).filter(version__experiment=experiment)
+        body = policy.metrics_history(policy.viewer_of(request.user), experiment, evaluations)
         return Response(finite(MetricsHistorySerializer(body).data))

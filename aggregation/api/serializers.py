@@ -5,7 +5,9 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from aggregation import policy
 from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round
+from aggregation.policy import CONFIG_FIELDS
 from aggregation.services.creation import (
     BOUNDS,
     MAX_DESCRIPTION_LENGTH,
@@ -18,26 +20,22 @@ from aggregation.services.creation import (
 )
 from aggregation.services.predict import MAX_BATCH
 from fedhealth.api.fields import FiniteFloatField, MetricsField, ReadJSONField, reject_nul
+from fedhealth.ml.metrics import json_safe
 from fedhealth.ml.schema import Schema, SchemaError
 from fedhealth.ml.strategies import STRATEGIES
 
-# An experiment's training configuration, shared by the read and create serializers.
-CONFIG_FIELDS = [
-    "hidden_layers",
-    "dropout",
-    "strategy",
-    "strategy_params",
-    "num_rounds",
-    "local_epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "min_sites",
-    "fraction_fit",
-    "round_timeout",
-    "test_fraction",
-    "seed",
-]
+
+class PolicySerializer(serializers.Serializer):
+    """A read serializer whose output is the policy's representation for the caller
+    (aggregation/policy); its declared fields document that representation."""
+
+    represent = None  # policy function (viewer, obj) -> dict
+
+    def to_representation(self, instance):
+        request = self.context.get("request")
+        # No request, no viewer: nothing of any site (fail closed).
+        viewer = policy.viewer_of(request.user) if request is not None else policy.Viewer(policy.NOBODY)
+        return json_safe(type(self).represent(viewer, instance))
 
 
 class ParticipantSerializer(serializers.Serializer):
@@ -45,8 +43,19 @@ class ParticipantSerializer(serializers.Serializer):
     dataset = serializers.IntegerField(source="dataset_id", allow_null=True)
 
 
-class ExperimentSerializer(serializers.ModelSerializer):
-    participants = ParticipantSerializer(many=True, read_only=True)
+class ExperimentSerializer(PolicySerializer, serializers.ModelSerializer):
+    represent = policy.experiment
+    participants = ParticipantSerializer(
+        many=True, read_only=True, help_text="Every site for a coordinator; a site sees only its own."
+    )
+    num_sites = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        help_text="How many sites take part (null for a site while the experiment is a draft). "
+        "With fewer than three, each site can infer the other's feature means and standard "
+        "deviations from the normalizer and the rounds' sample counts.",
+    )
+    failure_code = serializers.CharField(read_only=True, help_text="aggregation.reasons code, or empty.")
     schema = ReadJSONField()
     strategy_params = ReadJSONField()
     normalizer = ReadJSONField(allow_null=True, help_text="Global mean/std, fixed at start.")
@@ -61,9 +70,11 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "description",
             "status",
             "failure_reason",
+            "failure_code",
             "schema",
             *CONFIG_FIELDS,
             "participants",
+            "num_sites",
             "normalizer",
             "current_round",
             "created_at",
@@ -72,9 +83,8 @@ class ExperimentSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def get_current_round(self, obj: Experiment) -> int | None:
-        numbers = [r.number for r in obj.rounds.all()]
-        return max(numbers) if numbers else None
+    def get_current_round(self, obj: Experiment) -> int | None:  # documents the field
+        return None
 
 
 def _bounded(name: str) -> serializers.Field:
@@ -139,9 +149,16 @@ class ExperimentCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(exc.errors) from None
 
 
-class RoundSerializer(serializers.ModelSerializer):
-    metrics = ReadJSONField(help_text="train_loss, num_samples, accepted and rejected sites.")
+class RoundSerializer(PolicySerializer, serializers.ModelSerializer):
+    represent = policy.round_
+    metrics = ReadJSONField(
+        help_text="A coordinator: train_loss, num_samples, accepted and rejected sites. A site: "
+        "whether its own update was accepted or rejected and why; train_loss when at least "
+        "FEDHEALTH_MIN_FIGURE_SITES updates were combined; num_samples when, besides, every "
+        "participant was accepted."
+    )
     model_version = serializers.SerializerMethodField()
+    failure_code = serializers.CharField(read_only=True, help_text="aggregation.reasons code, or empty.")
 
     class Meta:
         model = Round
@@ -156,6 +173,7 @@ class RoundSerializer(serializers.ModelSerializer):
             "completed_at",
             "metrics",
             "failure_reason",
+            "failure_code",
             "model_version",
         ]
         read_only_fields = fields
@@ -165,8 +183,12 @@ class RoundSerializer(serializers.ModelSerializer):
         return version.pk if version else None
 
 
-class UpdateSerializer(serializers.ModelSerializer):
+class UpdateSerializer(PolicySerializer, serializers.ModelSerializer):
+    represent = policy.update
     site = serializers.CharField(source="site.slug", read_only=True)
+    error = serializers.CharField(read_only=True, help_text="The product's message for error_code (aggregation.reasons).")
+    error_code = serializers.CharField(read_only=True, help_text="aggregation.reasons code, or empty.")
+    site_note = serializers.CharField(read_only=True, help_text="The site agent's own note: shown to its own site only.")
     experiment = serializers.IntegerField(source="round.experiment_id", read_only=True)
     round_number = serializers.IntegerField(source="round.number", read_only=True)
     metrics = MetricsField(help_text="The site's local model on its own test split.")
@@ -186,6 +208,8 @@ class UpdateSerializer(serializers.ModelSerializer):
             "metrics",
             "sha256",
             "error",
+            "error_code",
+            "site_note",
             "attempts",
             "source",
             "created_at",
@@ -198,12 +222,18 @@ class UpdateSerializer(serializers.ModelSerializer):
         return MetricsField().to_representation({"loss": obj.loss})["loss"]
 
 
-class ModelVersionSerializer(serializers.ModelSerializer):
+class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
+    represent = policy.version
     round = serializers.IntegerField(source="round.number", read_only=True)
     normalizer = ReadJSONField(help_text="{mean, std} per feature: scale inputs with these.")
     model_config = ReadJSONField()
     schema = ReadJSONField()
-    metrics = ReadJSONField(help_text="Mean of the sites' evaluations, and how many reported.")
+    metrics = ReadJSONField(
+        help_text="mean, sites_reported, final. A coordinator follows the running mean of the "
+        "sites' evaluations; a site sees the mean only once it is final (every site reported or "
+        "the evaluation deadline passed) and at least FEDHEALTH_MIN_FIGURE_SITES sites stand "
+        "behind it, and an empty mean before."
+    )
 
     class Meta:
         model = ModelVersion
@@ -282,6 +312,7 @@ class RoundHistorySerializer(serializers.Serializer):
     model = serializers.IntegerField(allow_null=True)
     version = serializers.IntegerField(allow_null=True)
     sites_reported = serializers.IntegerField()
+    final = serializers.BooleanField(help_text="The mean is final (see the version's metrics).")
     mean = MetricsField()
     per_site = serializers.DictField(
         child=MetricsField(), help_text="Evaluations visible to the caller."

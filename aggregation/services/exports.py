@@ -1,9 +1,10 @@
-"""An experiment's log and metrics as JSON and CSV, scoped to what the reader may see.
+"""An experiment's log and metrics as JSON and CSV, as the reader may see them.
 
-A coordinator's export holds every site's figures; a site member's holds the global
-model's figures plus their own site's, and the log is scrubbed of other sites' names
-and metrics (a site must not learn who else takes part from an export). Figures only:
-no export ever holds a row of data.
+Every part is built with the viewer-aware representations of ``aggregation.policy``,
+the same ones the API, the pages and live.json use: a coordinator's export holds every
+site's figures; a site's holds its own figures and the final aggregates the policy
+allows, and no other site's name, status or reason. Figures only: no export ever holds
+a row of data.
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ from typing import Any
 
 from fedhealth.ml.metrics import METRIC_KEYS
 
+from .. import policy
 from ..models import ClientUpdate, Experiment, ModelVersion, Round, SiteEvaluation
 from . import artifacts
 
 METRIC_COLUMNS = ["loss", *METRIC_KEYS]
-# Log fields that name sites: lists of slugs, lists of {"site": slug, ...}, {slug: ...}.
-_SLUG_LISTS = ("sites", "accepted")
-_SITE_DICT_LISTS = ("rejected",)
-_SITE_MAPS = ("per_site",)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -36,75 +34,63 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def scrub_event(event: dict[str, Any], site_slug: str) -> dict[str, Any]:
-    """The log event as a member of ``site_slug`` may see it: other sites removed."""
-    out = dict(event)
-    for key in _SLUG_LISTS:
-        if isinstance(out.get(key), list):
-            out[key] = [s for s in out[key] if s == site_slug]
-    for key in _SITE_DICT_LISTS:
-        if isinstance(out.get(key), list):
-            out[key] = [r for r in out[key] if isinstance(r, dict) and r.get("site") == site_slug]
-    for key in _SITE_MAPS:
-        if isinstance(out.get(key), dict):
-            out[key] = {k: v for k, v in out[key].items() if k == site_slug}
-    return out
+def visible_log(experiment: Experiment, viewer: policy.Viewer) -> list[dict[str, Any]]:
+    versions = list(ModelVersion.objects.filter(experiment=experiment))
+    by_pk = policy.version_figures(versions)
+    figures = {v.version: by_pk[v.pk] for v in versions}
+    all_sites = policy.participant_slugs(experiment)
+    return [policy.log_event(viewer, e, figures, all_sites) for e in artifacts.read_log(experiment)]
 
 
-def visible_log(experiment: Experiment, site_slug: str | None) -> list[dict[str, Any]]:
-    """The experiment's log; ``site_slug`` None means unscoped (a coordinator)."""
-    events = artifacts.read_log(experiment)
-    return events if site_slug is None else [scrub_event(e, site_slug) for e in events]
-
-
-def build_export(experiment: Experiment, site_ids: list[int] | None, site_slug: str | None) -> dict[str, Any]:
-    """Everything the reader may see of an experiment, JSON-ready.
-
-    ``site_ids``: the sites whose own figures the reader may see (None: all sites);
-    ``site_slug``: the reader's site for scrubbing the log (None: no scrubbing).
-    """
-    rounds = list(experiment.rounds.order_by("number"))
-    versions = {v.version: v for v in ModelVersion.objects.filter(experiment=experiment)}
+def build_export(experiment: Experiment, viewer: policy.Viewer) -> dict[str, Any]:
+    """Everything ``viewer`` may see of an experiment, JSON-ready."""
+    rounds = list(experiment.rounds.select_related("model_version").order_by("number"))
+    versions = {v.round_id: v for v in ModelVersion.objects.filter(experiment=experiment).select_related("round")}
+    figures = policy.version_figures(versions.values())
+    all_sites = policy.participant_slugs(experiment)
     updates = ClientUpdate.objects.filter(round__experiment=experiment).select_related("site", "round")
     evaluations = SiteEvaluation.objects.filter(version__experiment=experiment).select_related("site", "version")
-    if site_ids is not None:
-        updates = updates.filter(site_id__in=site_ids)
-        evaluations = evaluations.filter(site_id__in=site_ids)
+    if not viewer.is_coordinator:
+        updates = updates.filter(site_id=viewer.site_id)
+        evaluations = evaluations.filter(site_id=viewer.site_id)
+    shown = policy.experiment(viewer, experiment)
     data = {
         "experiment": {
             "id": experiment.pk, "name": experiment.name, "status": experiment.status,
-            "failure_reason": experiment.failure_reason,
+            "failure_reason": shown["failure_reason"], "failure_code": shown["failure_code"],
+            "num_sites": shown["num_sites"], "participants": shown["participants"],
             "created_at": experiment.created_at, "started_at": experiment.started_at,
             "finished_at": experiment.finished_at, "config": experiment.federated_config().to_dict(),
             "min_sites": experiment.min_sites, "fraction_fit": experiment.fraction_fit,
             "round_timeout_seconds": experiment.round_timeout, "test_fraction": experiment.test_fraction,
             "schema": experiment.schema,
         },
-        "rounds": [_round(r, versions.get(r.number), scoped=site_ids is not None) for r in rounds],
+        "rounds": [_round(viewer, r, versions.get(r.pk), figures, all_sites) for r in rounds],
         "site_updates": [
-            {"round": u.round.number, "site": u.site.slug, "status": u.status, "num_samples": u.num_samples,
-             "loss": u.loss, "metrics": u.metrics, "error": u.error, "received_at": u.received_at}
-            for u in updates.order_by("round__number", "site__slug")
+            _update(policy.update(viewer, u)) for u in updates.order_by("round__number", "site__slug")
         ],
         "site_evaluations": [
-            {"version": e.version.version, "site": e.site.slug, "metrics": e.metrics}
-            for e in evaluations.order_by("version__version", "site__slug")
+            policy.evaluation(viewer, e) for e in evaluations.order_by("version__version", "site__slug")
         ],
-        "log": visible_log(experiment, site_slug),
+        "log": visible_log(experiment, viewer),
     }
     return _json_safe(json.loads(json.dumps(data, default=str)))
 
 
-def _round(r: Round, version: ModelVersion | None, *, scoped: bool) -> dict[str, Any]:
-    metrics = dict(r.metrics)
-    if scoped:  # which sites were accepted or rejected is the coordinator's business
-        metrics.pop("accepted", None)
-        metrics.pop("rejected", None)
+def _update(shown: dict[str, Any]) -> dict[str, Any]:
+    keep = ("site", "status", "num_samples", "loss", "metrics", "error", "error_code", "site_note", "received_at")
+    return {"round": shown["round_number"], **{k: shown[k] for k in keep}}
+
+
+def _round(viewer: policy.Viewer, r: Round, version: ModelVersion | None, figures, all_sites) -> dict[str, Any]:
+    shown = policy.round_(viewer, r, all_sites=all_sites)
+    mean = policy.version_metrics(viewer, version, figures[version.pk]) if version else {}
     return {
         "round": r.number, "status": r.status, "started_at": r.started_at, "completed_at": r.completed_at,
-        "failure_reason": r.failure_reason, "metrics": metrics,
+        "failure_reason": shown["failure_reason"], "failure_code": shown["failure_code"],
+        "metrics": shown["metrics"],
         "version": version.version if version else None, "sha256": version.sha256 if version else None,
-        "global_metrics": (version.metrics.get("mean") if version else None) or {},
+        "global_metrics": mean.get("mean") or {}, "global_final": bool(mean.get("final")),
     }
 
 
@@ -139,4 +125,4 @@ def log_csv(export: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-__all__ = ["build_export", "log_csv", "metrics_csv", "scrub_event", "visible_log"]
+__all__ = ["build_export", "log_csv", "metrics_csv", "visible_log"]

@@ -267,7 +267,10 @@ def test_a_failure_report_fails_the_update(agent, mixed):
     response = agent.post(url, {"reason": "disk full"})
 
     assert response.status_code == 200 and response.json()["status"] == "failed"
-    assert "disk full" in ClientUpdate.objects.get(pk=mixed["update"].pk).error
+    # The agent's words are its own note (shown to its site only); the reason is the product's.
+    assert response.json()["site_note"] == "disk full" and response.json()["error_code"] == "site_reported"
+    failed = ClientUpdate.objects.get(pk=mixed["update"].pk)
+    assert failed.site_note == "disk full" and "disk full" not in failed.error
     assert agent.post(url, {"reason": "again"}).status_code == 200  # idempotent
     assert "reason" in error_fields(agent.post(url, {}))
 
@@ -382,13 +385,13 @@ def test_a_hosted_sites_token_cannot_act_as_an_agent(site_a, client_for, mixed):
 
 
 def test_agent_sites_are_never_queued_hosted_work(mixed):
-    from aggregation import tasks
+    from aggregation import dispatch, tasks
 
     sent = []
     original = tasks.train_site.apply_async
     tasks.train_site.apply_async = lambda *a, **k: sent.append(k["queue"])
     try:
-        tasks.queue_round_training(mixed["round"].pk)
+        dispatch.queue_round_training(mixed["round"].pk)
     finally:
         tasks.train_site.apply_async = original
     assert sent == [

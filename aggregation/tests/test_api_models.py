@@ -43,7 +43,10 @@ def test_metadata(personas, version):
 
     assert body["version"] == 2 and body["round"] == 2 and body["sha256"] == version.sha256
     assert body["normalizer"] == version.normalizer and body["model_config"]["n_features"] == 4
-    assert body["metrics"]["sites_reported"] == 1
+    # One site only: a site never sees a mean fewer than FEDHEALTH_MIN_FIGURE_SITES stand behind.
+    assert body["metrics"] == {"mean": {}, "sites_reported": 0, "final": False}
+    coordinator = personas["charlie"].get(f"{URL}{version.pk}/").json()["metrics"]
+    assert coordinator["sites_reported"] == 1 and "accuracy" in coordinator["mean"]
 
 
 def test_weights_download_is_safetensors_with_its_checksum(personas, version):

@@ -9,7 +9,8 @@ import json
 import pytest
 from django.urls import reverse
 
-from aggregation.services.exports import scrub_event
+from aggregation import policy
+from clients.models import Site
 from clients.tests import conftest as web
 
 pytestmark = pytest.mark.django_db
@@ -43,12 +44,16 @@ def test_member_json_export_holds_no_trace_of_other_sites(client, world):
     data = json.loads(text)
     assert "alderley" not in text.lower()
     assert {u["site"] for u in data["site_updates"]} == {"brookfield"}
-    assert "accepted" not in data["rounds"][0]["metrics"]
+    # Whether its own update was accepted, never the list.
+    assert data["rounds"][0]["metrics"] == {"accepted": ["brookfield"], "rejected": []}
     evaluated = [e for e in data["log"] if e["event"] == "evaluated"]
     assert [list(e["per_site"]) for e in evaluated] == [["brookfield"], ["brookfield"]]
     assert data["log"][0]["sites"] == ["brookfield"]
-    # The global model's figures are shared with every participant.
-    assert data["rounds"][1]["global_metrics"]["accuracy"] == pytest.approx((0.8263 + 0.7611) / 2)
+    # Two sites only: the mean and one's own figure would give the other's, so a site
+    # never sees the global mean, in the rounds or in the log.
+    assert data["rounds"][1]["global_metrics"] == {} and data["rounds"][1]["global_final"] is False
+    assert [e["mean"] for e in evaluated] == [{}, {}]
+    assert "train_loss" not in data["rounds"][1]["metrics"] and "num_samples" not in data["rounds"][1]["metrics"]
 
 
 def test_metrics_csv_has_global_and_per_site_rows(client, world):
@@ -77,9 +82,13 @@ def test_log_csv_is_one_event_per_row(client, world):
     assert json.loads(rows[0]["details"])["sites"] == ["alderley"]
 
 
-def test_scrub_event_keeps_only_the_readers_site():
+def test_a_log_line_keeps_only_the_readers_site():
     event = {"event": "round_completed", "round": 3, "accepted": ["a", "b"], "sites": ["a", "b"],
-             "rejected": [{"site": "b", "reason": "nan"}], "per_site": {"a": {"x": 1}, "b": {"x": 2}}}
+             "rejected": [{"site": "b", "reason": "nan"}], "per_site": {"a": {"x": 1}, "b": {"x": 2}},
+             "num_samples": 700, "train_loss": 0.4, "duration_seconds": 3.0, "anything_new": "b"}
+    viewer = policy.Viewer(policy.MEMBER, Site(pk=1, slug="a"))
 
-    assert scrub_event(event, "a") == {"event": "round_completed", "round": 3, "accepted": ["a"], "sites": ["a"],
-                                      "rejected": [], "per_site": {"a": {"x": 1}}}
+    assert policy.log_event(viewer, event, {}, {"a", "b"}) == {
+        "event": "round_completed", "round": 3, "accepted": ["a"], "sites": ["a"], "rejected": [],
+        "per_site": {"a": {"x": 1}},
+    }

@@ -18,7 +18,7 @@ world = web.world
 
 
 def test_versions_are_listed_newest_first_with_metrics_and_checksums(client, world):
-    client.force_login(world.alice)
+    client.force_login(world.charlie)
 
     response = client.get(reverse("model_list", args=[world.shared.pk]))
 
@@ -27,6 +27,16 @@ def test_versions_are_listed_newest_first_with_metrics_and_checksums(client, wor
     assert world.version.sha256 in page
     assert f"{(0.8263 + 0.7611) / 2:.3f}" in page  # mean accuracy over the two sites
     assert reverse("model_download", args=[world.version.pk]) in page
+
+
+def test_a_site_sees_no_mean_that_two_sites_stand_behind(client, world):
+    client.force_login(world.alice)
+
+    page = client.get(reverse("model_list", args=[world.shared.pk])).content.decode()
+
+    assert world.version.sha256 in page and reverse("model_download", args=[world.version.pk]) in page
+    # With two sites, the mean and one's own figure would give the other site's.
+    assert f"{(0.8263 + 0.7611) / 2:.3f}" not in page and "pending" in page
 
 
 def test_download_is_the_verified_safetensors_file(client, world):

@@ -7,15 +7,15 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from clients.permissions import is_coordinator, visible_datasets
+from clients.permissions import visible_datasets
 from clients.views.access import coordinator_required
 
-from .. import services
+from .. import policy, services
 from ..forms import ExperimentForm, strategy_label
 from ..models import Experiment
 from ..permissions import visible_experiments
 from .live import live_context
-from .progress import experiment_progress, participant_sites
+from .progress import experiment_progress
 
 ACTIONS = {
     "start": (services.start_experiment, "started: round 1 is open"),
@@ -28,20 +28,25 @@ ACTIONS = {
 @login_required
 def experiment_list(request):
     experiments = visible_experiments(request.user).order_by("-created_at")
-    rows = [(e, experiment_progress(e)) for e in experiments]
+    viewer = policy.viewer_of(request.user)
+    rows = [(e, experiment_progress(e, viewer)) for e in experiments]
     return render(request, "aggregation/experiment_list.html", {"rows": rows})
 
 
 @login_required
 def experiment_detail(request, pk: int):
     experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
-    coordinator = is_coordinator(request.user)
-    participants = experiment.participants.select_related("site", "dataset").order_by("site__name")
-    if not coordinator:
-        participants = participants.filter(site__in=participant_sites(experiment, request.user))
+    viewer = policy.viewer_of(request.user)
+    coordinator = viewer.is_coordinator
+    participants = [
+        p for p in experiment.participants.select_related("site", "dataset").order_by("site__name")
+        if viewer.sees_site(p.site_id)
+    ]
     context = {
         "experiment": experiment,
         "participants": participants,
+        "num_sites": policy.experiment(viewer, experiment)["num_sites"],
+        "min_figure_sites": policy.min_sites(),
         "strategy_name": strategy_label(experiment.strategy),
         "problems": services.check_ready(experiment) if coordinator and experiment.status == "draft" else [],
         "user_is_coordinator": coordinator,

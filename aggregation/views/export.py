@@ -9,8 +9,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils.text import slugify
 
-from clients.permissions import is_coordinator, site_of
-
+from .. import policy
 from ..permissions import visible_experiments
 from ..services import exports
 
@@ -24,11 +23,7 @@ FORMATS = {
 @login_required
 def experiment_export(request, pk: int, fmt: str):
     experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
-    if is_coordinator(request.user):
-        data = exports.build_export(experiment, site_ids=None, site_slug=None)
-    else:
-        site = site_of(request.user)
-        data = exports.build_export(experiment, site_ids=[site.pk], site_slug=site.slug)
+    data = exports.build_export(experiment, policy.viewer_of(request.user))
     if fmt == "json":
         body = json.dumps(data, indent=2)
     elif fmt == "metrics.csv":

@@ -17,9 +17,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from clients.models import Site
-from clients.permissions import is_coordinator
-
+from .. import policy
 from ..models import Experiment, Round
 from ..permissions import visible_experiments, visible_versions
 from . import charts
@@ -32,17 +30,19 @@ EVALUATION_GRACE = timedelta(minutes=10)
 
 def live_payload(request, experiment: Experiment) -> dict:
     user = request.user
-    progress = experiment_progress(experiment)
-    versions = list(
-        visible_versions(user).filter(experiment=experiment).order_by("version").values_list("version", "metrics")
-    )
+    viewer = policy.viewer_of(user)
+    progress = experiment_progress(experiment, viewer)
+    versions = list(visible_versions(user).filter(experiment=experiment).order_by("version"))
+    figures = policy.version_figures(versions)
+    means = [(v.version, policy.version_metrics(viewer, v, figures[v.pk])) for v in versions]
+    all_sites = policy.participant_slugs(experiment)
     train_loss = {
-        r.number: r.metrics.get("train_loss")
+        r.number: policy.round_metrics(viewer, r.metrics or {}, all_sites).get("train_loss")
         for r in experiment.rounds.filter(status=Round.Status.COMPLETED)
     }
     sites = site_figures(experiment, user)
     numbers, grid = round_grid(experiment, user)
-    fragment = {"experiment": experiment, "progress": progress, "user_is_coordinator": is_coordinator(user)}
+    fragment = {"experiment": experiment, "progress": progress, "user_is_coordinator": viewer.is_coordinator}
     html = {
         "status": render_to_string("aggregation/_status_badge.html", {"status": experiment.status,
                                                                       "label": experiment.get_status_display()}),
@@ -55,22 +55,23 @@ def live_payload(request, experiment: Experiment) -> dict:
         "progress": progress.to_dict(),
         "figures": {
             "global": charts.global_figures(
-                experiment.num_rounds, [(n, m.get("mean") or {}) for n, m in versions], train_loss
+                experiment.num_rounds, [(n, m["mean"]) for n, m in means], train_loss
             ),
             "sites": charts.site_comparison_figures([(s.site.name, s.local, s.global_) for s in sites]),
         },
         "html": html,
-        "done": _done(experiment, progress.finished, [m for _, m in versions]),
+        "done": _done(experiment, progress.finished, figures.values()),
     })
 
 
-def _done(experiment: Experiment, finished: bool, version_metrics: list[dict]) -> bool:
+def _done(experiment: Experiment, finished: bool, figures) -> bool:
+    """Polling can stop once the experiment ended and every version's evaluations are
+    closed (their figures will not change again), or after a grace period."""
     if not finished:
         return False
     if experiment.finished_at and timezone.now() - experiment.finished_at > EVALUATION_GRACE:
         return True
-    evaluating = experiment.participants.filter(site__mode=Site.Mode.HOSTED, site__is_active=True).count()
-    return all(m.get("sites_reported", 0) >= evaluating for m in version_metrics)
+    return all(f.final for f in figures)
 
 
 def live_context(request, experiment: Experiment) -> dict:

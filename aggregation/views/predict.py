@@ -16,6 +16,7 @@ from fedhealth import csvsafe
 from fedhealth.ml.inference import FieldError
 from fedhealth.ml.schema import Schema
 
+from .. import policy
 from ..forms import PredictCsvForm, PredictForm, feature_label
 from ..permissions import visible_versions
 from ..services.predict import MAX_BATCH, predict_records
@@ -49,9 +50,11 @@ def predict(request):
     schema = Schema.from_dict(version.schema)
     mode = request.POST.get("mode") if request.method == "POST" else None
     initial = {"version": version.pk}
-    form = PredictForm(request.POST if mode == "single" else None, versions=versions, schema=schema, initial=initial)
+    viewer = policy.viewer_of(request.user)
+    form = PredictForm(request.POST if mode == "single" else None, versions=versions, schema=schema,
+                       initial=initial, viewer=viewer)
     csv_form = PredictCsvForm(request.POST if mode == "csv" else None, request.FILES if mode == "csv" else None,
-                              versions=versions, initial=initial, prefix="csv")
+                              versions=versions, initial=initial, prefix="csv", viewer=viewer)
     context = {"form": form, "csv_form": csv_form, "version": version, "schema": schema,
                "max_batch": MAX_BATCH, "label_name": schema.label}
     if mode == "single" and form.is_valid():

@@ -15,6 +15,7 @@ from django.db.models import Count
 from clients.models import Site
 from clients.permissions import visible_sites
 
+from .. import policy
 from ..models import ClientUpdate, Experiment, Round
 from ..permissions import visible_evaluations, visible_updates
 from .charts import clean
@@ -35,12 +36,13 @@ class Progress:
     percent: int
     text: str
     finished: bool
+    failure: str = ""  # why it failed or was cancelled, as the viewer may read it (policy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def experiment_progress(experiment: Experiment) -> Progress:
+def experiment_progress(experiment: Experiment, viewer: policy.Viewer | None = None) -> Progress:
     rounds = list(experiment.rounds.order_by("number"))
     completed = sum(r.status == Round.Status.COMPLETED for r in rounds)
     current = rounds[-1] if rounds else None
@@ -68,7 +70,17 @@ def experiment_progress(experiment: Experiment) -> Progress:
         percent=math.floor(fraction * 100),
         text=_progress_text(experiment, current, completed, selected, reported),
         finished=status in Experiment.FINISHED,
+        failure=_failure(experiment, viewer),
     )
+
+
+def _failure(experiment: Experiment, viewer: policy.Viewer | None) -> str:
+    if experiment.status not in Experiment.FINISHED:
+        return ""
+    why = policy.ending(
+        viewer or policy.Viewer(policy.NOBODY), experiment.failure_code, experiment.failure_reason, experiment.status
+    )
+    return why["text"] if why else ""
 
 
 def _progress_text(experiment: Experiment, current: Round | None, completed: int, selected: int, reported: int) -> str:
@@ -126,13 +138,19 @@ def site_figures(experiment: Experiment, user) -> list[SiteFigures]:
 
 
 def round_grid(experiment: Experiment, user) -> tuple[list[int], list[dict[str, Any]]]:
-    """Round numbers, and one row per visible site with its update in each round
-    (None where the site was not selected)."""
+    """Round numbers, and one row per visible site with its update in each round as the
+    policy represents it, plus its status label (None where the site was not selected)."""
+    viewer = policy.viewer_of(user)
     numbers = list(experiment.rounds.order_by("number").values_list("number", flat=True))
     sites = participant_sites(experiment, user)
-    cells: dict[tuple[int, int], ClientUpdate] = {
-        (u.site_id, u.round.number): u
+    cells: dict[tuple[int, int], dict[str, Any] | None] = {
+        (u.site_id, u.round.number): _cell(viewer, u)
         for u in visible_updates(user).filter(round__experiment=experiment, site__in=sites)
     }
     rows = [{"site": s, "cells": [cells.get((s.pk, n)) for n in numbers]} for s in sites]
     return numbers, rows
+
+
+def _cell(viewer: policy.Viewer, update: ClientUpdate) -> dict[str, Any] | None:
+    shown = policy.update(viewer, update)
+    return None if shown is None else {**shown, "label": update.get_status_display()}

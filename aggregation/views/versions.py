@@ -9,10 +9,10 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.text import slugify
 
-from clients.permissions import is_coordinator
 from fedhealth.files import read_bytes
 from fedhealth.ml.schema import Schema
 
+from .. import policy
 from ..models import ModelVersion
 from ..permissions import visible_evaluations, visible_experiments, visible_versions
 from . import charts
@@ -37,16 +37,20 @@ def model_list(request, pk: int):
         else:
             selected = versions[0]
     analytics = _analytics(request.user, selected) if selected else None
+    viewer = policy.viewer_of(request.user)
+    figures = policy.version_figures(versions)
+    shown = {v.pk: policy.version_metrics(viewer, v, figures[v.pk]) for v in versions}
     context = {
         "experiment": experiment,
         "versions": versions,
-        "rows": [(v, _values(v.metrics.get("mean") or {}, VERSION_METRICS)) for v in versions],
+        "rows": [(v, _values(shown[v.pk]["mean"], VERSION_METRICS), shown[v.pk]) for v in versions],
         "selected": selected,
         "version_metrics": VERSION_METRICS,
         "site_metrics": SITE_METRICS,
         "analytics": analytics,
         "analytics_json": {"figures": analytics["figures"]} if analytics else None,
-        "pooled": is_coordinator(request.user),
+        "pooled": viewer.is_coordinator,
+        "min_figure_sites": policy.min_sites(),
     }
     return render(request, "aggregation/model_list.html", context)
 

@@ -70,6 +70,8 @@ class World:
 def _run(experiment, datasets, rounds: int, figures: dict, *, failed_site=None):
     """Write a completed experiment: rounds, updates, versions, evaluations and a log."""
     from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round, SiteEvaluation
+    from aggregation.reasons import Reason
+    from aggregation.reasons import text as reason_text
     from aggregation.services import artifacts
     from fedhealth.ml.model import init_weights
     from fedhealth.ml.stats import Normalizer, SufficientStats, merge_stats
@@ -116,7 +118,10 @@ def _run(experiment, datasets, rounds: int, figures: dict, *, failed_site=None):
         reason = f"round {rounds + 1} failed: only 0 of the 1 sites required reported"
         round_ = Round.objects.create(experiment=experiment, number=rounds + 1, status=Round.Status.FAILED,
                                       deadline=now, failure_reason=reason)
-        ClientUpdate.objects.create(round=round_, site=failed_site, status=ClientUpdate.Status.FAILED, error=A_ERROR)
+        # The site's agent explained the failure in its own words: a note for its own site only.
+        ClientUpdate.objects.create(round=round_, site=failed_site, status=ClientUpdate.Status.FAILED,
+                                    error_code=Reason.SITE_REPORTED, error=reason_text(Reason.SITE_REPORTED),
+                                    site_note=A_ERROR)
         experiment.status, experiment.failure_reason = Experiment.Status.FAILED, reason
         experiment.save()
     return version

@@ -43,7 +43,7 @@ def test_site_b_member_never_sees_site_a(client, world):
         assert not leaked, f"{url} shows site A's {leaked}"
 
 
-def test_site_b_member_still_sees_their_own_figures_and_the_global_model(client, world):
+def test_site_b_member_sees_their_own_figures_but_no_mean_over_two_sites(client, world):
     client.force_login(world.bob)
 
     live = client.get(reverse("experiment_live", args=[world.shared.pk])).json()
@@ -51,8 +51,11 @@ def test_site_b_member_still_sees_their_own_figures_and_the_global_model(client,
 
     assert sites[0]["x"] == ["Brookfield Clinic"]
     assert sites[0]["y"] == [0.7422] and sites[1]["y"] == [0.7611]
-    # The global model's mean over both sites is shared with every participant.
-    assert live["figures"]["global"]["accuracy"]["data"][0]["y"][-1] == pytest.approx((0.8263 + 0.7611) / 2)
+    # Two sites only: the mean and bob's own figure would give site A's exactly.
+    assert [y for y in live["figures"]["global"]["accuracy"]["data"][0]["y"] if y is not None] == []
+    client.force_login(world.charlie)
+    coordinator = client.get(reverse("experiment_live", args=[world.shared.pk])).json()
+    assert coordinator["figures"]["global"]["accuracy"]["data"][0]["y"][-1] == pytest.approx((0.8263 + 0.7611) / 2)
 
 
 def test_coordinator_sees_aggregates_but_not_the_values_in_a_sites_file(client, world):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import Count, Max, Q, Sum
 from django.shortcuts import render
 
+from aggregation import policy
 from aggregation.permissions import visible_experiments
 from aggregation.views.progress import experiment_progress
 from clients.models import Dataset, Membership
@@ -27,7 +28,8 @@ def dashboard(request):
     for site in sites:
         site.balance = site.positives / site.rows if site.rows else None
         site.members = members.get(site.pk, 0)
-    experiments = [(e, experiment_progress(e)) for e in visible_experiments(request.user).order_by("-created_at")]
+    viewer = policy.viewer_of(request.user)
+    experiments = [(e, experiment_progress(e, viewer)) for e in visible_experiments(request.user).order_by("-created_at")]
     totals = {
         "sites": sum(s.is_active for s in sites),
         "rows": sum(s.rows or 0 for s in sites),

@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404, render
 
+from aggregation import policy
 from aggregation.models import Experiment
 from aggregation.permissions import visible_experiments, visible_updates
 from aggregation.views.progress import experiment_progress, site_figures
@@ -26,16 +27,19 @@ def site_home(request):
     user = request.user
     datasets = list(visible_datasets(user).order_by("-created_at"))
     latest_ready = next((d for d in datasets if d.status == Dataset.Status.READY), None)
+    viewer = policy.viewer_of(user)
     experiments = []
     for experiment in visible_experiments(user).order_by("-created_at"):
         figures = site_figures(experiment, user)
         experiments.append({
             "experiment": experiment,
-            "progress": experiment_progress(experiment),
+            "progress": experiment_progress(experiment, viewer),
             "mine": figures[0] if figures else None,
             "active": experiment.status in Experiment.ACTIVE,
         })
-    updates = visible_updates(user).select_related("round__experiment").order_by("-created_at")[:RECENT_UPDATES]
+    updates = list(visible_updates(user).select_related("round__experiment").order_by("-created_at")[:RECENT_UPDATES])
+    for u in updates:  # the reason and the agent's own note, as the policy shows them
+        u.shown = policy.update(viewer, u)
     return render(request, "clients/site_home.html", {
         "site": request.site,
         "datasets": datasets,
