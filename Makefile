@@ -8,7 +8,7 @@ PY := $(BIN)/python
 # PostgreSQL URL for the suite's second database pass (CI's and this machine's server).
 TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: venv run test test-fast lint bench clean
+.PHONY: venv setup run test test-fast lint bench clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -19,10 +19,21 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(BIN)/.installed
 
-run: venv
+# Local settings, so that the README's commands run as printed in any shell: DEBUG on and
+# a generated key (settings read .env). Written only when missing: an existing .env, a
+# production one included, is never overwritten.
+.env: | $(BIN)/.installed
+	@umask 077; printf '# Written by make run for local use: DEBUG on, a generated key.\nDEBUG=1\nSECRET_KEY=%s\n' \
+		"$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" > $@
+	@echo "wrote .env for local use (DEBUG=1 and a generated SECRET_KEY)"
+
+# Everything `make run` does before starting the servers.
+setup: venv .env
 	mkdir -p var/staticfiles
 	DEBUG=1 $(PY) manage.py migrate --no-input
 	DEBUG=1 $(PY) manage.py seed_demo
+
+run: setup
 	@echo
 	@echo "FedHealth on http://127.0.0.1:$${PORT:-8000}/  (admin: http://127.0.0.1:$${PORT:-8000}/admin/)"
 	@echo "Demo logins above (password fedhealth-demo). Start the demo experiment with"

@@ -9,6 +9,9 @@ from fedhealth.ml.synthetic import generate_sites
 
 class Command(BaseCommand):
     help = "Write synthetic four-vital CSVs, one per site (reproducible by --seed)."
+    # Core only: no project checks to run (manage.py runs it without the project's
+    # settings: fedhealth/management/core.py).
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser):
         parser.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")

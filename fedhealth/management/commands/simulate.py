@@ -57,6 +57,9 @@ def parse_site(spec: str) -> tuple[str, Path, Path | None]:
 
 class Command(BaseCommand):
     help = "Run a federated experiment in-process and compare it with centralized and local training."
+    # Core only: no project checks to run (manage.py runs it without the project's
+    # settings: fedhealth/management/core.py).
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser):
         parser.add_argument("--site", action="append", default=[], metavar="NAME=TRAIN.csv[:TEST.csv]")
