@@ -1,27 +1,129 @@
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+
+from clients.models import Dataset
+from fedhealth.ml.strategies import STRATEGIES
 
 from . import services
 from .models import ClientUpdate, Experiment, ModelVersion, Participant, Round, SiteEvaluation
+from .services.creation import (
+    BOUNDS,
+    ExperimentInvalid,
+    create_experiment,
+    update_experiment,
+    validate_experiment,
+)
 
 
-class ParticipantInline(admin.TabularInline):
-    model = Participant
-    extra = 0
-    autocomplete_fields = ["site"]
-    raw_id_fields = ["dataset"]
+class ExperimentAdminForm(forms.ModelForm):
+    """The admin's door to a draft: the same creation service as the web form and the API
+    (aggregation/services/creation.py), so the admin cannot store what they refuse."""
+
+    datasets = forms.ModelMultipleChoiceField(
+        queryset=Dataset.objects.filter(status=Dataset.Status.READY).select_related("site"),
+        help_text="One ready dataset per participating site.",
+    )
+    strategy = forms.ChoiceField(choices=[(name, name) for name in STRATEGIES])
+
+    class Meta:
+        model = Experiment
+        fields = ["name", "description", "datasets", "hidden_layers", "strategy", "strategy_params", *BOUNDS]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, bound in BOUNDS.items():  # the service's bounds, shown by the widgets
+            field = self.fields.get(name)
+            if field is not None:
+                field.widget.attrs.update({"min": bound.low, "max": bound.high})
+        if self.instance.pk:
+            self.initial["datasets"] = [p.dataset_id for p in self.instance.participants.all() if p.dataset_id]
+
+    def service_arguments(self) -> dict:
+        args = {name: self.cleaned_data[name] for name in self.Meta.fields if name in self.cleaned_data}
+        args.setdefault("name", "")
+        args["datasets"] = list(args.get("datasets") or [])
+        return args
+
+    def clean(self):
+        cleaned = super().clean()
+        try:
+            validate_experiment(**self.service_arguments(), schema=self.instance.schema or None)
+        except ExperimentInvalid as exc:
+            for field, messages_ in exc.errors.items():
+                target = field if field in self.fields else None
+                if target is None or not self.has_error(target):
+                    for message in messages_:
+                        self.add_error(target, message)
+        return cleaned
+
+    def _post_clean(self):
+        # The model's own validators are not a second rulebook: the service decided above.
+        pass
+
+
+class StartedExperimentForm(forms.ModelForm):
+    class Meta:
+        model = Experiment
+        fields: list[str] = []
+
+
+def _started(obj: Experiment | None) -> bool:
+    return obj is not None and obj.status != Experiment.Status.DRAFT
 
 
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
+    form = ExperimentAdminForm
     list_display = ["name", "status", "strategy", "num_rounds", "rounds_done", "created_by", "created_at"]
     list_filter = ["status", "strategy"]
     search_fields = ["name", "description"]
-    inlines = [ParticipantInline]
+    # Participants are chosen with the ``datasets`` field (through the creation service)
+    # and only listed here.
     readonly_fields = [
-        "status", "failure_reason", "normalizer", "initial_weights", "initial_sha256",
+        "participating_sites", "status", "failure_reason", "normalizer", "initial_weights", "initial_sha256",
         "strategy_state", "strategy_state_file", "started_at", "finished_at", "created_at",
     ]
     actions = ["start", "pause", "resume", "cancel"]
+
+    def get_fields(self, request, obj=None):
+        if _started(obj):
+            return self.get_readonly_fields(request, obj)
+        return [*ExperimentAdminForm.Meta.fields, *self.readonly_fields]
+
+    def get_readonly_fields(self, request, obj=None):
+        if _started(obj):
+            # A started experiment's configuration is what its rounds ran with.
+            config = [name for name in ExperimentAdminForm.Meta.fields if name != "datasets"]
+            return [*config, *self.readonly_fields]
+        return self.readonly_fields
+
+    def get_form(self, request, obj=None, **kwargs):
+        if _started(obj):
+            kwargs["form"] = StartedExperimentForm
+        return super().get_form(request, obj, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if change and _started(obj):
+            return  # nothing of a started experiment is editable here
+        arguments = form.service_arguments()
+        try:
+            if change:
+                saved = update_experiment(obj, **arguments)
+            else:
+                saved = create_experiment(created_by=request.user, **arguments)
+        except ExperimentInvalid as exc:  # changed since the form was checked
+            raise ValidationError(exc.errors) from None
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        pass  # participants were written by the creation service
+
+    @admin.display(description="Participants")
+    def participating_sites(self, obj: Experiment) -> str:
+        rows = obj.participants.select_related("site", "dataset").order_by("site__name") if obj.pk else []
+        return ", ".join(f"{p.site} ({p.dataset or 'no dataset'})" for p in rows) or "-"
 
     @admin.display(description="Rounds done")
     def rounds_done(self, obj: Experiment) -> int:
