@@ -37,6 +37,40 @@ def summarise_arrays(schema: Schema, data: ArrayData) -> tuple[dict[str, Any], d
     return stats.to_dict(), summary
 
 
+class UploadRefused(Exception):
+    """An upload this site may not make, or a field the service will not store; nothing
+    was read or stored. ``field`` names the input (``site`` when the site itself may not)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+MAX_DATASET_NAME = 255  # Dataset.name's column
+
+
+def check_can_upload(site: Site) -> None:
+    """Raise ``UploadRefused`` unless ``site`` may store a CSV here (hosted and active)."""
+    if site.mode == Site.Mode.AGENT:
+        raise UploadRefused(
+            "site",
+            f"{site.name} runs a site agent: its data stays on its own machine, and the agent "
+            "registers a summary instead. Nothing was uploaded or stored.",
+        )
+    if not site.is_active:
+        raise UploadRefused("site", f"{site.name} is not active; nothing was stored.")
+
+
+def _dataset_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise UploadRefused("name", "The dataset needs a name.")
+    name = name.strip()
+    if len(name) > MAX_DATASET_NAME or "\x00" in name:
+        raise UploadRefused("name", f"The name must be 1 to {MAX_DATASET_NAME} characters, without NUL.")
+    return name
+
+
 def ingest_dataset(
     site: Site,
     upload: IO[bytes],
@@ -46,18 +80,23 @@ def ingest_dataset(
     policy: Policy = Policy.REJECT,
     user: Any = None,
 ) -> IngestResult:
-    """Validate an uploaded CSV and, only if it is valid, store it in site-private storage.
+    """The one door for a hosted site's CSV (web upload, API, commands): validate it and,
+    only if it is valid, store it in site-private storage.
 
-    A rejected upload keeps its report (so the site can see what was wrong) but leaves
-    no file behind. The file is written before the row is marked ready, inside one
-    transaction, so a crash never leaves a ready dataset without its file.
+    Raises ``UploadRefused`` before reading anything when the site may not upload (an
+    agent site keeps its rows on its own machine) or the name is unusable. A rejected
+    upload keeps its report (so the site can see what was wrong) but leaves no file
+    behind. The file is written before the row is marked ready, inside one transaction,
+    so a crash never leaves a ready dataset without its file; a partial file is removed.
     """
+    check_can_upload(site)
+    name = _dataset_name(name)
     raw = upload.read(settings.FEDHEALTH_MAX_UPLOAD_BYTES + 1)
     result = validate_csv(raw, schema, policy=policy, max_bytes=settings.FEDHEALTH_MAX_UPLOAD_BYTES)
     report = result.report
     fields = {
         "site": site,
-        "name": name[:255],
+        "name": name,
         "schema": schema.to_dict(),
         "policy": policy.value,
         "validation_report": report.to_dict(),
@@ -81,13 +120,34 @@ def ingest_dataset(
             summary=summary,
             **fields,
         )
-        dataset.file.save("upload.csv", ContentFile(raw), save=False)
+        _store(dataset, upload, raw)
         try:
             dataset.save()
         except Exception:
             dataset.file.delete(save=False)
             raise
     return IngestResult(dataset, report)
+
+
+def _store(dataset: Dataset, upload: IO[bytes], raw: bytes) -> None:
+    """Write the validated bytes into the site's private storage.
+
+    A staged upload (fedhealth/uploads.py) is handed to the storage as is, so a local
+    storage moves it into place and a remote one streams it; an in-memory one is written
+    from the bytes that were validated. A failed write leaves no partial file.
+    """
+    storage = dataset.file.storage
+    name = dataset.file.field.generate_filename(dataset, "upload.csv")
+    content: Any = ContentFile(raw)
+    if hasattr(upload, "temporary_file_path") and getattr(upload, "size", None) == len(raw):
+        upload.seek(0)
+        content = upload
+    try:
+        dataset.file.name = storage.save(name, content, max_length=dataset.file.field.max_length)
+    except BaseException:
+        if storage.exists(name):
+            storage.delete(name)
+        raise
 
 
 def load_dataset_arrays(dataset: Dataset) -> ArrayData:

@@ -177,6 +177,18 @@ STORAGES = {
 # ------------------------------------------------------------------------------
 FEDHEALTH_MAX_UPLOAD_BYTES = env.int("FEDHEALTH_MAX_UPLOAD_BYTES", default=50 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# An upload larger than FILE_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) waits on disk while the
+# request is read. It holds patient rows, so it waits in a private staging folder under
+# the storage root (empty: MEDIA_ROOT/staging), never the system temp folder; see
+# fedhealth/uploads.py. Leftovers of a killed process older than
+# FEDHEALTH_STAGING_MAX_AGE seconds are removed at worker start (and by `clean_staging`);
+# an hour is far longer than any upload of FEDHEALTH_MAX_UPLOAD_BYTES takes.
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "fedhealth.uploads.StagingUploadHandler",
+]
+FEDHEALTH_UPLOAD_STAGING_DIR = env.str("FEDHEALTH_UPLOAD_STAGING_DIR", default="")
+FEDHEALTH_STAGING_MAX_AGE = env.int("FEDHEALTH_STAGING_MAX_AGE", default=3600)
 
 # CELERY
 # ------------------------------------------------------------------------------
@@ -335,8 +347,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    # JSON bodies; the two file uploads (datasets, agent updates) take multipart.
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # JSON bodies, refused past a small nesting depth before they are decoded (a deep
+    # document makes json.loads recurse until it fails); the two file uploads
+    # (datasets, agent updates) take multipart.
+    "DEFAULT_PARSER_CLASSES": ["fedhealth.api.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "fedhealth.api.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,

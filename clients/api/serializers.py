@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from clients.models import Dataset, Site
 from clients.permissions import site_of
+from fedhealth.api import parsers
 from fedhealth.api.fields import FiniteFloatField, ReadJSONField, finite, reject_nul
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
 from fedhealth.ml.validation import Policy
@@ -117,7 +116,9 @@ class SchemaJSONField(serializers.JSONField):
     def to_internal_value(self, data):
         if isinstance(data, str):
             try:
-                data = json.loads(data)
+                data = parsers.loads(data)
+            except parsers.JSONTooDeep as exc:
+                raise serializers.ValidationError(str(exc)) from None
             except ValueError:
                 raise serializers.ValidationError("must be a JSON object") from None
         reject_nul(data, "schema")

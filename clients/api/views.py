@@ -6,15 +6,22 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from clients.models import Dataset, Site
 from clients.permissions import site_of, visible_datasets, visible_sites
-from clients.services import DatasetSummaryError, ingest_dataset, register_remote_dataset
+from clients.services import (
+    DatasetSummaryError,
+    UploadRefused,
+    check_can_upload,
+    ingest_dataset,
+    register_remote_dataset,
+)
 from fedhealth.api.exceptions import InvalidWithContext, field_error
 from fedhealth.api.filters import Param
+from fedhealth.api.parsers import JSONParser
 from fedhealth.api.permissions import IsSiteAgent, IsSiteMember
 from fedhealth.api.schema import ErrorSerializer
 from fedhealth.ml.validation import Policy
@@ -84,23 +91,29 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         Agent-mode sites never upload rows: they register a summary (/agent/datasets/).
         """
         site = site_of(request.user)
-        if site.mode == Site.Mode.AGENT:
-            raise PermissionDenied(
-                f"site {site.slug} runs a site agent: its data stays on its machine; "
-                "the agent registers a summary instead."
-            )
+        try:
+            check_can_upload(site)  # before the body is read: an agent site's rows stay home
+        except UploadRefused as exc:
+            raise PermissionDenied(exc.message) from None
+        # The body is staged in this site's private staging folder (fedhealth/uploads.py).
+        request._request.site = site
         form = DatasetUploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]
         user = request.user if isinstance(request.user, get_user_model()) else None
-        result = ingest_dataset(
-            site,
-            upload,
-            name=form.validated_data.get("name") or upload.name or "upload.csv",
-            schema=form.validated_schema(),
-            policy=Policy(form.validated_data["policy"]),
-            user=user,
-        )
+        try:
+            result = ingest_dataset(
+                site,
+                upload,
+                name=form.validated_data.get("name") or upload.name or "upload.csv",
+                schema=form.validated_schema(),
+                policy=Policy(form.validated_data["policy"]),
+                user=user,
+            )
+        except UploadRefused as exc:
+            if exc.field == "site":
+                raise PermissionDenied(exc.message) from None
+            raise field_error(exc.field, exc.message) from None
         body = DatasetUploadResultSerializer(
             result.dataset, context=self.get_serializer_context()
         ).data

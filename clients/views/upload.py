@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
 
 from clients.forms import UploadForm
-from clients.services import ingest_dataset
+from clients.services import UploadRefused, check_can_upload, ingest_dataset
 from fedhealth.ml import validation as v
 from fedhealth.ml.schema import DEFAULT_SCHEMA
 
@@ -72,17 +72,26 @@ def dataset_upload(request):
     form = UploadForm(request.POST or None, request.FILES or None)
     context: dict[str, Any] = {"form": form, "site": request.site, "limit": settings.FEDHEALTH_MAX_UPLOAD_BYTES,
                                "schema": DEFAULT_SCHEMA}
-    if request.method == "POST":
+    if request.method != "POST":
+        try:
+            check_can_upload(request.site)
+        except UploadRefused as exc:  # say so before anyone picks a file
+            messages.error(request, exc.message)
+    else:
         if getattr(request, "upload_too_large", False):
             form.is_valid()  # clean the other fields so they are shown again
             form.errors.pop("file", None)  # "required": the file was cut off, not missing
             _too_large(form)
         elif form.is_valid():
             upload = form.cleaned_data["file"]
-            result = ingest_dataset(
-                request.site, upload, name=form.cleaned_data["name"],
-                policy=v.Policy(form.cleaned_data["policy"]), user=request.user,
-            )
+            try:
+                result = ingest_dataset(
+                    request.site, upload, name=form.cleaned_data["name"],
+                    policy=v.Policy(form.cleaned_data["policy"]), user=request.user,
+                )
+            except UploadRefused as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+                return render(request, "clients/upload.html", context)
             if result.ok:
                 dropped = result.dataset.rows_dropped
                 note = f", {dropped:,} invalid row(s) dropped" if dropped else ""
