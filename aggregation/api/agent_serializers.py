@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
-import json
 import math
+import re
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from fedhealth.api import parsers
 from fedhealth.api.fields import FiniteFloatField
+from fedhealth.ml.metrics import MAX_CALIBRATION_BINS, MAX_ROC_POINTS
 
 MAX_METRICS = 64
-MAX_CURVE_POINTS = 100_000
+# What a site may send of an evaluation's curves: the core thins what it computes to
+# these (fedhealth.ml.metrics), so a conforming site never meets the limit.
+MAX_CURVE_POINTS = MAX_ROC_POINTS
+MAX_CALIBRATION_POINTS = MAX_CALIBRATION_BINS
+# Metric names are identifiers (they become chart labels and column names).
+METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Ranges of the metrics the core computes (fedhealth.ml.metrics); anything else a site
+# sends must be finite and within +-METRIC_MAGNITUDE.
+PROBABILITY_METRICS = frozenset(
+    {"accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "precision", "f1", "brier"}
+)
+LOSS_METRICS = frozenset({"log_loss", "loss"})
+MAX_LOSS = 1e6
+METRIC_MAGNITUDE = 1e12
+
+
+def _metric_problem(key: str, v: float) -> str | None:
+    if key in PROBABILITY_METRICS and not 0.0 <= v <= 1.0:
+        return f"metric {key!r} must be between 0 and 1, got {v!r}"
+    if key in LOSS_METRICS and not 0.0 <= v <= MAX_LOSS:
+        return f"metric {key!r} must be between 0 and {MAX_LOSS:g}, got {v!r}"
+    if key == "n" and not (0 <= v <= 2**31 - 1 and float(v).is_integer()):
+        return f"metric 'n' must be a whole number of rows, got {v!r}"
+    if abs(v) > METRIC_MAGNITUDE:
+        return f"metric {key!r} is implausibly large: {v!r}"
+    return None
 
 
 class TrainingItemSerializer(serializers.Serializer):
@@ -70,19 +97,26 @@ def metrics_from(value) -> dict[str, float]:
     """A JSON object (or its text) of metric name -> finite number."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = parsers.loads(value)
+        except parsers.JSONTooDeep as exc:
+            raise serializers.ValidationError(str(exc)) from None
         except ValueError:
             raise serializers.ValidationError("must be a JSON object of numbers") from None
     if not isinstance(value, dict) or len(value) > MAX_METRICS:
         raise serializers.ValidationError(f"must be a JSON object of at most {MAX_METRICS} numbers")
     out = {}
     for key, v in value.items():
-        if not isinstance(key, str) or not key or len(key) > 64 or "\x00" in key:
-            raise serializers.ValidationError("metric names must be 1-64 characters")
+        if not isinstance(key, str) or not METRIC_NAME.match(key):
+            raise serializers.ValidationError(
+                "metric names must be 1-64 lower-case letters, digits or underscores"
+            )
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise serializers.ValidationError(
                 f"metric {key!r} must be a finite number (omit undefined ones)"
             )
+        problem = _metric_problem(key, float(v))
+        if problem:
+            raise serializers.ValidationError(problem)
         out[key] = float(v)
     return out
 
@@ -124,28 +158,44 @@ class FailureSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
 
+class BoundedListField(serializers.ListField):
+    """A ListField that refuses an over-long list before validating its items."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, list) and self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
+
+
+def _unit_points(max_length: int, help_text: str) -> BoundedListField:
+    return BoundedListField(
+        child=FiniteFloatField(min_value=0, max_value=1), max_length=max_length, help_text=help_text
+    )
+
+
+def _non_decreasing(values: list[float]) -> bool:
+    return all(a <= b for a, b in zip(values, values[1:], strict=False))
+
+
 class RocSerializer(serializers.Serializer):
-    fpr = serializers.ListField(
-        child=FiniteFloatField(min_value=0, max_value=1), max_length=MAX_CURVE_POINTS
-    )
-    tpr = serializers.ListField(
-        child=FiniteFloatField(min_value=0, max_value=1), max_length=MAX_CURVE_POINTS
-    )
+    fpr = _unit_points(MAX_CURVE_POINTS, f"False-positive rates, non-decreasing; at most {MAX_CURVE_POINTS}.")
+    tpr = _unit_points(MAX_CURVE_POINTS, f"True-positive rates, non-decreasing; at most {MAX_CURVE_POINTS}.")
 
     def validate(self, attrs):
         if len(attrs["fpr"]) != len(attrs["tpr"]):
             raise serializers.ValidationError("fpr and tpr must have the same length")
+        for name in ("fpr", "tpr"):
+            if not _non_decreasing(attrs[name]):
+                raise serializers.ValidationError({name: ["an ROC curve never goes back: values must not decrease"]})
         return attrs
 
 
 class CalibrationSerializer(serializers.Serializer):
-    mean_predicted = serializers.ListField(
-        child=FiniteFloatField(min_value=0, max_value=1), max_length=1000
+    mean_predicted = _unit_points(MAX_CALIBRATION_POINTS, f"Per bin; at most {MAX_CALIBRATION_POINTS} bins.")
+    fraction_positive = _unit_points(MAX_CALIBRATION_POINTS, "Per bin.")
+    count = BoundedListField(
+        child=FiniteFloatField(min_value=0, max_value=2**31 - 1), max_length=MAX_CALIBRATION_POINTS
     )
-    fraction_positive = serializers.ListField(
-        child=FiniteFloatField(min_value=0, max_value=1), max_length=1000
-    )
-    count = serializers.ListField(child=FiniteFloatField(min_value=0), max_length=1000)
 
     def validate(self, attrs):
         if (

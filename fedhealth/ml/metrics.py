@@ -28,6 +28,8 @@ from sklearn.metrics import roc_curve
 from fedhealth.ml.types import Metrics
 
 __all__ = [
+    "MAX_CALIBRATION_BINS",
+    "MAX_ROC_POINTS",
     "METRIC_KEYS",
     "calibration_points",
     "compute_metrics",
@@ -48,6 +50,11 @@ METRIC_KEYS: tuple[str, ...] = (
     "log_loss",
     "n",
 )
+
+# The most points a site sends of an evaluation's curves (the server refuses more):
+# an ROC curve is thinned to MAX_ROC_POINTS; a calibration curve has one point per bin.
+MAX_ROC_POINTS = 1001
+MAX_CALIBRATION_BINS = 100
 
 _NAN = float("nan")
 _EPS = float(np.finfo(np.float64).eps)  # sklearn's log_loss clips at the dtype's eps
@@ -161,16 +168,24 @@ def mean_metrics(items: Sequence[Metrics]) -> Metrics:
     return result
 
 
-def roc_points(y_true: npt.ArrayLike, y_prob: npt.ArrayLike) -> dict[str, list[float]]:
+def roc_points(
+    y_true: npt.ArrayLike, y_prob: npt.ArrayLike, max_points: int = MAX_ROC_POINTS
+) -> dict[str, list[float]]:
     """ROC curve as ``{"fpr": [...], "tpr": [...]}`` (JSON-ready, from (0, 0) to (1, 1)).
 
-    Collinear points are dropped (sklearn ``drop_intermediate``). With a single class in
-    ``y_true`` the curve is undefined and both lists are empty.
+    Collinear points are dropped (sklearn ``drop_intermediate``). A curve still longer
+    than ``max_points`` (its corners grow with the test rows: ~30,000 for 100,000 rows)
+    keeps ``max_points`` evenly spaced corners, both ends included: plenty to draw, and
+    within what the server accepts from a site. With a single class in ``y_true`` the
+    curve is undefined and both lists are empty.
     """
     t, p = _check(y_true, y_prob)
     if t.size == 0 or t.min() == t.max():
         return {"fpr": [], "tpr": []}
     fpr, tpr, _ = roc_curve(t, p)
+    if fpr.size > max_points:
+        keep = np.unique(np.linspace(0, fpr.size - 1, max_points).round().astype(np.int64))
+        fpr, tpr = fpr[keep], tpr[keep]
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 
@@ -186,8 +201,8 @@ def calibration_points(
         per non-empty bin in increasing order: mean ``y_prob`` in the bin, fraction of
         ``y_true == 1`` in it, and its number of rows (as float).
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if not 1 <= n_bins <= MAX_CALIBRATION_BINS:
+        raise ValueError(f"n_bins must be 1 to {MAX_CALIBRATION_BINS}, got {n_bins}")
     t, p = _check(y_true, y_prob)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.searchsorted(edges[1:-1], p)
