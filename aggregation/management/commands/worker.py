@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from clients.models import Site
 from fedhealth.celery import app
+from fedhealth.uploads import clean_staging
 
 
 class Command(BaseCommand):
@@ -37,6 +38,10 @@ class Command(BaseCommand):
         else:
             hosted = Site.objects.filter(mode=Site.Mode.HOSTED, is_active=True)
             queues = [settings.FEDHEALTH_SERVER_QUEUE, *(s.queue for s in hosted)]
+        # Uploads a killed web process left half-read in the private staging folder.
+        removed = clean_staging()
+        if removed:
+            self.stdout.write(f"removed {removed} stale staged upload(s)")
         self.stdout.write(f"consuming: {', '.join(queues)}")
         argv = ["worker", "-Q", ",".join(queues), f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--pool={pool}"]
         if beat:
