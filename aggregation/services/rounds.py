@@ -20,7 +20,9 @@ from django.utils import timezone
 
 from fedhealth.files import write_bytes
 from fedhealth.ml.model import weight_spec
-from fedhealth.ml.strategies import Rejected, check_update, get_strategy
+from fedhealth.ml.robust import find_outliers, update_distance
+from fedhealth.ml.strategies import Rejected, get_strategy
+from fedhealth.ml.strategies.checks import check_aggregate, update_problem
 from fedhealth.ml.types import Metrics, Update, Weights
 from fedhealth.ml.weights_io import (
     ChecksumMismatch,
@@ -29,10 +31,11 @@ from fedhealth.ml.weights_io import (
     weights_to_bytes,
 )
 
+from .. import dispatch
 from ..models import ClientUpdate, Experiment, ModelVersion, Participant, Round
-from ..reasons import Reason
+from ..reasons import Reason, clean_note
 from ..reasons import text as reason_text
-from . import artifacts
+from . import artifacts, health
 from .lifecycle import advance
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,6 @@ def claim_update(update_id: int) -> bool:
 
 
 def reference_weights(experiment: Experiment) -> Weights:
-    import numpy as np
-
     return {k: np.zeros(shape, dtype=np.float32) for k, shape in weight_spec(experiment.model_config).items()}
 
 
@@ -122,9 +123,9 @@ def submit_update(
     update = ClientUpdate.objects.select_related("round__experiment", "site").get(pk=update_id)
     experiment = update.round.experiment
     _check_sample_count(update, num_samples)
-    problem = check_update(Update(weights, num_samples, update.site.slug), reference_weights(experiment))
+    problem = update_problem(Update(weights, num_samples, update.site.slug), reference_weights(experiment))
     if problem:
-        raise UpdateRefused(f"update rejected: {problem}", code=Reason.UPDATE_INVALID, bad_input=True)
+        raise UpdateRefused(f"update rejected: {problem.reason}", code=reason_for(problem.code), bad_input=True)
     # The file goes first, outside any transaction: its name carries the checksum, so a
     # retry rewrites identical bytes and an unclaimed file is merely garbage.
     data = weights_to_bytes(weights)
@@ -154,10 +155,12 @@ def submit_update(
     return Submission(update, replayed=False)
 
 
-def fail_update(update_id: int, reason: str) -> bool:
-    """Record that a site could not train this round, with the reason."""
+def fail_update(update_id: int, code: str, *, detail: str = "", note: str = "") -> bool:
+    """Record that a site's part in a round failed, with a reason code (shown with the
+    product's text) and, from an agent, its own note (kept for that site only)."""
     changed = ClientUpdate.objects.filter(pk=update_id, status__in=OPEN_UPDATE).update(
-        status=ClientUpdate.Status.FAILED, error=reason[:2000]
+        status=ClientUpdate.Status.FAILED, error_code=code, error=reason_text(code, detail),
+        site_note=clean_note(note),
     )
     if changed:
         maybe_close_round(ClientUpdate.objects.values_list("round_id", flat=True).get(pk=update_id))
@@ -172,35 +175,40 @@ def maybe_close_round(round_id: int, *, now: Any = None) -> str:
         round_ = Round.objects.select_for_update().select_related("experiment").get(pk=round_id)
         if round_.status != Round.Status.OPEN:
             return round_.status
-        updates = list(round_.updates.all())
+        updates = list(round_.updates.select_related("site"))
         waiting = [u for u in updates if u.status in OPEN_UPDATE]
         received = [u for u in updates if u.status == ClientUpdate.Status.RECEIVED]
         deadline_passed = now >= round_.deadline
         if waiting and not deadline_passed:
             return round_.status
         if waiting:  # the deadline passed: sites still training are left out
-            ClientUpdate.objects.filter(pk__in=[u.pk for u in waiting], status__in=OPEN_UPDATE).update(
-                status=ClientUpdate.Status.FAILED, error="missed the round deadline"
-            )
+            # A hosted site whose queue had no live worker did not miss the deadline:
+            # nobody took its work (a stopped worker, or one cut off from the broker).
+            unattended = health.no_worker_at_deadline(round_, waiting)
+            for code, ids in ((Reason.NO_WORKER, [u.pk for u in waiting if u.pk in unattended]),
+                              (Reason.MISSED_DEADLINE, [u.pk for u in waiting if u.pk not in unattended])):
+                ClientUpdate.objects.filter(pk__in=ids, status__in=OPEN_UPDATE).update(
+                    status=ClientUpdate.Status.FAILED, error_code=code, error=reason_text(code)
+                )
         experiment = round_.experiment
         round_.closed_at = now
         if len(received) >= experiment.min_sites:
             round_.status = Round.Status.AGGREGATING
             round_.save(update_fields=["status", "closed_at"])
-            from .. import tasks
-
-            transaction.on_commit(lambda: tasks.queue_aggregation(round_id))
+            transaction.on_commit(lambda: dispatch.queue_aggregation(round_id))
             return round_.status
         round_.status = Round.Status.FAILED
-        round_.failure_reason = (
-            f"only {len(received)} of the {experiment.min_sites} sites required reported"
-            + ("" if not deadline_passed else " before the deadline")
+        round_.failure_code = Reason.QUORUM
+        round_.failure_reason = reason_text(
+            Reason.QUORUM,
+            f"(only {len(received)} of the {experiment.min_sites} sites required reported"
+            + (" before the deadline)" if deadline_passed else ")"),
         )
-        round_.save(update_fields=["status", "closed_at", "failure_reason"])
+        round_.save(update_fields=["status", "closed_at", "failure_code", "failure_reason"])
     from .lifecycle import TransitionError, fail_experiment
 
     with contextlib.suppress(TransitionError):  # cancelled or failed meanwhile
-        fail_experiment(experiment.pk, f"round {round_.number} failed: {round_.failure_reason}")
+        fail_experiment(experiment.pk, f"Round {round_.number} failed: {round_.failure_reason}", code=Reason.QUORUM)
     return Round.Status.FAILED
 
 
@@ -221,11 +229,26 @@ def _load_received(round_: Round, only: set[int] | None = None) -> Iterator[tupl
         yield u, weights
 
 
+# The core's machine codes (fedhealth.ml.strategies.checks) in the product's words.
+_CORE_CODES = {
+    "invalid": Reason.UPDATE_INVALID,
+    "nonfinite": Reason.UPDATE_INVALID,
+    "implausible": Reason.IMPLAUSIBLE,
+    "duplicate": Reason.DUPLICATE,
+    "outlier": Reason.OUTLIER,
+    "failed": Reason.TRAINING_FAILED,
+}
+
+
+def reason_for(code: str) -> str:
+    """A ``Reason`` for a core code; a code that already is a ``Reason`` stays."""
+    if code in _CORE_CODES:
+        return _CORE_CODES[code]
+    return code if code in Reason.values else Reason.INTERNAL
+
+
 def _reject(site: str, code: str, detail: str = "") -> Rejected:
-    try:
-        return Rejected(site, reason_text(code, detail), code=code)  # type: ignore[call-arg]
-    except TypeError:  # TODO(lead): until Rejected carries a code
-        return Rejected(site, reason_text(code, detail))
+    return Rejected(site, reason_text(code, detail), code=code)
 
 
 def screen_stored_updates(round_: Round, previous: Weights) -> tuple[set[int], list[Rejected]]:
@@ -236,15 +259,6 @@ def screen_stored_updates(round_: Round, previous: Weights) -> tuple[set[int], l
     ``outlier_factor`` times the median of the round's other updates (one site's
     update must not be able to drag the model anywhere). Holds one update at a time.
     """
-    try:  # TODO(lead): top level once robust.py lands
-        from fedhealth.ml.robust import find_outliers, update_distance
-    except ImportError:
-        def update_distance(w, p):  # type: ignore[misc]
-            return 0.0
-
-        def find_outliers(d, f):  # type: ignore[misc]
-            return {}
-
     experiment = round_.experiment
     kept: dict[str, int] = {}
     distances: dict[str, float] = {}
@@ -254,9 +268,9 @@ def screen_stored_updates(round_: Round, previous: Weights) -> tuple[set[int], l
         if weights is None:
             rejected.append(_reject(slug, Reason.UNREADABLE))
             continue
-        problem = check_update(Update(weights, u.num_samples, slug), previous)
+        problem = update_problem(Update(weights, u.num_samples, slug), previous)
         if problem:
-            rejected.append(_reject(slug, Reason.UPDATE_INVALID, f"({problem})"))
+            rejected.append(_reject(slug, reason_for(problem.code), f"({problem.reason})"))
             continue
         distances[slug] = update_distance(weights, previous)
         kept[slug] = u.pk
@@ -280,14 +294,7 @@ def _aggregation_input(round_: Round, ids: set[int], late: list[Rejected]) -> It
 
 def publishable(weights: Weights) -> bool:
     """A global model may be stored only if every weight is finite and plausible."""
-    try:  # TODO(lead): top level
-        from fedhealth.ml.strategies.checks import MAX_ABS_WEIGHT
-    except ImportError:
-        MAX_ABS_WEIGHT = 1e6
-    return all(
-        bool(np.isfinite(a).all()) and float(np.abs(a).max(initial=0.0)) <= MAX_ABS_WEIGHT
-        for a in weights.values()
-    )
+    return check_aggregate(weights) is None
 
 
 def _load_strategy(experiment: Experiment):
@@ -348,7 +355,7 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
     late: list[Rejected] = []
     result = strategy.aggregate(previous, _aggregation_input(round_, ids, late), failures=failed)
     rejections = [*result.rejected, *screened_out, *late]
-    rejected = [{"site": r.site, "code": getattr(r, "code", "") or Reason.UPDATE_INVALID, "reason": r.reason} for r in rejections]
+    rejected = [{"site": r.site, "code": reason_for(r.code), "reason": r.reason} for r in rejections]
     if len(result.accepted) < experiment.min_sites:
         _record_rejections(round_, rejected)
         fail_aggregation(
@@ -357,7 +364,7 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
         )
         return None
     weights = result.weights
-    refused = getattr(result, "refused", None)
+    refused = result.refused
     if weights is not None and not publishable(weights):
         weights, refused = None, "the aggregate has non-finite or implausible weights"
     if refused:
@@ -412,9 +419,7 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
         })
         advance(experiment, round_.number)
         if version is not None:
-            from .. import tasks
-
-            transaction.on_commit(lambda: tasks.queue_evaluations(version.pk))
+            transaction.on_commit(lambda: dispatch.queue_evaluations(version.pk))
     return version
 
 
