@@ -1,8 +1,13 @@
-"""Celery tasks: thin wrappers that load by id and call one service.
+"""Celery tasks: thin wrappers that load by id, call one service, and map what went
+wrong to retry, ignore or give up.
 
-Each task has a ``queue_<name>()`` producer beside it that owns routing (site work
-goes to the site's own queue) and the "nothing left to do" check. Tasks are safe to
-run twice: every state change they make is guarded in the database.
+What to send next, and to which queue, is decided in ``aggregation.dispatch``; how
+often each kind of work is tried, in ``aggregation.budgets``. A transient failure (the
+database or broker briefly unreachable) is retried with backoff until its budget is
+spent; anything else ends the work at once. Either way it ends in a terminal state
+with a reason code (update failed, round failed, evaluation failed); the exception
+itself goes to the log only. Tasks are safe to run twice: every state change they
+make is guarded in the database.
 """
 
 from __future__ import annotations
@@ -10,44 +15,32 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, TypeVar
 
 from celery import shared_task
-from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import OperationalError
-from django.db.models import Q
-from django.utils import timezone
 
-from clients.models import Site
-
-from . import services
-from .models import ClientUpdate, Experiment, ModelVersion, Participant, Round, SiteEvaluation
+from . import services, sweeper
+from .budgets import AGGREGATE_ROUND, EVALUATE_SITE, SWEEP, TRAIN_SITE, TRANSIENT, Budget
+from .models import ClientUpdate
+from .reasons import Reason
+from .services import failures
+from .services.sitework import SiteDataError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Transient failures worth retrying: the database briefly unavailable or locked, a
-# storage hiccup. Anything else is a bug or bad data and fails at once.
-TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
-# 5 retries with exponential backoff capped at 60 s (+ jitter): ~2 minutes in all,
-# well inside a round's default 30-minute deadline.
-RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60, "retry_jitter": True,
-         "max_retries": 5}
-SITE_WORK = {"acks_late": True, "reject_on_worker_lost": True, **RETRY}
+SITE_WORK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
 
-
-# -- local training at a site -----------------------------------------------------
 
 def _unless_gone(work: Callable[..., T]) -> Callable[..., T | str]:
     """A message can outlive its object (an experiment deleted, a database reset):
     there is nothing to do then, and retrying would not change that."""
 
     @functools.wraps(work)
-    def run(*args: Any) -> T | str:
+    def run(task: Any, *args: Any) -> T | str:
         try:
-            return work(*args)
+            return work(task, *args)
         except ObjectDoesNotExist as exc:
             log.warning("%s%s: %s; nothing to do", work.__name__, args, exc)
             return "gone"
@@ -55,108 +48,123 @@ def _unless_gone(work: Callable[..., T]) -> Callable[..., T | str]:
     return run
 
 
-@shared_task(name="aggregation.train_site", **SITE_WORK)
+def _retry_or_give_up(task: Any, budget: Budget, tries: int, exc: BaseException, give_up: Callable[[], Any]) -> str:
+    """After a transient failure on try ``tries``: send the task again after the
+    budget's backoff, or give the work up once the budget is spent."""
+    name = task.name
+    if budget.exhausted(tries):
+        log.error("%s%s: transient failure on try %d of %d; giving up", name, task.request.args, tries,
+                  budget.attempts, exc_info=exc)
+        give_up()
+        return "given up"
+    log.warning("%s%s: transient failure on try %d of %d; trying again", name, task.request.args, tries,
+                budget.attempts, exc_info=exc)
+    raise task.retry(exc=exc, countdown=budget.wait(tries), max_retries=None)
+
+
+# -- local training at a site -----------------------------------------------------
+
+@shared_task(name="aggregation.train_site", max_retries=TRAIN_SITE.attempts - 1, **SITE_WORK)
 @_unless_gone
-def train_site(update_id: int) -> str:
-    return services.train_hosted_update(update_id)
+def train_site(self, update_id: int) -> str:
+    try:
+        return services.train_hosted_update(update_id)
+    except services.UpdateRefused as exc:  # the server's checks refused the site's own update
+        log.warning("train_site(%s): update refused: %s", update_id, exc)
+        services.fail_update(update_id, getattr(exc, "code", Reason.UPDATE_INVALID))
+        return "failed: refused"
+    except ObjectDoesNotExist:
+        raise
+    except TRANSIENT as exc:
+        # ClientUpdate.attempts counts every claim (retries, redeliveries, re-sends).
+        tries = max(self.request.retries + 1, _update_tries(update_id))
+        return _retry_or_give_up(
+            self, TRAIN_SITE, tries, exc, lambda: services.fail_update(update_id, Reason.ATTEMPTS_EXHAUSTED)
+        )
+    except SiteDataError:
+        log.exception("train_site(%s): the site's data cannot be used", update_id)
+        services.fail_update(update_id, Reason.DATA_UNUSABLE)
+        return "failed: site data"
+    except Exception:
+        log.exception("train_site(%s): permanent failure", update_id)
+        services.fail_update(update_id, Reason.INTERNAL)
+        return "failed"
 
 
-def queue_round_training(round_id: int) -> int:
-    """Send each hosted site's pending update of a round to that site's queue."""
-    updates = ClientUpdate.objects.filter(
-        round_id=round_id, round__status=Round.Status.OPEN,
-        status__in=[ClientUpdate.Status.PENDING, ClientUpdate.Status.TRAINING],
-        site__mode=Site.Mode.HOSTED,
-    ).select_related("site")
-    n = 0
-    for update in updates:
-        train_site.apply_async(args=[update.pk], queue=update.site.queue)
-        n += 1
-    return n
+def _update_tries(update_id: int) -> int:
+    try:
+        return ClientUpdate.objects.values_list("attempts", flat=True).get(pk=update_id)
+    except TRANSIENT:
+        return 0
 
 
 # -- aggregation on the server ----------------------------------------------------
 
-@shared_task(name="aggregation.aggregate_round", acks_late=True, reject_on_worker_lost=True, **RETRY)
+@shared_task(name="aggregation.aggregate_round", max_retries=AGGREGATE_ROUND.attempts - 1, **SITE_WORK)
 @_unless_gone
-def aggregate_round(round_id: int) -> int | None:
-    version = services.aggregate_round(round_id)
+def aggregate_round(self, round_id: int) -> int | str | None:
+    tries = failures.begin_aggregation(round_id)
+    if not tries:
+        return "skipped: not aggregating"
+    if tries > AGGREGATE_ROUND.attempts:  # redelivered or re-sent past the budget
+        failures.give_up_aggregation(round_id, Reason.AGGREGATION_FAILED)
+        return "given up"
+    try:
+        version = services.aggregate_round(round_id)
+    except TRANSIENT as exc:
+        return _retry_or_give_up(
+            self, AGGREGATE_ROUND, tries, exc,
+            lambda: failures.give_up_aggregation(round_id, Reason.AGGREGATION_FAILED),
+        )
+    except ObjectDoesNotExist:
+        raise
+    except Exception:
+        # A bug, a strategy refusing its input, a missing or corrupt global model: the
+        # same would happen again. The round fails now; the previous model stays.
+        log.exception("aggregate_round(%s): permanent failure on try %d", round_id, tries)
+        failures.give_up_aggregation(round_id, Reason.INTERNAL)
+        return "failed"
     return version.version if version else None
-
-
-def queue_aggregation(round_id: int) -> bool:
-    if not Round.objects.filter(pk=round_id, status=Round.Status.AGGREGATING).exists():
-        return False
-    aggregate_round.apply_async(args=[round_id], queue=settings.FEDHEALTH_SERVER_QUEUE)
-    return True
 
 
 # -- federated evaluation at each site ----------------------------------------------
 
-@shared_task(name="aggregation.evaluate_site", **SITE_WORK)
+@shared_task(name="aggregation.evaluate_site", max_retries=EVALUATE_SITE.attempts - 1, **SITE_WORK)
 @_unless_gone
-def evaluate_site(version_id: int, site_id: int) -> str:
-    return services.evaluate_hosted(version_id, site_id)
-
-
-def queue_evaluations(version_id: int, *, include_training: bool = False) -> int:
-    """Ask every hosted participant that has not yet evaluated a version to do so.
-
-    Sites training in the next round evaluate the version at the start of that task
-    (they hold it already), so they are skipped unless ``include_training``: the
-    sweeper sets it when such an evaluation went missing.
-    """
-    version = ModelVersion.objects.get(pk=version_id)
-    done = SiteEvaluation.objects.filter(version=version).values_list("site_id", flat=True)
-    training = ClientUpdate.objects.filter(
-        round__experiment_id=version.experiment_id, round__number=version.version + 1,
-        status__in=[ClientUpdate.Status.PENDING, ClientUpdate.Status.TRAINING],
-    ).values_list("site_id", flat=True)
-    participants = Participant.objects.filter(
-        experiment_id=version.experiment_id, site__mode=Site.Mode.HOSTED, site__is_active=True
-    ).exclude(site_id__in=done)
-    if not include_training:
-        participants = participants.exclude(site_id__in=training)
-    n = 0
-    for p in participants.select_related("site"):
-        evaluate_site.apply_async(args=[version_id, p.site_id], queue=p.site.queue)
-        n += 1
-    return n
+def evaluate_site(self, version_id: int, site_id: int) -> str:
+    tries = failures.begin_evaluation(version_id, site_id)
+    if not tries:
+        return "skipped: evaluated or given up"
+    if tries > EVALUATE_SITE.attempts:
+        failures.fail_evaluation(version_id, site_id, Reason.ATTEMPTS_EXHAUSTED)
+        return "given up"
+    try:
+        return services.evaluate_hosted(version_id, site_id)
+    except TRANSIENT as exc:
+        return _retry_or_give_up(
+            self, EVALUATE_SITE, tries, exc,
+            lambda: failures.fail_evaluation(version_id, site_id, Reason.ATTEMPTS_EXHAUSTED),
+        )
+    except ObjectDoesNotExist:
+        raise
+    except SiteDataError:
+        log.exception("evaluate_site(%s, %s): the site's data cannot be used", version_id, site_id)
+        failures.fail_evaluation(version_id, site_id, Reason.DATA_UNUSABLE)
+        return "failed: site data"
+    except Exception:
+        log.exception("evaluate_site(%s, %s): permanent failure", version_id, site_id)
+        failures.fail_evaluation(version_id, site_id, Reason.EVALUATION_FAILED)
+        return "failed"
 
 
 # -- the sweeper (Celery beat) ------------------------------------------------------
 
-@shared_task(name="aggregation.sweep", **RETRY)
+@shared_task(name="aggregation.sweep", max_retries=SWEEP.attempts - 1)
 def sweep() -> dict[str, int]:
-    """Move on whatever a crash or a lost message left behind.
-
-    Closes rounds past their deadline, re-queues aggregations and site work that went
-    quiet for longer than ``FEDHEALTH_STALE_SECONDS``. Re-queuing is safe: the tasks
-    are idempotent, so at worst a duplicate finds nothing to do.
-    """
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.FEDHEALTH_STALE_SECONDS)
-    counts = {"closed": 0, "aggregations": 0, "training": 0, "evaluations": 0}
-    for round_id in Round.objects.filter(status=Round.Status.OPEN, deadline__lte=now).values_list("pk", flat=True):
-        services.maybe_close_round(round_id, now=now)
-        counts["closed"] += 1
-    for round_id in Round.objects.filter(status=Round.Status.AGGREGATING, closed_at__lte=stale).values_list("pk", flat=True):
-        counts["aggregations"] += queue_aggregation(round_id)
-    stuck = ClientUpdate.objects.filter(
-        round__status=Round.Status.OPEN, site__mode=Site.Mode.HOSTED,
-    ).filter(
-        Q(status=ClientUpdate.Status.PENDING, created_at__lte=stale)
-        | Q(status=ClientUpdate.Status.TRAINING, started_at__lte=stale)
-    ).select_related("site")
-    for update in stuck:
-        train_site.apply_async(args=[update.pk], queue=update.site.queue)
-        counts["training"] += 1
-    recent = ModelVersion.objects.filter(
-        created_at__lte=stale, created_at__gte=now - timedelta(days=1),
-        experiment__status__in=[*Experiment.ACTIVE, Experiment.Status.COMPLETED],
-    )
-    for version in recent:
-        counts["evaluations"] += queue_evaluations(version.pk, include_training=True)
-    if any(counts.values()):
-        log.info("sweep: %s", counts)
-    return counts
+    """Move on whatever a crash or a lost message left behind (see aggregation.sweeper).
+    Never retried: beat runs it again in FEDHEALTH_SWEEP_SECONDS."""
+    try:
+        return sweeper.sweep()
+    except TRANSIENT:
+        log.exception("sweep: transient failure; the next sweep tries again")
+        return {}

@@ -432,10 +432,28 @@ CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "aggregation.sweep", "schedule": FEDHEALTH_SWEEP_SECONDS},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+# Publishing when the broker is unreachable (aggregation.dispatch): connecting and each
+# read give up after FEDHEALTH_BROKER_TIMEOUT seconds, and a publish is tried twice
+# (one retry after 0.5 s). Worst case for a broker that accepts connections but never
+# answers: 2 x (2 + 2) + 0.5 = 8.5 s; a refused connection (the usual outage) fails in
+# well under a second. The state change is already committed by then; the sweeper
+# sends the work once the broker is back.
+FEDHEALTH_BROKER_TIMEOUT = env.float("FEDHEALTH_BROKER_TIMEOUT", default=2.0)
+CELERY_BROKER_CONNECTION_TIMEOUT = FEDHEALTH_BROKER_TIMEOUT
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 0.5}
+# Workers write a heartbeat per queue they consume every FEDHEALTH_HEARTBEAT_SECONDS
+# (aggregation.heartbeat). A queue is "attended" while its last heartbeat is younger
+# than three intervals: one late write (a slow database) is not an outage.
+FEDHEALTH_HEARTBEAT_SECONDS = env.float("FEDHEALTH_HEARTBEAT_SECONDS", default=15.0)
+FEDHEALTH_HEARTBEAT_LIVE_SECONDS = 3 * FEDHEALTH_HEARTBEAT_SECONDS
 if CELERY_BROKER_URL.startswith("redis"):
     # A message a killed worker had taken comes back after this many seconds. It must
     # exceed the longest task (the hard limit, 660 s), or Redis hands running tasks to
     # a second worker; the sweeper covers the gap faster for site work.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=900),
+        # Without these, a publish to a Redis that stopped answering waits forever
+        # (kombu's default): a web request would hang instead of saying so.
+        "socket_connect_timeout": FEDHEALTH_BROKER_TIMEOUT,
+        "socket_timeout": FEDHEALTH_BROKER_TIMEOUT,
     }

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from aggregation import policy, services
+from aggregation import dispatch, policy, services
 from aggregation.models import Experiment
 from aggregation.permissions import visible_evaluations, visible_experiments
 from aggregation.services.creation import ExperimentInvalid, create_experiment
@@ -30,7 +30,17 @@ ACTIONS = {
 }
 COORDINATOR_ONLY = {"create", *ACTIONS}
 LIFECYCLE_DOC = extend_schema(
-    request=None, responses={200: ExperimentSerializer, 409: ErrorSerializer}
+    request=None,
+    responses={
+        200: ExperimentSerializer,
+        202: OpenApiResponse(
+            ExperimentSerializer,
+            description="The change is made, but the message broker could not be reached: the work "
+            "it starts is sent automatically once the broker is back. The body is the experiment "
+            "plus `notice`, a message saying so.",
+        ),
+        409: ErrorSerializer,
+    },
 )
 
 
@@ -81,12 +91,15 @@ class ExperimentViewSet(
     def _transition(self, name: str) -> Response:
         experiment = self.get_object()
         try:
-            ACTIONS[name](experiment.pk)
+            with dispatch.report() as sent:  # see LIFECYCLE_DOC: 202 when not queued
+                ACTIONS[name](experiment.pk)
         except services.TransitionError as exc:
             raise Conflict(str(exc)) from None
         read = ExperimentSerializer(
             self.get_queryset().get(pk=experiment.pk), context=self.get_serializer_context()
         )
+        if sent.notice:
+            return Response({**read.data, "notice": sent.notice}, status=status.HTTP_202_ACCEPTED)
         return Response(read.data)
 
     @LIFECYCLE_DOC

@@ -33,6 +33,9 @@ class Round(models.Model):
     # Bounded retries of the aggregation task (see aggregation.tasks): a permanent
     # failure ends the round instead of being resent by the sweeper forever.
     aggregation_attempts = models.PositiveIntegerField(default=0)
+    # When the latest aggregation attempt began: the sweeper re-sends an aggregation
+    # only once it has been quiet this long, so a slow attempt is not duplicated.
+    aggregation_started_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["experiment", "number"]

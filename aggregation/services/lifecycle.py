@@ -18,7 +18,10 @@ from fedhealth.ml.model import init_weights
 from fedhealth.ml.stats import Normalizer, SufficientStats, merge_stats
 from fedhealth.ml.strategies import get_strategy
 
+from .. import dispatch
 from ..models import ClientUpdate, Experiment, Round
+from ..reasons import Reason
+from ..reasons import text as reason_text
 from . import artifacts
 
 
@@ -116,9 +119,7 @@ def open_round(experiment: Experiment, number: int) -> Round:
             "event": "round_opened", "round": number, "at": timezone.now().isoformat(),
             "sites": sorted(round_.updates.values_list("site__slug", flat=True)),
         })
-    from .. import tasks  # tasks import services; import here to avoid a cycle
-
-    transaction.on_commit(lambda: tasks.queue_round_training(round_.pk))
+    transaction.on_commit(lambda: dispatch.queue_round_training(round_.pk))
     return round_
 
 
@@ -167,11 +168,13 @@ def cancel_experiment(experiment_id: int, reason: str = "cancelled by the coordi
     return _finish(experiment_id, Experiment.Status.CANCELLED, reason)
 
 
-def fail_experiment(experiment_id: int, reason: str) -> Experiment:
-    return _finish(experiment_id, Experiment.Status.FAILED, reason)
+def fail_experiment(experiment_id: int, reason: str, *, code: str = Reason.ROUND_FAILED) -> Experiment:
+    """RUNNING/PAUSED -> FAILED with a product-made ``reason`` and its ``code``
+    (aggregation.reasons); the latest global model stays what it was."""
+    return _finish(experiment_id, Experiment.Status.FAILED, reason, code)
 
 
-def _finish(experiment_id: int, status: str, reason: str) -> Experiment:
+def _finish(experiment_id: int, status: str, reason: str, code: str = "") -> Experiment:
     with transaction.atomic():
         experiment = _locked(experiment_id)
         if experiment.status in Experiment.FINISHED:
@@ -180,12 +183,14 @@ def _finish(experiment_id: int, status: str, reason: str) -> Experiment:
         open_rounds = experiment.rounds.filter(status__in=[Round.Status.OPEN, Round.Status.AGGREGATING])
         ClientUpdate.objects.filter(
             round__in=open_rounds, status__in=[ClientUpdate.Status.PENDING, ClientUpdate.Status.TRAINING]
-        ).update(status=ClientUpdate.Status.FAILED, error=reason)
-        open_rounds.update(status=Round.Status.FAILED, failure_reason=reason, closed_at=now)
+        ).update(status=ClientUpdate.Status.FAILED, error_code=Reason.EXPERIMENT_ENDED,
+                 error=reason_text(Reason.EXPERIMENT_ENDED))
+        open_rounds.update(status=Round.Status.FAILED, failure_reason=reason, failure_code=code, closed_at=now)
         experiment.status = status
         experiment.failure_reason = reason
+        experiment.failure_code = code
         experiment.finished_at = now
-        experiment.save(update_fields=["status", "failure_reason", "finished_at"])
+        experiment.save(update_fields=["status", "failure_reason", "failure_code", "finished_at"])
         artifacts.write_log_event(experiment, {"event": status, "round": None, "reason": reason,
                                                "at": now.isoformat()})
     return experiment

@@ -24,6 +24,7 @@ from fedhealth.ml.strategies import get_strategy
 from fedhealth.ml.types import Metrics
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Participant, SiteEvaluation
+from ..reasons import Reason
 from . import artifacts
 from .rounds import claim_update, fail_update, submit_update
 
@@ -72,7 +73,8 @@ def train_hosted_update(update_id: int) -> str:
     try:
         split = site_split(experiment, update.site)
     except SiteDataError as exc:
-        fail_update(update_id, f"site data unusable: {exc}")
+        log.warning("update %s: the site's data cannot be used: %s", update_id, exc)
+        fail_update(update_id, getattr(exc, "code", Reason.DATA_UNUSABLE))
         return "failed: site data"
     plan = site_plan(experiment, update.site, update.round.number)
     weights, version_number = artifacts.global_weights_for(update.round)
@@ -85,8 +87,9 @@ def train_hosted_update(update_id: int) -> str:
     try:
         # The local model's figures on the site's own test rows, from the same call.
         result = train_at_site(plan, weights, split)
-    except ValueError as exc:
-        fail_update(update_id, f"local training failed: {exc}")
+    except ValueError:
+        log.exception("update %s: local training failed", update_id)
+        fail_update(update_id, Reason.TRAINING_FAILED)
         return "failed: training"
     local = result.metrics
     submit_update(
@@ -102,11 +105,8 @@ def evaluate_hosted(version_id: int, site_id: int) -> str:
     site = Site.objects.get(pk=site_id)
     if SiteEvaluation.objects.filter(version=version, site=site).exists():
         return "skipped: already evaluated"
-    try:
-        split = site_split(version.experiment, site)
-    except SiteDataError as exc:
-        log.warning("cannot evaluate %s at %s: %s", version, site.slug, exc)
-        return "failed: site data"
+    # A SiteDataError propagates: the evaluate_site task records it as given up.
+    split = site_split(version.experiment, site)
     weights = artifacts.load_weights(version.weights_file, version.sha256)
     model = ModelConfig.from_dict(version.model_config)
     normalizer = Normalizer.from_dict(version.normalizer)

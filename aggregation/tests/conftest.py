@@ -5,8 +5,8 @@ import pytest
 def drive():
     """Run an experiment's work in this process, in the order Celery would: hosted
     training, aggregation, evaluation; until nothing is left to do."""
-    from aggregation import services
-    from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round, SiteEvaluation
+    from aggregation import services, tasks
+    from aggregation.models import ClientUpdate, EvaluationAttempt, Experiment, ModelVersion, Round, SiteEvaluation
 
     def run(experiment_id: int, *, max_steps: int = 500) -> Experiment:
         for _ in range(max_steps):
@@ -24,9 +24,13 @@ def drive():
                 progressed = True
             for version in ModelVersion.objects.filter(experiment_id=experiment_id):
                 done = set(SiteEvaluation.objects.filter(version=version).values_list("site_id", flat=True))
+                done |= set(EvaluationAttempt.objects.filter(
+                    version=version, status=EvaluationAttempt.Status.FAILED).values_list("site_id", flat=True))
                 for site_id in version.experiment.participants.values_list("site_id", flat=True):
                     if site_id not in done:
-                        services.evaluate_hosted(version.pk, site_id)
+                        # Through the task, as a worker would: a site whose data broke
+                        # ends as a failed evaluation attempt instead of raising here.
+                        tasks.evaluate_site.apply(args=[version.pk, site_id])
                         progressed = True
             if not progressed:
                 break

@@ -8,6 +8,8 @@ from django.core.files.storage import default_storage
 
 from aggregation import services
 from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round
+from aggregation.reasons import Reason
+from aggregation.reasons import text as reason_text
 from aggregation.services import artifacts
 from fedhealth.ml.weights_io import weights_from_bytes
 
@@ -138,7 +140,9 @@ def test_site_with_broken_data_is_left_out_with_its_reason(three_sites, make_exp
     assert experiment.status == Experiment.Status.COMPLETED
     failed = ClientUpdate.objects.get(round__experiment=experiment, site=broken.site)
     assert failed.status == ClientUpdate.Status.FAILED
-    assert "SHA-256" in failed.error
+    # The product's reason is shown; the cause (a checksum mismatch) is in the log only.
+    assert failed.error_code == Reason.DATA_UNUSABLE and failed.error == reason_text(Reason.DATA_UNUSABLE)
+    assert "SHA-256" not in failed.error
     round_ = Round.objects.get(experiment=experiment)
     assert sorted(round_.metrics["accepted"]) == ["site-0", "site-2"]
     assert any(r["site"] == "site-1" for r in round_.metrics["rejected"])
@@ -150,7 +154,7 @@ def test_round_without_quorum_fails_the_experiment(three_sites, make_experiment)
     a, b = ClientUpdate.objects.filter(round__experiment=experiment)
 
     services.train_hosted_update(a.pk)
-    services.fail_update(b.pk, "site b crashed")
+    services.fail_update(b.pk, Reason.TRAINING_FAILED)
 
     experiment.refresh_from_db()
     assert experiment.status == Experiment.Status.FAILED

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 from clients.permissions import visible_datasets
 from clients.views.access import coordinator_required
 
-from .. import policy, services
+from .. import dispatch, policy, services
 from ..forms import ExperimentForm, strategy_label
 from ..models import Experiment
 from ..permissions import visible_experiments
@@ -84,9 +84,15 @@ def experiment_action(request, pk: int, action: str):
     experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
     run, done = ACTIONS[action]
     try:
-        run(experiment.pk)
+        # The change commits even when the broker is unreachable; the report says
+        # whether the work it queues (on commit) actually reached the broker.
+        with dispatch.report() as sent:
+            run(experiment.pk)
     except services.TransitionError as exc:
         messages.error(request, f"Could not {action} the experiment: {exc}")
     else:
-        messages.success(request, f"Experiment {done}.")
+        if sent.notice:
+            messages.warning(request, f"Experiment {done}. {sent.notice}")
+        else:
+            messages.success(request, f"Experiment {done}.")
     return redirect("experiment_detail", pk=pk)

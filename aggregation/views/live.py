@@ -20,8 +20,9 @@ from django.utils import timezone
 from .. import policy
 from ..models import Experiment, Round
 from ..permissions import visible_experiments, visible_versions
+from ..services import health
 from . import charts
-from .progress import experiment_progress, round_grid, site_figures
+from .progress import experiment_progress, participant_sites, round_grid, site_figures
 
 # After the last round the sites still evaluate the final model; keep polling for
 # their figures, but not forever if a site never answers.
@@ -42,7 +43,9 @@ def live_payload(request, experiment: Experiment) -> dict:
     }
     sites = site_figures(experiment, user)
     numbers, grid = round_grid(experiment, user)
-    fragment = {"experiment": experiment, "progress": progress, "user_is_coordinator": viewer.is_coordinator}
+    fragment = {"experiment": experiment, "progress": progress, "user_is_coordinator": viewer.is_coordinator,
+                # "No worker has taken X's work": about the viewer's own visible sites only.
+                "worker_notices": health.worker_notices([experiment], participant_sites(experiment, user))}
     html = {
         "status": render_to_string("aggregation/_status_badge.html", {"status": experiment.status,
                                                                       "label": experiment.get_status_display()}),

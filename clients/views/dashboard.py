@@ -7,6 +7,7 @@ from django.shortcuts import render
 
 from aggregation import policy
 from aggregation.permissions import visible_experiments
+from aggregation.services import health
 from aggregation.views.progress import experiment_progress
 from clients.models import Dataset, Membership
 from clients.permissions import visible_sites
@@ -36,4 +37,8 @@ def dashboard(request):
         "running": sum(e.status == "running" for e, _ in experiments),
         "experiments": len(experiments),
     }
-    return render(request, "clients/dashboard.html", {"sites": sites, "experiments": experiments, "totals": totals})
+    # Running experiments whose sites' work no worker is taking (stopped, or cut off from the broker).
+    running = [e for e, _ in experiments if e.status == "running"]
+    worker_notices = health.worker_notices(running, sites, named=True)
+    return render(request, "clients/dashboard.html", {"sites": sites, "experiments": experiments, "totals": totals,
+                                                      "worker_notices": worker_notices})

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from aggregation import services
+from aggregation import dispatch, services
 from aggregation.models import Experiment, Round
 
 ACTIONS = {
@@ -25,13 +25,18 @@ class Command(BaseCommand):
             experiment = Experiment.objects.get(pk=experiment_id)
         except Experiment.DoesNotExist:
             raise CommandError(f"no experiment with id {experiment_id}") from None
+        notice = ""
         if action != "status":
             try:
-                experiment = ACTIONS[action](experiment_id)
+                with dispatch.report() as sent:
+                    experiment = ACTIONS[action](experiment_id)
             except services.TransitionError as exc:
                 raise CommandError(str(exc)) from None
+            notice = sent.notice
         done = experiment.rounds.filter(status=Round.Status.COMPLETED).count()
         self.stdout.write(
             f"{experiment.name}: {experiment.status}, {done}/{experiment.num_rounds} rounds completed"
             + (f" ({experiment.failure_reason})" if experiment.failure_reason else "")
         )
+        if notice:  # the change is made; only its work waits for the broker
+            self.stdout.write(self.style.WARNING(notice))
