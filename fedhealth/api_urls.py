@@ -16,7 +16,10 @@ from clients.api.views import AgentDatasetViewSet, DatasetViewSet, SiteViewSet
 from fedhealth.api import schema  # noqa: F401  (registers the token scheme with drf-spectacular)
 from fedhealth.api.exceptions import not_found
 
+# No ".json" suffix routes: nothing uses them, and every custom action answered them
+# with a 500 (DRF passes the suffix as a ``format`` argument the actions do not take).
 router = DefaultRouter()
+router.include_format_suffixes = False
 router.register("sites", SiteViewSet, basename="site")
 router.register("datasets", DatasetViewSet, basename="dataset")
 router.register("experiments", ExperimentViewSet, basename="experiment")

@@ -152,12 +152,20 @@ def evaluation(viewer: Viewer, obj: SiteEvaluation) -> dict[str, Any] | None:
     return {"version": obj.version.version, "site": obj.site.slug, "metrics": obj.metrics}
 
 
+# Written when the last site evaluates a version: a site would learn from the line's
+# appearance when another site reported (its own evaluations and the published mean
+# are in the export's other parts).
+_COORDINATOR_ONLY_EVENTS = ("evaluated",)
+
+
 def log_event(
     viewer: Viewer, event: dict[str, Any], figures: dict[int, VersionFigures], all_sites: set[str]
-) -> dict[str, Any]:
-    """A log line as ``viewer`` may see it. ``figures``: by version number."""
+) -> dict[str, Any] | None:
+    """A log line as ``viewer`` may see it (None: not at all). ``figures``: by version number."""
     if viewer.is_coordinator:
         return dict(event)
+    if event.get("event") in _COORDINATOR_ONLY_EVENTS:
+        return None
     own = viewer.site_slug
     out = {k: event[k] for k in _PLAIN_LOG_FIELDS if k in event}
     if isinstance(event.get("sites"), list):

@@ -39,7 +39,8 @@ def visible_log(experiment: Experiment, viewer: policy.Viewer) -> list[dict[str,
     by_pk = policy.version_figures(versions)
     figures = {v.version: by_pk[v.pk] for v in versions}
     all_sites = policy.participant_slugs(experiment)
-    return [policy.log_event(viewer, e, figures, all_sites) for e in artifacts.read_log(experiment)]
+    shown = (policy.log_event(viewer, e, figures, all_sites) for e in artifacts.read_log(experiment))
+    return [e for e in shown if e is not None]
 
 
 def build_export(experiment: Experiment, viewer: policy.Viewer) -> dict[str, Any]:
