@@ -37,8 +37,10 @@ def staging_root() -> Path:
 def staging_dir(site_slug: str | None = None) -> Path:
     """The staging folder of one site (created, mode 0700)."""
     root = staging_root()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, exist_ok=True)
     path = root / (site_slug or UNSORTED)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
