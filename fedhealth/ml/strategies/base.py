@@ -113,6 +113,11 @@ class Strategy(ABC):
                 lazily. Iterated exactly once.
             failures: sites that already failed (timeout, crash, bad upload); carried into
                 ``AggregateResult.rejected``.
+
+        Every update goes through ``screen`` (``update_problem``: names, shapes, float32,
+        finite, ``|w| <= MAX_ABS_WEIGHT``; duplicates) and the result through
+        ``check_aggregate``: the returned weights are finite and plausible, or ``None`` with
+        ``refused`` saying why (a stateful strategy then keeps its state unchanged).
         """
 
     def state_dict(self) -> dict[str, Any]:
