@@ -160,6 +160,19 @@ def evaluate(version, slug: str, sites: dict) -> None:
     assert record_evaluation(version.pk, sites[slug].pk, metrics(GLOBAL[slug], SAMPLES[slug] / 3), curves)
 
 
+def time_passes(version, seconds: float) -> None:
+    """Move ``version``'s past back by ``seconds``: as if that much time had passed since
+    it was made and its sites reported (the evaluation deadline counts from its creation)."""
+    from aggregation.models import EvaluationAttempt, ModelVersion, SiteEvaluation
+
+    shift = timedelta(seconds=seconds)
+    for model, field_name, rows in ((ModelVersion, "created_at", ModelVersion.objects.filter(pk=version.pk)),
+                                    (SiteEvaluation, "created_at", SiteEvaluation.objects.filter(version=version)),
+                                    (EvaluationAttempt, "updated_at", EvaluationAttempt.objects.filter(version=version))):
+        for pk, at in rows.values_list("pk", field_name):
+            model.objects.filter(pk=pk).update(**{field_name: at - shift})
+
+
 @pytest.fixture
 def a_personas(make_user, client_for):
     """``a_personas(trio)``: site A's member, site admin and agent token, and the

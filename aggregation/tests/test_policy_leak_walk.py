@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
@@ -32,6 +31,7 @@ from .policy_world import (
     OWN_LEGACY_ERROR,
     build_world,
     evaluate,
+    time_passes,
 )
 
 pytest_plugins = ["clients.tests.api_fixtures"]
@@ -57,7 +57,7 @@ def trio(make_site, make_dataset, remote_dataset, make_experiment, a_personas):
         for slug in slugs:
             evaluate(version, slug, trio.sites)
     # v3's evaluation deadline passed with two reports: final, but two sites are too few.
-    type(v3).objects.filter(pk=v3.pk).update(created_at=v3.created_at - timedelta(days=2))
+    time_passes(v3, 2 * 24 * 3600)
     a_personas(trio)
     return trio
 
