@@ -263,7 +263,8 @@ if not DEBUG:
     CONTENT_SECURITY_POLICY = {
         "DIRECTIVES": {
             "default-src": [SELF],
-            "script-src": [SELF],
+            # NONCE: the inline start-up script of the API docs page (templates/drf_spectacular/).
+            "script-src": [SELF, NONCE],
             "style-src": [SELF, NONCE],
             # plotly.js draws its mode-bar icons from data: SVG images.
             "img-src": [SELF, "data:"],

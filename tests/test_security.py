@@ -36,14 +36,24 @@ world = web.world
 
 def fresh_env(**extra: str) -> dict[str, str]:
     """This process's environment without any Django, DEBUG or key setting, and no .env."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DJANGO_", "PYTEST", "DATABASE_URL")) and k not in ("DEBUG", "SECRET_KEY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "PYTEST", "DATABASE_URL"))
+        and k not in ("DEBUG", "SECRET_KEY")
+    }
     return env | {"ENV_FILE": ""} | extra
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=fresh_env(**env),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=fresh_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def strong_key() -> str:
@@ -54,12 +64,25 @@ def strong_key() -> str:
 
 
 def example_secret_key() -> str:
-    [line] = [ln for ln in (ROOT / ".env.example").read_text().splitlines() if ln.startswith("SECRET_KEY=")]
+    [line] = [
+        ln
+        for ln in (ROOT / ".env.example").read_text().splitlines()
+        if ln.startswith("SECRET_KEY=")
+    ]
     return line.partition("=")[2]
 
 
-@pytest.mark.parametrize("key", ["", "   ", "django-insecure-" + "x" * 60, "dev-only-insecure-key-change-me",
-                                 "a" * 49, "ab" * 30])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "   ",
+        "django-insecure-" + "x" * 60,
+        "dev-only-insecure-key-change-me",
+        "a" * 49,
+        "ab" * 30,
+    ],
+)
 def test_weak_keys_are_named_as_such(key):
     assert secret_key_problem(key) is not None
 
@@ -87,8 +110,15 @@ def test_debug_runs_without_a_key():
 
 
 def test_check_deploy_is_clean_for_the_production_settings():
-    out = manage("check", "--deploy", "--fail-level", "WARNING",
-                 DEBUG="0", SECRET_KEY=strong_key(), ALLOWED_HOSTS="fedhealth.example.org")
+    out = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DEBUG="0",
+        SECRET_KEY=strong_key(),
+        ALLOWED_HOSTS="fedhealth.example.org",
+    )
 
     assert out.returncode == 0, out.stdout + out.stderr
     assert "System check identified no issues" in out.stdout + out.stderr
@@ -126,8 +156,9 @@ def test_chart_pages_sign_plotlys_style_elements_with_the_responses_nonce(client
 
     response = client.get(reverse("experiment_detail", args=[world.shared.pk]))
 
-    [nonce] = re.findall(r"'nonce-([^']+)'", response["Content-Security-Policy"])
+    [nonce] = set(re.findall(r"'nonce-([^']+)'", response["Content-Security-Policy"]))
     page = response.content.decode()
+    assert page.count('<style id="plotly.js-style-') == 1
     assert page.count(f'nonce="{nonce}"') == 2
     assert re.search(r"<script>|<style>| style=\"| on[a-z]+=\"", page) is None
 
@@ -185,8 +216,10 @@ def test_successes_do_not_count_and_do_not_reset_the_count(limit, alice):
 
 @pytest.mark.django_db
 def test_a_forged_forwarded_for_header_is_no_new_address(limit):
-    statuses = [call("fhp_00000000_guess", "192.0.2.9", HTTP_X_FORWARDED_FOR=f"10.0.0.{i}").status_code
-                for i in range(5)]
+    statuses = [
+        call("fhp_00000000_guess", "192.0.2.9", HTTP_X_FORWARDED_FOR=f"10.0.0.{i}").status_code
+        for i in range(5)
+    ]
 
     assert statuses == [401, 401, 401, 429, 429]
 
@@ -208,7 +241,7 @@ def test_the_address_may_try_again_once_the_window_has_passed(limit, alice):
 
 
 def test_plain_shows_html_as_text_for_plotly():
-    assert charts.plain(EVIL_LINK) == "&lt;a href=\"https://evil.example\"&gt;x&lt;/a&gt;"
+    assert charts.plain(EVIL_LINK) == '&lt;a href="https://evil.example"&gt;x&lt;/a&gt;'
     assert charts.plain("St Mary's & Co") == "St Mary's &amp; Co"
 
 
@@ -219,13 +252,20 @@ def test_a_site_named_with_a_link_is_text_in_every_figure(client, world):
     client.force_login(world.charlie)
 
     live = client.get(reverse("experiment_live", args=[world.shared.pk])).json()
-    models = client.get(reverse("model_list", args=[world.shared.pk]), {"version": world.version.pk})
+    models = client.get(
+        reverse("model_list", args=[world.shared.pk]), {"version": world.version.pk}
+    )
 
     escaped = charts.plain(EVIL_LINK)
     bars = live["figures"]["sites"]["accuracy"]["data"][0]["x"]
     assert escaped in bars and EVIL_LINK not in json.dumps(live["figures"])
-    analytics = json.loads(re.search(r'id="analytics-data" type="application/json">(.*?)</script>',
-                                     models.content.decode(), re.S).group(1))
+    analytics = json.loads(
+        re.search(
+            r'id="analytics-data" type="application/json">(.*?)</script>',
+            models.content.decode(),
+            re.S,
+        ).group(1)
+    )
     assert escaped in [trace["name"] for trace in analytics["figures"]["roc"]["data"]]
     assert EVIL_LINK not in json.dumps(analytics["figures"])
 
@@ -233,11 +273,24 @@ def test_a_site_named_with_a_link_is_text_in_every_figure(client, world):
 # -- formula cells in CSV files ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "written"), [
-    (FORMULA, "'" + FORMULA), ("+1+cmd", "'+1+cmd"), ("-2+3", "'-2+3"), ("@SUM(A1)", "'@SUM(A1)"),
-    ("\t=1", "'\t=1"), ("\r=1", "'\r=1"), ("plain", "plain"), ("", ""),
-    ("-5", "-5"), ("+1.5e3", "+1.5e3"), (-0.25, -0.25), (-3, -3), (None, None),
-])
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        (FORMULA, "'" + FORMULA),
+        ("+1+cmd", "'+1+cmd"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("plain", "plain"),
+        ("", ""),
+        ("-5", "-5"),
+        ("+1.5e3", "+1.5e3"),
+        (-0.25, -0.25),
+        (-3, -3),
+        (None, None),
+    ],
+)
 def test_safe_cell_neutralises_formula_text_only(value, written):
     assert csvsafe.safe_cell(value) == written
 
@@ -263,13 +316,19 @@ def test_the_prediction_download_neutralises_formulas_from_the_uploaded_file(cli
     text = f'patient_id,heart_rate,systolic_bp,diastolic_bp,spo2\n"{FORMULA.replace(chr(34), chr(34) * 2)}",72,118,76,98\n'
     upload = SimpleUploadedFile("patients.csv", text.encode(), content_type="text/csv")
 
-    response = client.post(reverse("predict"), {"mode": "csv", "csv-version": world.version.pk,
-                                                "csv-file": upload, "output": "download"})
+    response = client.post(
+        reverse("predict"),
+        {"mode": "csv", "csv-version": world.version.pk, "csv-file": upload, "output": "download"},
+    )
 
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     [_, row] = rows(response)
     assert row[0] == "'" + FORMULA and row[1] == "72"
-    assert not any(c.startswith(csvsafe.FORMULA_START) for c in cells(response) if not re.fullmatch(r"-?[\d.]+", c))
+    assert not any(
+        c.startswith(csvsafe.FORMULA_START)
+        for c in cells(response)
+        if not re.fullmatch(r"-?[\d.]+", c)
+    )
 
 
 @pytest.mark.django_db
@@ -278,7 +337,9 @@ def test_the_metrics_and_log_exports_neutralise_formulas(client, world):
     # database, as an attacker with database access, or a future path, might.
     world.site_b.slug = "-2+3+cmd"
     world.site_b.save()
-    artifacts.write_log_event(world.shared, {"event": "started", "round": 0, "at": FORMULA, "sites": []})
+    artifacts.write_log_event(
+        world.shared, {"event": "started", "round": 0, "at": FORMULA, "sites": []}
+    )
     client.force_login(world.charlie)
 
     metrics = client.get(reverse("experiment_export_metrics", args=[world.shared.pk]))
@@ -287,5 +348,25 @@ def test_the_metrics_and_log_exports_neutralise_formulas(client, world):
     assert "'-2+3+cmd" in cells(metrics) and "-2+3+cmd" not in cells(metrics)
     assert "'" + FORMULA in cells(log) and FORMULA not in cells(log)
     for response in (metrics, log):
-        assert not [c for c in cells(response) if c.startswith(csvsafe.FORMULA_START)
-                    and not csvsafe._NUMBER.fullmatch(c)]
+        assert not [
+            c
+            for c in cells(response)
+            if c.startswith(csvsafe.FORMULA_START) and not csvsafe._NUMBER.fullmatch(c)
+        ]
+
+
+@pytest.mark.django_db
+def test_the_api_docs_pages_sign_their_inline_code_and_load_nothing_from_elsewhere(client, world):
+    client.force_login(world.charlie)
+
+    swagger = client.get("/api/docs/")
+    redoc = client.get("/api/redoc/")
+
+    [nonce] = re.findall(r"script-src 'self' 'nonce-([^']+)'", swagger["Content-Security-Policy"])
+    page = swagger.content.decode()
+    assert (
+        page.count(f'<script nonce="{nonce}">') == 1 and page.count(f'<style nonce="{nonce}">') == 1
+    )
+    policy = dict(d.strip().split(" ", 1) for d in redoc["Content-Security-Policy"].split(";"))
+    assert "'unsafe-inline'" in policy["style-src"] and "unsafe" not in policy["script-src"]
+    assert "fonts.googleapis.com" not in redoc.content.decode()
