@@ -9,12 +9,12 @@ a row of data.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
 from typing import Any
 
+from fedhealth import csvsafe
 from fedhealth.ml.metrics import METRIC_KEYS
 
 from .. import policy
@@ -99,7 +99,7 @@ def metrics_csv(export: dict[str, Any]) -> str:
     """One row per round and source: the global model's mean over the sites, and each
     visible site's local model and the global model on that site's test data."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csvsafe.writer(out)  # formula cells neutralised
     writer.writerow(["round", "source", "site", "status", "num_samples", "train_loss", *METRIC_COLUMNS])
     for r in export["rounds"]:
         writer.writerow([r["round"], "global model (mean over sites)", "", r["status"],
@@ -117,7 +117,7 @@ def metrics_csv(export: dict[str, Any]) -> str:
 def log_csv(export: dict[str, Any]) -> str:
     """The log, one event per row; fields beyond time, event and round as JSON."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csvsafe.writer(out)  # formula cells neutralised
     writer.writerow(["at", "event", "round", "details"])
     for event in export["log"]:
         rest = {k: v for k, v in event.items() if k not in ("at", "event", "round")}
