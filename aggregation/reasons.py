@@ -28,6 +28,7 @@ class Reason(models.TextChoices):
     OUTLIER = "outlier", "The update was far from the global model compared with the round's other updates."
     UNREADABLE = "unreadable", "The stored update could not be read (missing or corrupted)."
     DUPLICATE = "duplicate", "A second update from the same site in one round."
+    NOT_SELECTED = "not_selected", "A valid update the robust strategy (Krum) did not select this round."
     EXPERIMENT_ENDED = "experiment_ended", "The experiment ended before the site reported."
     ATTEMPTS_EXHAUSTED = "attempts_exhausted", "The work failed on every attempt and was given up."
     # A round or an experiment

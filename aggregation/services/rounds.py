@@ -236,6 +236,8 @@ _CORE_CODES = {
     "implausible": Reason.IMPLAUSIBLE,
     "duplicate": Reason.DUPLICATE,
     "outlier": Reason.OUTLIER,
+    "not_selected": Reason.NOT_SELECTED,
+    "too_few": Reason.AGGREGATE_INVALID,
     "failed": Reason.TRAINING_FAILED,
 }
 
@@ -356,11 +358,14 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
     result = strategy.aggregate(previous, _aggregation_input(round_, ids, late), failures=failed)
     rejections = [*result.rejected, *screened_out, *late]
     rejected = [{"site": r.site, "code": reason_for(r.code), "reason": r.reason} for r in rejections]
-    if len(result.accepted) < experiment.min_sites:
+    # Valid updates a robust strategy looked at but did not select (Krum) were used to
+    # choose the model: they count toward the quorum, screened-out ones never do.
+    considered = len(result.accepted) + sum(r.code == "not_selected" for r in result.rejected)
+    if considered < experiment.min_sites:
         _record_rejections(round_, rejected)
         fail_aggregation(
             round_id, Reason.QUORUM,
-            f"{len(result.accepted)} usable of the {experiment.min_sites} required.",
+            f"{considered} usable of the {experiment.min_sites} required.",
         )
         return None
     weights = result.weights
