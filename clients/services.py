@@ -150,6 +150,45 @@ def _store(dataset: Dataset, upload: IO[bytes], raw: bytes) -> None:
         raise
 
 
+class DatasetFileChanged(ValueError):
+    """A hosted dataset's stored file is missing or no longer the file that was validated."""
+
+
+# Per process: dataset pk -> (file name, size, modification time) of the last stored file
+# whose SHA-256 matched. A worker checks its site's file before every task; hashing only
+# when the size or the modification time moved keeps that check to one stat call.
+_verified: dict[int, tuple[str, int, float]] = {}
+_VERIFIED_MAX = 1024
+
+
+def verify_dataset_file(dataset: Dataset) -> None:
+    """Raise ``DatasetFileChanged`` unless ``dataset``'s stored file still exists and
+    still has the SHA-256 recorded when it was validated. The messages hold no path."""
+    storage, name = dataset.file.storage, dataset.file.name
+    try:
+        size = storage.size(name)
+        stamp = (name, size, storage.get_modified_time(name).timestamp())
+    except (FileNotFoundError, OSError):
+        _verified.pop(dataset.pk, None)
+        raise DatasetFileChanged(f"dataset {dataset.pk}: the stored file is missing") from None
+    if _verified.get(dataset.pk) == stamp:
+        return
+    # A different size than was stored cannot be the same file (size_bytes is 0 on rows
+    # that predate it: then only the hash decides).
+    resized = bool(dataset.size_bytes) and size != dataset.size_bytes
+    digest = hashlib.sha256()
+    if not resized:
+        with storage.open(name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    if resized or digest.hexdigest() != dataset.sha256:
+        _verified.pop(dataset.pk, None)
+        raise DatasetFileChanged(f"dataset {dataset.pk}: the stored file changed since it was validated")
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()
+    _verified[dataset.pk] = stamp
+
+
 def load_dataset_arrays(dataset: Dataset) -> ArrayData:
     """Re-read a stored dataset for training, checking it is the file that was validated."""
     with dataset.file.open("rb") as fh:

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from django.db import IntegrityError, transaction
 
 from clients.models import Site
-from clients.services import load_dataset_arrays
+from clients.services import DatasetFileChanged, load_dataset_arrays, verify_dataset_file
 from fedhealth.ml.federation import SiteSplit, split_site
 from fedhealth.ml.metrics import mean_metrics
 from fedhealth.ml.model import ModelConfig
@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 class SiteDataError(Exception):
     """The site's data cannot be used (missing, changed or invalid); not worth retrying."""
 
+    code = Reason.DATA_UNUSABLE
+
+
+class SiteDataChanged(SiteDataError):
+    """The dataset's stored file disappeared or changed after it was validated."""
+
+    code = Reason.DATA_CHANGED
+
 
 def site_split(experiment: Experiment, site: Site) -> SiteSplit:
     """The site's rows split into train/test with the experiment's seed (stable across
@@ -42,6 +50,15 @@ def site_split(experiment: Experiment, site: Site) -> SiteSplit:
     dataset = participant.dataset
     if dataset is None or not dataset.file:
         raise SiteDataError(f"site {site.slug} has no hosted dataset for this experiment")
+    try:
+        # Every task, before the cached split is trusted: a file removed or replaced
+        # under a running worker must not be trained on from memory (one stat call
+        # while the file is unchanged; see verify_dataset_file).
+        verify_dataset_file(dataset)
+    except DatasetFileChanged as exc:
+        for stale in [k for k in _splits if k[0] == dataset.pk]:
+            del _splits[stale]
+        raise SiteDataChanged(str(exc)) from exc
     key = (dataset.pk, dataset.file.name, dataset.sha256, experiment.test_fraction, experiment.seed)
     if key in _splits:
         _splits.move_to_end(key)
@@ -150,4 +167,4 @@ def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: d
     return True
 
 
-__all__ = ["SiteDataError", "evaluate_hosted", "record_evaluation", "site_plan", "site_split", "train_hosted_update"]
+__all__ = ["SiteDataChanged", "SiteDataError", "evaluate_hosted", "record_evaluation", "site_plan", "site_split", "train_hosted_update"]

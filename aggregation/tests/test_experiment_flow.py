@@ -140,8 +140,9 @@ def test_site_with_broken_data_is_left_out_with_its_reason(three_sites, make_exp
     assert experiment.status == Experiment.Status.COMPLETED
     failed = ClientUpdate.objects.get(round__experiment=experiment, site=broken.site)
     assert failed.status == ClientUpdate.Status.FAILED
-    # The product's reason is shown; the cause (a checksum mismatch) is in the log only.
-    assert failed.error_code == Reason.DATA_UNUSABLE and failed.error == reason_text(Reason.DATA_UNUSABLE)
+    # The product's reason is shown (the worker checks the file before every task); the
+    # cause (a checksum mismatch) is in the log only.
+    assert failed.error_code == Reason.DATA_CHANGED and failed.error == reason_text(Reason.DATA_CHANGED)
     assert "SHA-256" not in failed.error
     round_ = Round.objects.get(experiment=experiment)
     assert sorted(round_.metrics["accepted"]) == ["site-0", "site-2"]
