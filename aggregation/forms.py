@@ -98,6 +98,15 @@ def _bounded_field(name: str) -> forms.Field:
     return forms.FloatField(min_value=bound.low, max_value=bound.high, widget=_number("any"), **kwargs)
 
 
+# What a site can infer when few sites take part (see aggregation/policy): said on the
+# form, after saving, on the experiment page and in the API docs.
+FEW_SITES = 3
+FEW_SITES_NOTICE = (
+    "With fewer than three sites, each site can infer the other's feature means and standard "
+    "deviations from the normaliser and the rounds' sample counts."
+)
+
+
 class ExperimentForm(forms.Form):
     """A draft experiment: which sites (and which of their datasets), model, strategy,
     training budget. The schema is the default vitals, the one uploads are checked against.
@@ -206,6 +215,16 @@ class ExperimentForm(forms.Form):
         if len(widths) > MAX_LAYERS or any(not 1 <= w <= MAX_WIDTH for w in widths):
             raise forms.ValidationError(f"Up to {MAX_LAYERS} layers, each 1 to {MAX_WIDTH} wide.")
         return widths
+
+    def few_sites(self) -> bool:
+        """Whether fewer than three sites are chosen (as typed, or in the draft being edited)."""
+        if self.is_bound:
+            chosen = [n for _, n in self.site_fields if self.data.get(n) not in (None, "")]
+        else:
+            chosen = [n for _, n in self.site_fields if self.fields[n].initial is not None]
+        return 0 < len(chosen) < FEW_SITES
+
+    few_sites_notice = FEW_SITES_NOTICE
 
     def service_arguments(self) -> dict:
         """What the creation service takes, from the fields that parsed."""

@@ -73,7 +73,11 @@ class ExperimentViewSet(
 
     @extend_schema(request=ExperimentCreateSerializer, responses={201: ExperimentSerializer})
     def create(self, request):
-        """Create a draft experiment over ready datasets (coordinators only)."""
+        """Create a draft experiment over ready datasets (coordinators only).
+
+        With fewer than three sites, each site can infer the other's feature means and
+        standard deviations from the normalizer and the rounds' sample counts; a site
+        sees figures over the sites only when at least three stand behind them."""
         form = ExperimentCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         user = request.user if isinstance(request.user, get_user_model()) else None

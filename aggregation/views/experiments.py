@@ -11,7 +11,7 @@ from clients.permissions import visible_datasets
 from clients.views.access import coordinator_required
 
 from .. import dispatch, policy, services
-from ..forms import ExperimentForm, strategy_label
+from ..forms import FEW_SITES, FEW_SITES_NOTICE, ExperimentForm, strategy_label
 from ..models import Experiment
 from ..permissions import visible_experiments
 from .live import live_context
@@ -45,7 +45,9 @@ def experiment_detail(request, pk: int):
     context = {
         "experiment": experiment,
         "participants": participants,
-        "num_sites": policy.experiment(viewer, experiment)["num_sites"],
+        "num_sites": (num_sites := policy.experiment(viewer, experiment)["num_sites"]),
+        "few_sites": num_sites is not None and 0 < num_sites < FEW_SITES,
+        "few_sites_notice": FEW_SITES_NOTICE,
         "min_figure_sites": policy.min_sites(),
         "strategy_name": strategy_label(experiment.strategy),
         "problems": services.check_ready(experiment) if coordinator and experiment.status == "draft" else [],
@@ -61,6 +63,7 @@ def experiment_create(request):
     form = ExperimentForm(request.POST or None, datasets=visible_datasets(request.user))
     if request.method == "POST" and form.is_valid() and (experiment := form.save(user=request.user)):
         messages.success(request, f"Experiment “{experiment.name}” saved as a draft. Start it when ready.")
+        _warn_if_few_sites(request, experiment)
         return redirect("experiment_detail", pk=experiment.pk)
     return render(request, "aggregation/experiment_form.html", {"form": form})
 
@@ -74,8 +77,14 @@ def experiment_edit(request, pk: int):
     form = ExperimentForm(request.POST or None, instance=experiment, datasets=visible_datasets(request.user))
     if request.method == "POST" and form.is_valid() and form.save(user=request.user):
         messages.success(request, "Changes saved.")
+        _warn_if_few_sites(request, experiment)
         return redirect("experiment_detail", pk=pk)
     return render(request, "aggregation/experiment_form.html", {"form": form, "experiment": experiment})
+
+
+def _warn_if_few_sites(request, experiment: Experiment) -> None:
+    if 0 < experiment.participants.count() < FEW_SITES:
+        messages.warning(request, FEW_SITES_NOTICE)
 
 
 @coordinator_required
