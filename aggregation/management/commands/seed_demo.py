@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from aggregation.models import Experiment, Participant
+from aggregation.services.creation import create_experiment
 from clients.models import Membership, Site
 from clients.services import ingest_dataset
 from fedhealth.ml.schema import DEFAULT_SCHEMA
@@ -33,17 +33,19 @@ class Command(BaseCommand):
         with transaction.atomic():
             coordinator = User.objects.create_user("coordinator", password=DEMO_PASSWORD, is_staff=True, is_superuser=True)
             Membership.objects.create(user=coordinator, role=Membership.Role.COORDINATOR)
-            experiment = Experiment.objects.create(
-                name="Demo: vitals classifier", schema=DEFAULT_SCHEMA.to_dict(), num_rounds=10,
-                min_sites=2, created_by=coordinator,
-                description="Three sites with different populations train one classifier with FedAvg.",
-            )
+            datasets = []
             for (name, slug), frame in zip(SITES, frames.values(), strict=True):
                 site = Site.objects.create(name=name, slug=slug, contact_email=f"research@{slug}.example")
                 user = User.objects.create_user(slug, password=DEMO_PASSWORD)
                 Membership.objects.create(user=user, site=site, role=Membership.Role.SITE_ADMIN)
                 result = ingest_dataset(site, io.BytesIO(frame.to_csv(index=False).encode()), name=f"{slug}-vitals.csv", user=user)
-                Participant.objects.create(experiment=experiment, site=site, dataset=result.dataset)
+                datasets.append(result.dataset)
+            # Through the creation service, as the form, the API and the admin do.
+            create_experiment(
+                created_by=coordinator, name="Demo: vitals classifier", datasets=datasets,
+                schema=DEFAULT_SCHEMA.to_dict(), num_rounds=10, min_sites=2,
+                description="Three sites with different populations train one classifier with FedAvg.",
+            )
         self.stdout.write(self.style.SUCCESS("demo seeded"))
         self.stdout.write(f"  coordinator / {DEMO_PASSWORD}   (Django admin at /admin/)")
         for _, slug in SITES:
