@@ -299,6 +299,8 @@ def register_remote_dataset(
             raise DatasetSummaryError(field_name, f"{field_name} must be a non-negative integer")
     if row_count < 2 or not 0 < positive_count < row_count:
         raise DatasetSummaryError("positive_count", "training needs rows of both labels (0 < positive_count < row_count)")
+    if not isinstance(name, str) or len(name) > MAX_DATASET_NAME or "\x00" in name:
+        raise DatasetSummaryError("name", f"name must be at most {MAX_DATASET_NAME} characters, without NUL")
     parsed = _check_stats(schema_obj, stats, row_count)
     clean_summary = _check_summary(schema_obj, summary)
     canonical = {
@@ -315,7 +317,7 @@ def register_remote_dataset(
         if existing is not None:
             return existing, False
         dataset = Dataset.objects.create(
-            site=site, name=(name or f"{site.slug} (remote)")[:255], schema=canonical["schema"],
+            site=site, name=name.strip() or f"{site.slug} (remote)"[:MAX_DATASET_NAME], schema=canonical["schema"],
             sha256=fingerprint, row_count=row_count, positive_count=positive_count,
             stats=canonical["stats"], summary=clean_summary, status=Dataset.Status.READY,
             validation_report={"ok": True, "source": "agent", "rows_total": row_count, "rows_valid": row_count},

@@ -16,7 +16,12 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from clients.models import Dataset
-from clients.services import UploadRefused, ingest_dataset
+from clients.services import (
+    DatasetSummaryError,
+    UploadRefused,
+    ingest_dataset,
+    register_remote_dataset,
+)
 from clients.views import upload as upload_view
 from fedhealth.ml.synthetic import generate_site
 from fedhealth.uploads import clean_staging, staging_root
@@ -175,3 +180,15 @@ def test_stale_staged_files_are_removed_and_fresh_ones_spared(settings):
     call_command("clean_staging", "--all", stdout=out)
     assert not fresh.exists() and other.exists()
     assert "removed 1 staged upload(s)" in out.getvalue()
+
+
+def test_an_agents_dataset_name_is_bounded_by_the_service(agent_site, summary_of, csv_bytes):
+    reg = summary_of(csv_bytes(100))
+    args = (agent_site, reg["schema"], reg["row_count"], reg["positive_count"], reg["stats"], reg["summary"])
+
+    with pytest.raises(DatasetSummaryError) as caught:
+        register_remote_dataset(*args, name="n" * 256)
+
+    assert caught.value.field == "name"
+    assert not Dataset.objects.filter(site=agent_site).exists()
+    assert register_remote_dataset(*args, name="n" * 255)[0].name == "n" * 255
