@@ -202,6 +202,7 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     page.goto(product.url + "/api/docs/")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("FedHealth API")
     assert_no_csp_violation(page)
+    page.goto(product.url + "/predict/")
 
     assert watch.problems == [], watch.problems
     assert {"/login/", "/site/", "/coordinator/", "/predict/", "/api/docs/"} <= watch.pages_with_csp, watch.pages_with_csp
