@@ -266,7 +266,7 @@ if not DEBUG:
             # NONCE: the inline start-up script of the API docs page (templates/drf_spectacular/).
             "script-src": [SELF, NONCE],
             "style-src": [SELF, NONCE],
-            # plotly.js draws its mode-bar icons from data: SVG images.
+            # plotly.js draws heatmaps and mode-bar icons as data: images (Swagger UI too).
             "img-src": [SELF, "data:"],
             "connect-src": [SELF],
             "font-src": [SELF],
