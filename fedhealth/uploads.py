@@ -47,7 +47,9 @@ def staging_dir(site_slug: str | None = None) -> Path:
 class StagedUploadedFile(UploadedFile):
     """Django's TemporaryUploadedFile, in a staging folder: deleted when closed."""
 
-    def __init__(self, name, content_type, size, charset, content_type_extra=None, *, directory: Path):
+    def __init__(
+        self, name, content_type, size, charset, content_type_extra=None, *, directory: Path
+    ):
         # NamedTemporaryFile creates the file 0600 and removes it when closed.
         file = tempfile.NamedTemporaryFile(suffix=SUFFIX, dir=directory)  # noqa: SIM115 (closed with the upload)
         super().__init__(file, name, content_type, size, charset, content_type_extra)
@@ -70,7 +72,11 @@ class StagingUploadHandler(TemporaryFileUploadHandler):
         FileUploadHandler.new_file(self, *args, **kwargs)
         site = getattr(self.request, "site", None)
         self.file = StagedUploadedFile(
-            self.file_name, self.content_type, 0, self.charset, self.content_type_extra,
+            self.file_name,
+            self.content_type,
+            0,
+            self.charset,
+            self.content_type_extra,
             directory=staging_dir(getattr(site, "slug", None)),
         )
 

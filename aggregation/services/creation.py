@@ -85,7 +85,10 @@ def _number(field: str, value: Any, bound: Bound) -> tuple[float | int | None, s
     if not math.isfinite(value):
         return None, f"{field} must be a finite number, not {value!r}."
     if not bound.low <= value <= bound.high:
-        return None, f"{field} must be between {_show(bound.low)} and {_show(bound.high)}; got {_show(value)}."
+        return (
+            None,
+            f"{field} must be between {_show(bound.low)} and {_show(bound.high)}; got {_show(value)}.",
+        )
     return value, None
 
 
@@ -108,8 +111,15 @@ def _hidden_layers(value: Any) -> tuple[list[int] | None, str | None]:
     if len(value) > MAX_HIDDEN_LAYERS:
         return None, f"hidden_layers has {len(value)} layers; at most {MAX_HIDDEN_LAYERS}."
     for width in value:
-        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_LAYER_WIDTH:
-            return None, f"hidden_layers: each width must be a whole number from 1 to {MAX_LAYER_WIDTH}, not {width!r}."
+        if (
+            isinstance(width, bool)
+            or not isinstance(width, int)
+            or not 1 <= width <= MAX_LAYER_WIDTH
+        ):
+            return (
+                None,
+                f"hidden_layers: each width must be a whole number from 1 to {MAX_LAYER_WIDTH}, not {width!r}.",
+            )
     return list(value), None
 
 
@@ -117,14 +127,22 @@ def _strategy(name: Any, params: Any) -> tuple[tuple[str, dict[str, float]] | No
     if name not in STRATEGIES:
         return None, {"strategy": f"strategy must be one of {', '.join(STRATEGIES)}, not {name!r}."}
     if not isinstance(params, Mapping) or len(params) > MAX_STRATEGY_PARAMS:
-        return None, {"strategy_params": "strategy_params must be an object of a few named numbers."}
+        return None, {
+            "strategy_params": "strategy_params must be an object of a few named numbers."
+        }
     known = strategy_params(name)
     clean: dict[str, float] = {}
     for key, value in params.items():
         if key not in known:
             expected = ", ".join(known) or "none"
-            return None, {"strategy_params": f"{key!r} is not a parameter of {name} (expected: {expected})."}
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None, {
+                "strategy_params": f"{key!r} is not a parameter of {name} (expected: {expected})."
+            }
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             return None, {"strategy_params": f"{key} must be a finite number, not {value!r}."}
         clean[key] = value
     try:
@@ -134,7 +152,9 @@ def _strategy(name: Any, params: Any) -> tuple[tuple[str, dict[str, float]] | No
     return (name, clean), {}
 
 
-def _datasets(items: Iterable[Dataset | int], schema: dict[str, Any]) -> tuple[list[Dataset], list[str]]:
+def _datasets(
+    items: Iterable[Dataset | int], schema: dict[str, Any]
+) -> tuple[list[Dataset], list[str]]:
     ids = [d.pk if isinstance(d, Dataset) else d for d in items]
     if not ids:
         return [], ["Choose a dataset for at least one site."]
@@ -159,9 +179,13 @@ def _datasets(items: Iterable[Dataset | int], schema: dict[str, Any]) -> tuple[l
         elif ds.site.mode == Site.Mode.AGENT and ds.file:
             # A file uploaded while the site was hosted: its agent trains on its own CSV,
             # so the stored file's statistics would not describe what is trained on.
-            problems.append(f"dataset {pk} is a stored upload, but site {ds.site.slug} runs a site agent")
+            problems.append(
+                f"dataset {pk} is a stored upload, but site {ds.site.slug} runs a site agent"
+            )
         elif ds.site.mode == Site.Mode.HOSTED and not ds.file:
-            problems.append(f"dataset {pk} is an agent's summary, but site {ds.site.slug} is hosted")
+            problems.append(
+                f"dataset {pk} is an agent's summary, but site {ds.site.slug} is hosted"
+            )
         if ds.site_id in sites:
             problems.append(f"site {ds.site.slug} has more than one dataset in the list")
         sites.add(ds.site_id)
@@ -169,7 +193,11 @@ def _datasets(items: Iterable[Dataset | int], schema: dict[str, Any]) -> tuple[l
 
 
 def validate_experiment(
-    *, name: Any, description: Any = "", datasets: Sequence[Dataset | int], schema: Any = None,
+    *,
+    name: Any,
+    description: Any = "",
+    datasets: Sequence[Dataset | int],
+    schema: Any = None,
     **config: Any,
 ) -> dict[str, Any]:
     """Check a draft experiment's fields; return them cleaned (``datasets`` as Dataset rows,
@@ -187,7 +215,8 @@ def validate_experiment(
         fail(key, f"{key} is not a setting of an experiment.")
     clean: dict[str, Any] = {}
     for field, value, limit, required in (
-        ("name", name, MAX_NAME_LENGTH, True), ("description", description or "", MAX_DESCRIPTION_LENGTH, False),
+        ("name", name, MAX_NAME_LENGTH, True),
+        ("description", description or "", MAX_DESCRIPTION_LENGTH, False),
     ):
         text, problem = _text(field, value, limit, required=required)
         if problem:
@@ -205,14 +234,18 @@ def validate_experiment(
             fail("hidden_layers", problem)
         clean["hidden_layers"] = layers
     if "strategy" in config or "strategy_params" in config:
-        strategy, problems = _strategy(config.get("strategy", "fedavg"), config.get("strategy_params") or {})
+        strategy, problems = _strategy(
+            config.get("strategy", "fedavg"), config.get("strategy_params") or {}
+        )
         for field, message in problems.items():
             fail(field, message)
         if strategy:
             clean["strategy"], clean["strategy_params"] = strategy
 
     try:
-        schema_dict = Schema.from_dict(schema).to_dict() if schema is not None else DEFAULT_SCHEMA.to_dict()
+        schema_dict = (
+            Schema.from_dict(schema).to_dict() if schema is not None else DEFAULT_SCHEMA.to_dict()
+        )
     except (SchemaError, TypeError, AttributeError, KeyError) as exc:
         fail("schema", f"schema is not valid: {exc}")
         schema_dict = None
@@ -242,15 +275,22 @@ def _participants(experiment: Experiment, datasets: list[Dataset]) -> None:
 
 
 def create_experiment(
-    *, created_by: Any = None, name: str, description: str = "", datasets: Sequence[Dataset | int],
-    schema: Any = None, **config: Any,
+    *,
+    created_by: Any = None,
+    name: str,
+    description: str = "",
+    datasets: Sequence[Dataset | int],
+    schema: Any = None,
+    **config: Any,
 ) -> Experiment:
     """Create a draft experiment over ``datasets`` (one ready dataset per site).
 
     ``config``: any of ``CONFIG_KEYS``; settings left out keep the model's defaults.
     Raises ``ExperimentInvalid``.
     """
-    clean = validate_experiment(name=name, description=description, datasets=datasets, schema=schema, **config)
+    clean = validate_experiment(
+        name=name, description=description, datasets=datasets, schema=schema, **config
+    )
     rows = clean.pop("datasets")
     user = created_by if getattr(created_by, "is_authenticated", False) else None
     with transaction.atomic():
@@ -260,22 +300,31 @@ def create_experiment(
 
 
 def update_experiment(
-    experiment: Experiment, *, name: str, description: str = "", datasets: Sequence[Dataset | int],
-    schema: Any = None, **config: Any,
+    experiment: Experiment,
+    *,
+    name: str,
+    description: str = "",
+    datasets: Sequence[Dataset | int],
+    schema: Any = None,
+    **config: Any,
 ) -> Experiment:
     """Change a draft experiment's configuration and participants (drafts only).
 
     Raises ``ExperimentInvalid`` (``status`` when the experiment has started).
     """
     schema = experiment.schema if schema is None else schema
-    clean = validate_experiment(name=name, description=description, datasets=datasets, schema=schema, **config)
+    clean = validate_experiment(
+        name=name, description=description, datasets=datasets, schema=schema, **config
+    )
     rows = clean.pop("datasets")
     with transaction.atomic():
         # Under the row lock: a concurrent Start must not see half an edit, nor an edit
         # land on an experiment that has just started.
         locked = Experiment.objects.select_for_update().get(pk=experiment.pk)
         if locked.status != Experiment.Status.DRAFT:
-            raise ExperimentInvalid({"status": [f"only a draft can be changed; this experiment is {locked.status}."]})
+            raise ExperimentInvalid(
+                {"status": [f"only a draft can be changed; this experiment is {locked.status}."]}
+            )
         for field, value in clean.items():
             setattr(locked, field, value)
         locked.save()
@@ -284,7 +333,17 @@ def update_experiment(
 
 
 __all__ = [
-    "BOUNDS", "CONFIG_KEYS", "MAX_DESCRIPTION_LENGTH", "MAX_HIDDEN_LAYERS", "MAX_LAYER_WIDTH", "MAX_NAME_LENGTH",
-    "MAX_SITES", "SEED_MAX", "Bound", "ExperimentInvalid", "create_experiment", "update_experiment",
+    "BOUNDS",
+    "CONFIG_KEYS",
+    "MAX_DESCRIPTION_LENGTH",
+    "MAX_HIDDEN_LAYERS",
+    "MAX_LAYER_WIDTH",
+    "MAX_NAME_LENGTH",
+    "MAX_SITES",
+    "SEED_MAX",
+    "Bound",
+    "ExperimentInvalid",
+    "create_experiment",
+    "update_experiment",
     "validate_experiment",
 ]

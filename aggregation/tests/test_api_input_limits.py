@@ -1,6 +1,7 @@
 """Limits on what a request may carry: JSON nesting (every JSON endpoint and JSON inside
 multipart fields), evaluation curves and metrics from agents."""
 
+# ruff: noqa: F811  (the `mixed` fixture is imported from test_api_agent and used by name)
 from __future__ import annotations
 
 import numpy as np
@@ -66,12 +67,16 @@ def test_json_at_the_limit_is_parsed(personas, study):
     # Nested exactly MAX_JSON_DEPTH deep: parsed, then refused for what it says.
     body = '{"name": "x", "datasets": [1], "schema": ' + nested(MAX_JSON_DEPTH - 1) + "}"
 
-    response = personas["charlie"].post(f"{API}/experiments/", data=body, content_type="application/json")
+    response = personas["charlie"].post(
+        f"{API}/experiments/", data=body, content_type="application/json"
+    )
 
     assert response.status_code == 400 and "schema" in error_fields(response)
 
 
-def test_deep_json_inside_multipart_fields_is_400_naming_the_field(alice, client_for, agent, mixed, csv_bytes):  # noqa: F811
+def test_deep_json_inside_multipart_fields_is_400_naming_the_field(
+    alice, client_for, agent, mixed, csv_bytes
+):  # noqa: F811
     member = client_for(alice)
     before = Dataset.objects.count()
     response = member.post(
@@ -82,7 +87,9 @@ def test_deep_json_inside_multipart_fields_is_400_naming_the_field(alice, client
     assert response.status_code == 400 and "schema" in error_fields(response)
     assert Dataset.objects.count() == before
 
-    response = upload(agent, mixed["round"].pk, weights_to_bytes(trained(mixed["experiment"])), metrics=DEEP)
+    response = upload(
+        agent, mixed["round"].pk, weights_to_bytes(trained(mixed["experiment"])), metrics=DEEP
+    )
     assert response.status_code == 400 and "metrics" in error_fields(response)
     assert ClientUpdate.objects.get(pk=mixed["update"].pk).status != "received"
 
@@ -95,7 +102,8 @@ def test_a_100000_point_roc_curve_is_refused_and_nothing_recorded(agent, evaluat
     points = monotone(100_000)
 
     response = agent.post(
-        evaluation_url, {"metrics": {"accuracy": 0.8}, "curves": {"roc": {"fpr": points, "tpr": points}}}
+        evaluation_url,
+        {"metrics": {"accuracy": 0.8}, "curves": {"roc": {"fpr": points, "tpr": points}}},
     )
 
     assert response.status_code == 400
@@ -109,13 +117,19 @@ def test_a_curve_of_the_documented_size_is_accepted(agent, evaluation_url):
     bins = monotone(MAX_CALIBRATION_BINS)
     curves = {
         "roc": {"fpr": points, "tpr": points},
-        "calibration": {"mean_predicted": bins, "fraction_positive": bins, "count": [3.0] * MAX_CALIBRATION_BINS},
+        "calibration": {
+            "mean_predicted": bins,
+            "fraction_positive": bins,
+            "count": [3.0] * MAX_CALIBRATION_BINS,
+        },
     }
 
     response = agent.post(evaluation_url, {"metrics": {"accuracy": 0.8, "n": 40}, "curves": curves})
 
     assert response.status_code == 201, response.json()
-    assert len(SiteEvaluation.objects.get(site__slug="agent-a").curves["roc"]["fpr"]) == MAX_ROC_POINTS
+    assert (
+        len(SiteEvaluation.objects.get(site__slug="agent-a").curves["roc"]["fpr"]) == MAX_ROC_POINTS
+    )
 
 
 @pytest.mark.parametrize(
@@ -127,18 +141,31 @@ def test_a_curve_of_the_documented_size_is_accepted(agent, evaluation_url):
         ({"metrics": {"n": 2.5}}, "metrics"),
         ({"metrics": {"other": 1e300}}, "metrics"),
         ({"metrics": {"<b>x</b>": 0.5}}, "metrics"),
-        ({"metrics": {"a": 1}, "curves": {"roc": {"fpr": [0, 0.6, 0.4, 1], "tpr": [0, 0.5, 0.7, 1]}}}, "curves.roc.fpr"),
         (
-            {"metrics": {"a": 1}, "curves": {"calibration": {
-                "mean_predicted": monotone(MAX_CALIBRATION_BINS + 1),
-                "fraction_positive": monotone(MAX_CALIBRATION_BINS + 1),
-                "count": [1.0] * (MAX_CALIBRATION_BINS + 1),
-            }}},
+            {
+                "metrics": {"a": 1},
+                "curves": {"roc": {"fpr": [0, 0.6, 0.4, 1], "tpr": [0, 0.5, 0.7, 1]}},
+            },
+            "curves.roc.fpr",
+        ),
+        (
+            {
+                "metrics": {"a": 1},
+                "curves": {
+                    "calibration": {
+                        "mean_predicted": monotone(MAX_CALIBRATION_BINS + 1),
+                        "fraction_positive": monotone(MAX_CALIBRATION_BINS + 1),
+                        "count": [1.0] * (MAX_CALIBRATION_BINS + 1),
+                    }
+                },
+            },
             "curves.calibration.mean_predicted",
         ),
     ],
 )
-def test_figures_outside_their_ranges_are_400_naming_the_field(agent, evaluation_url, payload, field):
+def test_figures_outside_their_ranges_are_400_naming_the_field(
+    agent, evaluation_url, payload, field
+):
     response = agent.post(evaluation_url, payload)
 
     assert response.status_code == 400 and field in error_fields(response), response.json()
@@ -154,6 +181,13 @@ def test_the_core_thins_a_long_roc_curve_to_the_limit():
     thin = roc_points(y, p)
 
     assert len(full["fpr"]) > MAX_ROC_POINTS >= len(thin["fpr"]) > MAX_ROC_POINTS - 5
-    assert (thin["fpr"][0], thin["tpr"][0], thin["fpr"][-1], thin["tpr"][-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert (thin["fpr"][0], thin["tpr"][0], thin["fpr"][-1], thin["tpr"][-1]) == (
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+    )
     assert np.all(np.diff(thin["fpr"]) >= 0) and np.all(np.diff(thin["tpr"]) >= 0)
-    assert abs(np.trapezoid(thin["tpr"], thin["fpr"]) - np.trapezoid(full["tpr"], full["fpr"])) < 1e-3
+    assert (
+        abs(np.trapezoid(thin["tpr"], thin["fpr"]) - np.trapezoid(full["tpr"], full["fpr"])) < 1e-3
+    )

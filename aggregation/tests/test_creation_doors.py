@@ -43,7 +43,9 @@ def doors(client, world, client_for, django_user_model):
         name = f"web {next(counter)}"
         if field == "round_timeout":  # the page asks for minutes
             field, value = "deadline_minutes", value / 60
-        response = client.post(reverse("experiment_create"), form_data(world, name=name, **{field: str(value)}))
+        response = client.post(
+            reverse("experiment_create"), form_data(world, name=name, **{field: str(value)})
+        )
         created = Experiment.objects.filter(name=name).exists()
         return created, (None if created else response.context["form"].errors)
 
@@ -57,9 +59,15 @@ def doors(client, world, client_for, django_user_model):
     def admin_door(field, value):
         name = f"admin {next(counter)}"
         data = {
-            "name": name, "description": "", "datasets": datasets, "hidden_layers": "[32, 16]",
-            "strategy": "fedavg", "strategy_params": "{}",
-            **{f: Experiment._meta.get_field(f).default for f in BOUNDS}, "min_sites": 2, field: value,
+            "name": name,
+            "description": "",
+            "datasets": datasets,
+            "hidden_layers": "[32, 16]",
+            "strategy": "fedavg",
+            "strategy_params": "{}",
+            **{f: Experiment._meta.get_field(f).default for f in BOUNDS},
+            "min_sites": 2,
+            field: value,
         }
         response = staff.post(reverse("admin:aggregation_experiment_add"), data)
         created = Experiment.objects.filter(name=name).exists()
@@ -108,21 +116,29 @@ def test_the_form_widgets_and_the_openapi_bounds_are_the_services(client, world)
             assert (float(attrs["min"]), float(attrs["max"])) == (bound.low, bound.high), name
         assert (props[name]["minimum"], props[name]["maximum"]) == (bound.low, bound.high), name
     minutes = form.fields["deadline_minutes"].widget.attrs
-    assert (minutes["min"] * 60, minutes["max"] * 60) == (BOUNDS["round_timeout"].low, BOUNDS["round_timeout"].high)
+    assert (minutes["min"] * 60, minutes["max"] * 60) == (
+        BOUNDS["round_timeout"].low,
+        BOUNDS["round_timeout"].high,
+    )
 
 
 def test_a_negative_seed_is_refused_with_a_message_at_every_door(doors):
     for door in ("web", "api", "admin"):
         created, errors = doors[door]("seed", -5)
         assert not created
-        assert any("greater than or equal to 0" in m or "-5" in m for m in errors["seed"]), (door, errors)
+        assert any("greater than or equal to 0" in m or "-5" in m for m in errors["seed"]), (
+            door,
+            errors,
+        )
 
 
 def test_the_service_names_the_field_and_the_value(world):
     with pytest.raises(ExperimentInvalid) as caught:
         create_experiment(name="x", datasets=[world.ds_a], seed=-1, lr=3.0, hidden_layers=[0])
 
-    assert caught.value.errors["seed"] == [f"seed must be between 0 and {BOUNDS['seed'].high}; got -1."]
+    assert caught.value.errors["seed"] == [
+        f"seed must be between 0 and {BOUNDS['seed'].high}; got -1."
+    ]
     assert "got 3" in caught.value.errors["lr"][0]
     assert "not 0" in caught.value.errors["hidden_layers"][0]
     assert not Experiment.objects.filter(name="x").exists()

@@ -74,12 +74,15 @@ def seen(monkeypatch):
 # -- agent-mode sites ---------------------------------------------------------------
 
 
-def test_an_agent_mode_site_cannot_upload_through_the_web(client, make_user, agent_site, settings, system_tmp):
+def test_an_agent_mode_site_cannot_upload_through_the_web(
+    client, make_user, agent_site, settings, system_tmp
+):
     client.force_login(make_user("dora", agent_site))
 
     page = client.get(reverse("dataset_upload"))
     response = client.post(
-        reverse("dataset_upload"), {"name": "ward", "policy": "reject", "file": SimpleUploadedFile("a.csv", big_csv())}
+        reverse("dataset_upload"),
+        {"name": "ward", "policy": "reject", "file": SimpleUploadedFile("a.csv", big_csv())},
     )
 
     assert "runs a site agent" in page.content.decode()
@@ -115,14 +118,19 @@ def test_a_name_the_service_cannot_store_is_refused(site_a):
 # -- staging ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, status", [(big_csv(), Dataset.Status.READY), (BAD.encode(), Dataset.Status.REJECTED)])
+@pytest.mark.parametrize(
+    "body, status", [(big_csv(), Dataset.Status.READY), (BAD.encode(), Dataset.Status.REJECTED)]
+)
 def test_a_web_upload_waits_in_site_staging_and_leaves_nothing_behind(
     client, alice, small_memory, system_tmp, seen, body, status
 ):
     client.force_login(alice)
     assert len(body) > small_memory.FILE_UPLOAD_MAX_MEMORY_SIZE
 
-    client.post(reverse("dataset_upload"), {"name": "ward", "policy": "reject", "file": SimpleUploadedFile("a.csv", body)})
+    client.post(
+        reverse("dataset_upload"),
+        {"name": "ward", "policy": "reject", "file": SimpleUploadedFile("a.csv", body)},
+    )
 
     dataset = Dataset.objects.get(site=alice.membership.site)
     assert dataset.status == status
@@ -137,9 +145,13 @@ def test_a_web_upload_waits_in_site_staging_and_leaves_nothing_behind(
         assert stored == []
 
 
-def test_an_api_upload_waits_in_site_staging_and_leaves_nothing_behind(alice, client_for, small_memory, system_tmp):
+def test_an_api_upload_waits_in_site_staging_and_leaves_nothing_behind(
+    alice, client_for, small_memory, system_tmp
+):
     response = client_for(alice).post(
-        "/api/v1/datasets/", {"file": SimpleUploadedFile("a.csv", big_csv()), "name": "ward"}, format="multipart"
+        "/api/v1/datasets/",
+        {"file": SimpleUploadedFile("a.csv", big_csv()), "name": "ward"},
+        format="multipart",
     )
 
     assert response.status_code == 201, response.json()
@@ -184,7 +196,14 @@ def test_stale_staged_files_are_removed_and_fresh_ones_spared(settings):
 
 def test_an_agents_dataset_name_is_bounded_by_the_service(agent_site, summary_of, csv_bytes):
     reg = summary_of(csv_bytes(100))
-    args = (agent_site, reg["schema"], reg["row_count"], reg["positive_count"], reg["stats"], reg["summary"])
+    args = (
+        agent_site,
+        reg["schema"],
+        reg["row_count"],
+        reg["positive_count"],
+        reg["stats"],
+        reg["summary"],
+    )
 
     with pytest.raises(DatasetSummaryError) as caught:
         register_remote_dataset(*args, name="n" * 256)

@@ -15,7 +15,9 @@ class Command(BaseCommand):
     help = "Delete stale staged uploads (patient rows) from the private staging folder."
 
     def add_arguments(self, parser):
-        parser.add_argument("--all", action="store_true", help="also files younger than FEDHEALTH_STAGING_MAX_AGE")
+        parser.add_argument(
+            "--all", action="store_true", help="also files younger than FEDHEALTH_STAGING_MAX_AGE"
+        )
 
     def handle(self, *args, all, **options):
         removed = clean_staging(older_than=0 if all else None)
