@@ -66,7 +66,8 @@ class RoundViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def get_queryset(self):
         return (
             visible_rounds(self.request.user)
-            .select_related("model_version")
+            .select_related("model_version", "experiment")
+            .prefetch_related("experiment__participants__site")  # for the policy's round figures
             .order_by("experiment_id", "number")
         )
 

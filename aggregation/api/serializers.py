@@ -60,7 +60,7 @@ class ExperimentSerializer(PolicySerializer, serializers.ModelSerializer):
     strategy_params = ReadJSONField()
     normalizer = ReadJSONField(allow_null=True, help_text="Global mean/std, fixed at start.")
     hidden_layers = serializers.ListField(child=serializers.IntegerField(), read_only=True)
-    current_round = serializers.SerializerMethodField()
+    current_round = serializers.IntegerField(read_only=True, allow_null=True)
 
     class Meta:
         model = Experiment
@@ -82,9 +82,6 @@ class ExperimentSerializer(PolicySerializer, serializers.ModelSerializer):
             "finished_at",
         ]
         read_only_fields = fields
-
-    def get_current_round(self, obj: Experiment) -> int | None:  # documents the field
-        return None
 
 
 def _bounded(name: str) -> serializers.Field:
