@@ -59,6 +59,7 @@ class Trio:
     rounds: list
     versions: list
     personas: dict = field(default_factory=dict)  # name -> (web client or None, API client)
+    running: object = None  # set by tests that need a running experiment too
 
     def others(self) -> list[str]:
         return [s for s in self.sites if s != "ashgrove"]

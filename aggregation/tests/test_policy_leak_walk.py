@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
 from aggregation.models import ClientUpdate
 from aggregation.reasons import Reason
@@ -58,8 +60,26 @@ def trio(make_site, make_dataset, remote_dataset, make_experiment, a_personas):
             evaluate(version, slug, trio.sites)
     # v3's evaluation deadline passed with two reports: final, but two sites are too few.
     time_passes(v3, 2 * 24 * 3600)
+    trio.running = _running(trio, make_experiment)
     a_personas(trio)
     return trio
+
+
+def _running(trio, make_experiment):
+    """A running experiment whose open round has waited an hour for every site, with no
+    worker heartbeat: the pages' "no worker" notices must not name other sites to A."""
+    from aggregation.models import Experiment, Round
+
+    experiment = make_experiment(list(trio.datasets.values()), name="Policy live", num_rounds=2)
+    Experiment.objects.filter(pk=experiment.pk).update(
+        status=Experiment.Status.RUNNING, normalizer=trio.experiment.normalizer,
+        initial_weights=trio.experiment.initial_weights, initial_sha256=trio.experiment.initial_sha256,
+    )
+    round_ = Round.objects.create(experiment=experiment, number=1, deadline=timezone.now() + timedelta(hours=1))
+    for site in trio.sites.values():
+        update = ClientUpdate.objects.create(round=round_, site=site)
+        ClientUpdate.objects.filter(pk=update.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    return experiment
 
 
 def url_patterns(patterns=None, prefix: str = "", namespace: str = "", groups: frozenset = frozenset()):
@@ -76,8 +96,8 @@ def url_patterns(patterns=None, prefix: str = "", namespace: str = "", groups: f
 
 def ids_for(trio) -> dict[str, list[int]]:
     """URL name prefix -> the ids that fill its <pk>: every object of the kind, whoever owns it."""
-    experiments = [trio.experiment.pk, trio.draft.pk]
-    rounds = [r.pk for r in trio.rounds]
+    experiments = [trio.experiment.pk, trio.draft.pk, trio.running.pk]
+    rounds = [r.pk for r in trio.rounds] + list(trio.running.rounds.values_list("pk", flat=True))
     versions = [v.pk for v in trio.versions]
     datasets = [d.pk for d in trio.datasets.values()]
     return {
@@ -198,6 +218,8 @@ def test_the_coordinator_sees_every_sites_reasons_and_figures_but_no_note(trio):
                      str(GLOBAL["culverton"]["auroc"])):
         assert found(expected, text), expected
     assert not [n for n in NOTES.values() if n in text]
+    live = web_client.get(reverse("experiment_live", args=[trio.running.pk])).content.decode()
+    assert "No worker has taken" in live and NAMES["culverton"] in live  # the notice the walk checks for A
 
 
 def test_site_a_reads_its_own_reasons_and_note_by_code(trio):
