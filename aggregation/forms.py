@@ -247,8 +247,7 @@ class ExperimentForm(forms.Form):
                 for param in strategy_params(strategy)
                 if cleaned.get(param_field_name(strategy, param)) is not None
             }
-        if self.instance is None:
-            args["schema"] = DEFAULT_SCHEMA.to_dict()
+        args["schema"] = self.instance.schema if self.instance is not None else DEFAULT_SCHEMA.to_dict()
         return args
 
     def add_service_errors(self, exc: ExperimentInvalid) -> None:

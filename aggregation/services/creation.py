@@ -262,6 +262,17 @@ def validate_experiment(
     min_sites = clean.get("min_sites", Experiment._meta.get_field("min_sites").default)
     if n and isinstance(min_sites, int) and min_sites > n:
         fail("min_sites", f"min_sites is {min_sites}. Only {n} site(s) take part.")
+    if n and clean.get("strategy"):
+        # A robust strategy (Krum) cannot aggregate fewer updates than it must outvote.
+        required = getattr(
+            get_strategy(clean["strategy"], **clean["strategy_params"]), "required", None
+        )
+        if callable(required) and n < required():
+            fail(
+                "strategy_params",
+                f"{clean['strategy']} with these parameters needs at least "
+                f"{required()} sites; {n} take part.",
+            )
     if errors:
         raise ExperimentInvalid(errors)
     return clean

@@ -218,3 +218,19 @@ def test_the_admin_cannot_edit_a_started_experiment(world, django_user_model):
     staff.post(url, {"name": "changed", "seed": "-3"})
 
     assert Experiment.objects.values().get(pk=world.shared.pk) == before
+
+
+def test_a_robust_strategy_needs_enough_sites_to_outvote(doors, world):
+    with pytest.raises(ExperimentInvalid) as caught:
+        create_experiment(
+            name="k",
+            datasets=[world.ds_a, world.ds_b],
+            strategy="krum",
+            strategy_params={"byzantine": 1},
+        )
+
+    assert caught.value.errors["strategy_params"] == [
+        "krum with these parameters needs at least 5 sites; 2 take part."
+    ]
+    created, errors = doors["web"]("strategy", "krum")
+    assert not created and "needs at least 5 sites" in errors["strategy"][0]
