@@ -35,7 +35,10 @@ class PolicySerializer(serializers.Serializer):
         request = self.context.get("request")
         # No request, no viewer: nothing of any site (fail closed).
         viewer = policy.viewer_of(request.user) if request is not None else policy.Viewer(policy.NOBODY)
-        return json_safe(type(self).represent(viewer, instance))
+        return json_safe(self.show(viewer, instance))
+
+    def show(self, viewer: policy.Viewer, instance) -> dict | None:
+        return type(self).represent(viewer, instance)
 
 
 class ParticipantSerializer(serializers.Serializer):
@@ -219,8 +222,16 @@ class UpdateSerializer(PolicySerializer, serializers.ModelSerializer):
         return MetricsField().to_representation({"loss": obj.loss})["loss"]
 
 
+class VersionListSerializer(serializers.ListSerializer):
+    """A page of versions: their published figures in three queries, not three per version."""
+
+    def to_representation(self, data):
+        items = list(data.all() if hasattr(data, "all") else data)
+        self.child.context["figures"] = policy.version_figures(items)
+        return super().to_representation(items)
+
+
 class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
-    represent = policy.version
     round = serializers.IntegerField(source="round.number", read_only=True)
     normalizer = ReadJSONField(help_text="{mean, std} per feature: scale inputs with these.")
     model_config = ReadJSONField()
@@ -247,6 +258,10 @@ class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+        list_serializer_class = VersionListSerializer
+
+    def show(self, viewer: policy.Viewer, instance) -> dict:
+        return policy.version(viewer, instance, self.context.get("figures", {}).get(instance.pk))
 
 
 @extend_schema_field(
