@@ -173,6 +173,27 @@ STORAGES = {
     },
 }
 
+# BACKUPS (fedhealth/ops; README "Backup and restore")
+# ------------------------------------------------------------------------------
+# Celery beat writes a full backup every FEDHEALTH_BACKUP_INTERVAL_HOURS into
+# FEDHEALTH_BACKUP_DIR (empty: no scheduled backups) and keeps the newest
+# FEDHEALTH_BACKUP_KEEP archives. With FEDHEALTH_BACKUP_KEY set (32 bytes, URL-safe
+# base64; or FEDHEALTH_BACKUP_KEY_FILE) scheduled archives are encrypted. The coordinator's
+# dashboard warns when the last successful backup is older than FEDHEALTH_BACKUP_WARN_HOURS
+# (default: two intervals, so one failed run is not yet a warning).
+FEDHEALTH_BACKUP_DIR = env.str("FEDHEALTH_BACKUP_DIR", default="")
+FEDHEALTH_BACKUP_INTERVAL_HOURS = env.float("FEDHEALTH_BACKUP_INTERVAL_HOURS", default=24.0)
+FEDHEALTH_BACKUP_KEEP = env.int("FEDHEALTH_BACKUP_KEEP", default=14)
+FEDHEALTH_BACKUP_WARN_HOURS = env.float("FEDHEALTH_BACKUP_WARN_HOURS", default=2 * FEDHEALTH_BACKUP_INTERVAL_HOURS)
+# Private folder for temporary files of a backup or restore (empty: beside the archive);
+# a decrypted archive holds patient rows, so never the system temp folder.
+FEDHEALTH_BACKUP_WORK_DIR = env.str("FEDHEALTH_BACKUP_WORK_DIR", default="")
+if FEDHEALTH_BACKUP_INTERVAL_HOURS <= 0 or FEDHEALTH_BACKUP_KEEP < 1:
+    raise ImproperlyConfigured(
+        "FEDHEALTH_BACKUP_INTERVAL_HOURS must be above 0 and FEDHEALTH_BACKUP_KEEP at least 1, not "
+        f"{FEDHEALTH_BACKUP_INTERVAL_HOURS} and {FEDHEALTH_BACKUP_KEEP}"
+    )
+
 # UPLOADS
 # ------------------------------------------------------------------------------
 FEDHEALTH_MAX_UPLOAD_BYTES = env.int("FEDHEALTH_MAX_UPLOAD_BYTES", default=50 * 1024 * 1024)

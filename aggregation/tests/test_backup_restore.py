@@ -1,0 +1,186 @@
+"""Full backup and restore (fedhealth/ops): every row and file comes back, checksums
+hold, a model predicts the same, a paused experiment finishes after a restore; altered,
+truncated or keyless archives are refused before anything changes."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.storage import default_storage
+from django.core.management import CommandError, call_command
+
+from aggregation import services
+from aggregation.models import Experiment, ModelVersion
+from aggregation.services.predict import predict_records
+from fedhealth.ops import crypto
+from fedhealth.ops.status import last_backup
+
+from .backup_world import RECORDS, build_world, describe_files, describe_rows, wipe
+
+pytestmark = pytest.mark.django_db
+
+KEY = crypto.generate_key()
+
+
+@pytest.fixture
+def world(make_site, make_dataset, make_experiment, make_user, drive):
+    return build_world(make_site, make_dataset, make_experiment, make_user, drive)
+
+
+def _predictions(experiment: Experiment) -> list[float]:
+    version = ModelVersion.objects.filter(experiment=experiment).latest("version")
+    result = predict_records(version, RECORDS)
+    assert result.ok
+    return result.probabilities
+
+
+def test_backup_wipe_restore_brings_everything_back(world, tmp_path, drive):
+    finished, paused = world
+    rows, files, predictions = describe_rows(), describe_files(), _predictions(finished)
+    assert rows["clients.Dataset"] and rows["aggregation.ModelVersion"] and rows["auth.User"]
+    assert any(name.startswith("datasets/") for name in files) and any(
+        n.endswith("log.jsonl") for n in files
+    )
+    archive = tmp_path / "bk" / "full.tar"
+
+    call_command("backup", "--out", str(archive), verbosity=0)
+    call_command("backup", "--verify", str(archive), verbosity=0)
+    wipe()
+    assert describe_rows()["aggregation.Experiment"] == [] and describe_files() == {}
+    call_command("restore", str(archive), verbosity=0)
+
+    assert describe_rows() == rows
+    assert describe_files() == files
+    assert _predictions(finished) == predictions
+    # The paused experiment picks up where it stopped and finishes.
+    assert Experiment.objects.get(pk=paused.pk).status == Experiment.Status.PAUSED
+    services.resume_experiment(paused.pk)
+    done = drive(paused.pk)
+    assert done.status == Experiment.Status.COMPLETED
+    assert sorted(done.versions.values_list("version", flat=True)) == [1, 2, 3]
+    status = last_backup()
+    assert status["archive"] == str(archive) and not status["encrypted"]
+
+
+def test_restore_refuses_a_non_empty_instance_unless_forced(world, tmp_path):
+    archive = tmp_path / "full.tar"
+    call_command("backup", "--out", str(archive), verbosity=0)
+    rows = describe_rows()
+    with pytest.raises(CommandError, match="not empty"):
+        call_command("restore", str(archive), verbosity=0)
+
+    Experiment.objects.filter(name="finished").update(name="changed after the backup")
+    default_storage.save("updates/stray.bin", __import__("io").BytesIO(b"x"))
+    call_command("restore", "--force", str(archive), verbosity=0)
+    assert describe_rows() == rows
+    assert not default_storage.exists("updates/stray.bin")
+
+
+def _flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["data", "file", "header", "manifest", "seal", "padding"])
+def test_one_altered_byte_is_refused_by_verify_and_restore(world, tmp_path, where):
+    import tarfile
+
+    archive = tmp_path / "full.tar"
+    call_command("backup", "--out", str(archive), verbosity=0)
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+    by = {
+        "data": next(m for m in members if m.name.startswith("data/clients.Dataset")).offset_data
+        + 5,
+        "file": next(m for m in members if m.name.startswith("files/datasets/")).offset_data + 40,
+        "header": next(m for m in members if m.name.startswith("files/models/")).offset + 140,
+        "manifest": next(m for m in members if m.name == "manifest.json").offset_data + 30,
+        "seal": members[-1].offset_data + 3,
+        "padding": archive.stat().st_size - 10,
+    }
+    _flip(archive, by[where])
+    wipe()
+
+    with pytest.raises(CommandError, match="refused"):
+        call_command("backup", "--verify", str(archive), verbosity=0)
+    with pytest.raises(CommandError, match="was not restored"):
+        call_command("restore", str(archive), verbosity=0)
+    assert describe_rows()["aggregation.Experiment"] == [] and describe_files() == {}
+
+
+def test_a_truncated_archive_is_refused(world, tmp_path):
+    archive = tmp_path / "full.tar"
+    call_command("backup", "--out", str(archive), verbosity=0)
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(CommandError, match="refused"):
+        call_command("restore", "--verify", str(archive), verbosity=0)
+
+
+def test_encrypted_backup_needs_its_key(world, tmp_path, monkeypatch):
+    finished, _ = world
+    rows, files = describe_rows(), describe_files()
+    archive = tmp_path / "full.tar.enc"
+    monkeypatch.delenv("FEDHEALTH_BACKUP_KEY", raising=False)
+    with pytest.raises(CommandError, match="FEDHEALTH_BACKUP_KEY is not set"):
+        call_command("backup", "--out", str(archive), "--encrypt", verbosity=0)
+
+    monkeypatch.setenv("FEDHEALTH_BACKUP_KEY", KEY)
+    call_command("backup", "--out", str(archive), "--encrypt", verbosity=0)
+    raw = archive.read_bytes()
+    dataset = finished.participants.first().dataset
+    with default_storage.open(dataset.file.name, "rb") as fh:
+        csv_line = fh.read().splitlines()[3]
+    assert raw.startswith(crypto.MAGIC) and csv_line not in raw and b"manifest.json" not in raw
+    assert last_backup()["encrypted"]
+
+    monkeypatch.delenv("FEDHEALTH_BACKUP_KEY")
+    with pytest.raises(CommandError, match="encrypted.*FEDHEALTH_BACKUP_KEY is not set"):
+        call_command("restore", "--verify", str(archive), verbosity=0)
+    monkeypatch.setenv("FEDHEALTH_BACKUP_KEY", crypto.generate_key())
+    with pytest.raises(CommandError, match="key .* is not the one it was written with"):
+        call_command("restore", "--verify", str(archive), verbosity=0)
+    monkeypatch.setenv("FEDHEALTH_BACKUP_KEY", "too-short")
+    with pytest.raises(CommandError, match="32 bytes"):
+        call_command("restore", "--verify", str(archive), verbosity=0)
+
+    monkeypatch.setenv("FEDHEALTH_BACKUP_KEY", KEY)
+    call_command("restore", "--verify", str(archive), verbosity=0)
+    wipe()
+    call_command("restore", str(archive), verbosity=0)
+    assert describe_rows() == rows and describe_files() == files
+    # No decrypted copy is left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.tar.enc", "media"]
+
+
+def test_an_altered_encrypted_archive_is_refused(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDHEALTH_BACKUP_KEY", KEY)
+    archive = tmp_path / "full.tar.enc"
+    call_command("backup", "--out", str(archive), "--encrypt", verbosity=0)
+    size = archive.stat().st_size
+    for offset in (10, size // 2, size - 1):
+        copy = tmp_path / f"altered-{offset}.enc"
+        copy.write_bytes(archive.read_bytes())
+        _flip(copy, offset)
+        with pytest.raises(CommandError, match="refused"):
+            call_command("backup", "--verify", str(copy), verbosity=0)
+    truncated = tmp_path / "truncated.enc"
+    truncated.write_bytes(archive.read_bytes()[:-17])
+    with pytest.raises(CommandError, match="refused"):
+        call_command("backup", "--verify", str(truncated), verbosity=0)
+
+
+def test_a_missing_referenced_file_fails_the_backup(world, tmp_path):
+    finished, _ = world
+    default_storage.delete(finished.versions.get(version=1).weights_file)
+    with pytest.raises(CommandError, match="referenced by the database"):
+        call_command("backup", "--out", str(tmp_path / "full.tar"), verbosity=0)
+    assert not (tmp_path / "full.tar").exists() and not (tmp_path / "full.tar.partial").exists()
+
+
+def test_a_changed_referenced_file_fails_the_backup(world, tmp_path):
+    finished, _ = world
+    name = finished.versions.get(version=2).weights_file
+    default_storage.delete(name)
+    default_storage.save(name, __import__("io").BytesIO(b"not the weights"))
+    with pytest.raises(CommandError, match="does not match the SHA-256"):
+        call_command("backup", "--out", str(tmp_path / "full.tar"), verbosity=0)
