@@ -63,18 +63,19 @@ def live_payload(request, experiment: Experiment) -> dict:
             "sites": charts.site_comparison_figures([(s.site.name, s.local, s.global_) for s in sites]),
         },
         "html": html,
-        "done": _done(experiment, progress.finished, figures.values()),
+        "done": _done(experiment, progress.finished, figures.values(), viewer),
     })
 
 
-def _done(experiment: Experiment, finished: bool, figures) -> bool:
-    """Polling can stop once the experiment ended and every version's evaluations are
-    closed (their figures will not change again), or after a grace period."""
+def _done(experiment: Experiment, finished: bool, figures, viewer: policy.Viewer) -> bool:
+    """Polling can stop once the experiment ended and no figure the viewer may see will
+    change again (for a site: every version's mean published, so the flag itself never
+    tells when another site reported), or after a grace period."""
     if not finished:
         return False
     if experiment.finished_at and timezone.now() - experiment.finished_at > EVALUATION_GRACE:
         return True
-    return all(f.final for f in figures)
+    return all(f.final if viewer.is_coordinator else f.published for f in figures)
 
 
 def live_context(request, experiment: Experiment) -> dict:
