@@ -125,8 +125,11 @@ def _figures(
     now: datetime,
 ) -> VersionFigures:
     deadline = evaluation_deadline(version)
-    closed_at: dict[int, datetime] = {s: at for s, at in given_up.items()}
-    closed_at.update({s: at for s, at, _ in reported})  # a report wins over a give-up
+    # When each site stopped being awaited: its report, or its evaluation given up,
+    # whichever came first (a report after a give-up must not move the publication).
+    closed_at: dict[int, datetime] = dict(given_up)
+    for s, at, _ in reported:
+        closed_at[s] = min(closed_at.get(s, at), at)
     if expected and expected <= set(closed_at) and max(closed_at[s] for s in expected) <= deadline:
         publish_at = max(closed_at[s] for s in expected)
     elif now >= deadline:

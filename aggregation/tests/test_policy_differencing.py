@@ -153,3 +153,21 @@ def test_round_sums_are_shown_only_when_no_two_differ_by_one_site(quad):
         (LOCAL["ashgrove"]["loss"] * SAMPLES["ashgrove"] + LOCAL["brackenridge"]["loss"] * SAMPLES["brackenridge"])
         / (SAMPLES["ashgrove"] + SAMPLES["brackenridge"])
     )
+
+
+def test_a_site_given_up_closes_the_evaluations_and_its_late_report_moves_nothing(quad):
+    from aggregation.models import EvaluationAttempt
+    from aggregation.reasons import Reason
+
+    v1 = quad.versions[0]
+    for slug in ("brackenridge", "culverton", "ashgrove"):
+        evaluate(v1, slug, quad.sites)
+    before = snapshot(quad)
+
+    EvaluationAttempt.objects.create(version=v1, site=quad.sites["dunmore"], status=EvaluationAttempt.Status.FAILED,
+                                     attempts=3, error_code=Reason.EVALUATION_FAILED)
+    closed = snapshot(quad)
+    assert changed(before, closed) != [] and shown_to_a(quad, v1)["sites_reported"] == 3
+
+    evaluate(v1, "dunmore", quad.sites)
+    assert changed(closed, snapshot(quad)) == []
