@@ -46,3 +46,17 @@ def test_the_api_docs_say_it(personas):
     create = schema["paths"]["/api/v1/experiments/"]["post"]["description"]
     num_sites = schema["components"]["schemas"]["Experiment"]["properties"]["num_sites"]["description"]
     assert "feature means and" in create and "feature means and" in num_sites
+
+
+def test_an_agents_note_is_escaped_on_its_own_sites_pages(client, world):
+    from aggregation.models import ClientUpdate
+
+    note = '<img src=x onerror="alert(1)">'
+    ClientUpdate.objects.filter(site=world.site_a, status="failed").update(site_note=note)
+    client.force_login(world.alice)
+
+    home = client.get(reverse("site_home")).content.decode()
+    live = client.get(reverse("experiment_live", args=[world.only_a.pk])).json()["html"]["rounds"]
+
+    for text in (home, live):
+        assert note not in text and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
