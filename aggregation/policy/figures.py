@@ -112,7 +112,11 @@ def version_figures(
     out = {}
     for v in versions:
         out[v.pk] = _figures(
-            v, expected.get(v.experiment_id, set()), reported.get(v.pk, []), given_up.get(v.pk, {}), now
+            v,
+            expected.get(v.experiment_id, set()),
+            reported.get(v.pk, []),
+            given_up.get(v.pk, {}),
+            now,
         )
     return out
 
@@ -177,5 +181,7 @@ def round_metrics(viewer: Viewer, metrics: dict[str, Any], all_sites: set[str]) 
 
 
 def _own_rejection(viewer: Viewer, entry: dict[str, Any]) -> dict[str, str]:
-    why = reason(viewer, entry.get("code") or "", entry.get("reason") or "") or reason(viewer, "", "-")
+    why = reason(viewer, entry.get("code") or "", entry.get("reason") or "") or reason(
+        viewer, "", "-"
+    )
     return {"site": viewer.site_slug or "", "code": why["code"], "reason": why["text"]}

@@ -40,14 +40,20 @@ def participants(viewer: Viewer, experiment: Experiment) -> list[dict[str, Any]]
     """Every participant for the coordinator; a site sees its own participation only
     (also in a draft: who else is asked is the coordinator's business)."""
     rows = sorted(experiment.participants.all(), key=lambda p: p.site.slug)
-    return [{"site": p.site.slug, "dataset": p.dataset_id} for p in rows if viewer.sees_site(p.site_id)]
+    return [
+        {"site": p.site.slug, "dataset": p.dataset_id} for p in rows if viewer.sees_site(p.site_id)
+    ]
 
 
 def experiment(viewer: Viewer, obj: Experiment) -> dict[str, Any]:
     numbers = [r.number for r in obj.rounds.all()]
     why = ending(viewer, obj.failure_code, obj.failure_reason, obj.status)
     # A site learns how many sites take part once the experiment runs, never who.
-    count = None if obj.status == Experiment.Status.DRAFT and not viewer.is_coordinator else obj.participants.count()
+    count = (
+        None
+        if obj.status == Experiment.Status.DRAFT and not viewer.is_coordinator
+        else obj.participants.count()
+    )
     return {
         "id": obj.pk,
         "name": obj.name,
@@ -129,7 +135,9 @@ def version_metrics(viewer: Viewer, obj: ModelVersion, figures: VersionFigures) 
     return {"mean": figures.mean, "sites_reported": figures.sites, "final": figures.published}
 
 
-def version(viewer: Viewer, obj: ModelVersion, figures: VersionFigures | None = None) -> dict[str, Any]:
+def version(
+    viewer: Viewer, obj: ModelVersion, figures: VersionFigures | None = None
+) -> dict[str, Any]:
     if figures is None:
         figures = version_figures([obj])[obj.pk]
     return {
@@ -178,7 +186,9 @@ def log_event(
         shown = figures.get(event.get("version") or event.get("round"))
         out["mean"] = shown.mean if shown is not None and shown.published else {}
     if "reason" in event or "code" in event:
-        why = ending(viewer, event.get("code") or "", event.get("reason") or "", event.get("event") or "")
+        why = ending(
+            viewer, event.get("code") or "", event.get("reason") or "", event.get("event") or ""
+        )
         out["reason"] = why["text"] if why else ""
     return out
 
@@ -186,7 +196,9 @@ def log_event(
 def metrics_history(viewer: Viewer, obj: Experiment, evaluations) -> dict[str, Any]:
     """Per round: its figures and its version's mean, as ``viewer`` may see them.
     ``evaluations``: the viewer's scoped evaluations of this experiment."""
-    versions = {v.round_id: v for v in ModelVersion.objects.filter(experiment=obj).select_related("round")}
+    versions = {
+        v.round_id: v for v in ModelVersion.objects.filter(experiment=obj).select_related("round")
+    }
     figures = version_figures(versions.values())
     per_site: dict[int, dict[str, dict]] = {}
     for e in evaluations:

@@ -47,7 +47,14 @@ OWN_LEGACY_ERROR = "OSError: /srv/fedhealth/var/ashgrove/secret-mount"
 
 def metrics(figures: dict[str, float], n: float) -> dict[str, float]:
     acc = figures["accuracy"]
-    return {"accuracy": acc, "auroc": figures["auroc"], "f1": acc, "brier": 0.1111, "loss": figures["loss"], "n": n}
+    return {
+        "accuracy": acc,
+        "auroc": figures["auroc"],
+        "f1": acc,
+        "brier": 0.1111,
+        "loss": figures["loss"],
+        "n": n,
+    }
 
 
 @dataclass
@@ -73,8 +80,15 @@ class Trio:
             for figures in (LOCAL[slug], GLOBAL[slug]):
                 out += [str(v) for v in figures.values()]
                 out += [f"{figures['accuracy']:.3f}", f"{figures['auroc']:.3f}"]
-        out += [NOTES["brackenridge"], OUTLIER_DETAIL, "987.654", LEGACY_ERROR, "/srv/fedhealth",
-                reason_text(Reason.OUTLIER), reason_text(Reason.DATA_CHANGED)]
+        out += [
+            NOTES["brackenridge"],
+            OUTLIER_DETAIL,
+            "987.654",
+            LEGACY_ERROR,
+            "/srv/fedhealth",
+            reason_text(Reason.OUTLIER),
+            reason_text(Reason.DATA_CHANGED),
+        ]
         return out
 
 
@@ -99,7 +113,9 @@ def build_world(make_site, make_dataset, remote_dataset, make_experiment, *, slu
             datasets[slug] = remote_dataset(sites[slug], rows=160, seed=7)
         else:
             datasets[slug] = make_dataset(sites[slug], rows=ROWS[slug], seed=len(slug))
-    experiment = make_experiment(list(datasets.values()), name="Policy study", num_rounds=len(rounds))
+    experiment = make_experiment(
+        list(datasets.values()), name="Policy study", num_rounds=len(rounds)
+    )
     draft = make_experiment(list(datasets.values()), name="Policy draft", num_rounds=2)
     now = timezone.now()
     stats = [SufficientStats.from_dict(d.stats) for d in datasets.values()]
@@ -110,45 +126,96 @@ def build_world(make_site, make_dataset, remote_dataset, make_experiment, *, slu
     experiment.initial_weights = artifacts.initial_name(experiment)
     experiment.initial_sha256 = artifacts.save_weights(experiment.initial_weights, weights)
     experiment.save()
-    artifacts.write_log_event(experiment, {"event": "started", "round": 0, "at": now.isoformat(), "sites": sorted(slugs)})
+    artifacts.write_log_event(
+        experiment, {"event": "started", "round": 0, "at": now.isoformat(), "sites": sorted(slugs)}
+    )
     made_rounds, versions = [], []
     for number, outcome in enumerate(rounds, start=1):
         accepted = sorted(s for s, o in outcome.items() if o == "accepted")
-        rejected = [{"site": s, "code": Reason.OUTLIER, "reason": reason_text(Reason.OUTLIER, OUTLIER_DETAIL)}
-                    for s, o in sorted(outcome.items()) if o == "rejected"]
+        rejected = [
+            {
+                "site": s,
+                "code": Reason.OUTLIER,
+                "reason": reason_text(Reason.OUTLIER, OUTLIER_DETAIL),
+            }
+            for s, o in sorted(outcome.items())
+            if o == "rejected"
+        ]
         used = [SAMPLES[s] for s in accepted]
         round_metrics = {
-            "train_loss": sum(LOCAL[s]["loss"] * SAMPLES[s] for s in accepted) / sum(used) if used else None,
-            "num_samples": sum(used), "accepted": accepted, "rejected": rejected,
-            "kept_previous_model": not accepted, "duration_seconds": 12.5,
+            "train_loss": sum(LOCAL[s]["loss"] * SAMPLES[s] for s in accepted) / sum(used)
+            if used
+            else None,
+            "num_samples": sum(used),
+            "accepted": accepted,
+            "rejected": rejected,
+            "kept_previous_model": not accepted,
+            "duration_seconds": 12.5,
         }
-        round_ = Round.objects.create(experiment=experiment, number=number, status=Round.Status.COMPLETED,
-                                      deadline=now, completed_at=now, metrics=round_metrics)
+        round_ = Round.objects.create(
+            experiment=experiment,
+            number=number,
+            status=Round.Status.COMPLETED,
+            deadline=now,
+            completed_at=now,
+            metrics=round_metrics,
+        )
         for slug, o in outcome.items():
-            fields = {"status": ClientUpdate.Status.RECEIVED, "num_samples": SAMPLES[slug],
-                      "loss": LOCAL[slug]["loss"], "metrics": metrics(LOCAL[slug], SAMPLES[slug] / 3),
-                      "source": sites[slug].mode}
+            fields = {
+                "status": ClientUpdate.Status.RECEIVED,
+                "num_samples": SAMPLES[slug],
+                "loss": LOCAL[slug]["loss"],
+                "metrics": metrics(LOCAL[slug], SAMPLES[slug] / 3),
+                "source": sites[slug].mode,
+            }
             if o.startswith("failed:"):
                 code = o.split(":", 1)[1]
-                fields = {"status": ClientUpdate.Status.FAILED, "error_code": code, "error": reason_text(code)}
+                fields = {
+                    "status": ClientUpdate.Status.FAILED,
+                    "error_code": code,
+                    "error": reason_text(code),
+                }
             elif o == "note":
-                fields = {"status": ClientUpdate.Status.FAILED, "error_code": Reason.SITE_REPORTED,
-                          "error": reason_text(Reason.SITE_REPORTED), "site_note": NOTES[slug]}
+                fields = {
+                    "status": ClientUpdate.Status.FAILED,
+                    "error_code": Reason.SITE_REPORTED,
+                    "error": reason_text(Reason.SITE_REPORTED),
+                    "site_note": NOTES[slug],
+                }
             elif o == "legacy":
-                fields = {"status": ClientUpdate.Status.FAILED,
-                          "error": OWN_LEGACY_ERROR if slug == "ashgrove" else LEGACY_ERROR}
+                fields = {
+                    "status": ClientUpdate.Status.FAILED,
+                    "error": OWN_LEGACY_ERROR if slug == "ashgrove" else LEGACY_ERROR,
+                }
             ClientUpdate.objects.create(round=round_, site=sites[slug], **fields)
-        artifacts.write_log_event(experiment, {"event": "round_completed", "round": number, "at": now.isoformat(),
-                                               "version": number if accepted else None, **round_metrics})
+        artifacts.write_log_event(
+            experiment,
+            {
+                "event": "round_completed",
+                "round": number,
+                "at": now.isoformat(),
+                "version": number if accepted else None,
+                **round_metrics,
+            },
+        )
         made_rounds.append(round_)
         if accepted:
             name = artifacts.version_name(experiment, number)
-            versions.append(ModelVersion.objects.create(
-                experiment=experiment, version=number, round=round_, weights_file=name,
-                sha256=artifacts.save_weights(name, weights), normalizer=experiment.normalizer,
-                model_config=experiment.model_config.to_dict(), schema=experiment.schema,
-            ))
-    artifacts.write_log_event(experiment, {"event": "completed", "round": len(rounds), "at": now.isoformat()})
+            versions.append(
+                ModelVersion.objects.create(
+                    experiment=experiment,
+                    version=number,
+                    round=round_,
+                    weights_file=name,
+                    sha256=artifacts.save_weights(name, weights),
+                    normalizer=experiment.normalizer,
+                    model_config=experiment.model_config.to_dict(),
+                    schema=experiment.schema,
+                )
+            )
+    artifacts.write_log_event(
+        experiment, {"event": "completed", "round": len(rounds), "at": now.isoformat()}
+    )
     return Trio(sites, datasets, experiment, draft, made_rounds, versions)
 
 
@@ -156,9 +223,13 @@ def evaluate(version, slug: str, sites: dict) -> None:
     """Site ``slug`` reports its evaluation of ``version`` through the real service."""
     from aggregation.services import record_evaluation
 
-    curves = {"roc": {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.7, 1.0]},
-              "confusion": {"tn": 11, "fp": 3, "fn": 4, "tp": 29}}
-    assert record_evaluation(version.pk, sites[slug].pk, metrics(GLOBAL[slug], SAMPLES[slug] / 3), curves)
+    curves = {
+        "roc": {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.7, 1.0]},
+        "confusion": {"tn": 11, "fp": 3, "fn": 4, "tp": 29},
+    }
+    assert record_evaluation(
+        version.pk, sites[slug].pk, metrics(GLOBAL[slug], SAMPLES[slug] / 3), curves
+    )
 
 
 def time_passes(version, seconds: float) -> None:
@@ -167,9 +238,11 @@ def time_passes(version, seconds: float) -> None:
     from aggregation.models import EvaluationAttempt, ModelVersion, SiteEvaluation
 
     shift = timedelta(seconds=seconds)
-    for model, field_name, rows in ((ModelVersion, "created_at", ModelVersion.objects.filter(pk=version.pk)),
-                                    (SiteEvaluation, "created_at", SiteEvaluation.objects.filter(version=version)),
-                                    (EvaluationAttempt, "updated_at", EvaluationAttempt.objects.filter(version=version))):
+    for model, field_name, rows in (
+        (ModelVersion, "created_at", ModelVersion.objects.filter(pk=version.pk)),
+        (SiteEvaluation, "created_at", SiteEvaluation.objects.filter(version=version)),
+        (EvaluationAttempt, "updated_at", EvaluationAttempt.objects.filter(version=version)),
+    ):
         for pk, at in rows.values_list("pk", field_name):
             model.objects.filter(pk=pk).update(**{field_name: at - shift})
 

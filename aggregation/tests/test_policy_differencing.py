@@ -23,17 +23,30 @@ a_personas = policy_world.a_personas  # a fixture
 SLUGS = ["ashgrove", "brackenridge", "culverton", "dunmore"]
 ROUNDS = [
     {s: "accepted" for s in SLUGS},
-    {"ashgrove": "accepted", "brackenridge": "accepted", "culverton": "accepted", "dunmore": "failed:no_worker"},
-    {"ashgrove": "accepted", "brackenridge": "accepted", "culverton": "failed:training_failed",
-     "dunmore": "failed:no_worker"},
+    {
+        "ashgrove": "accepted",
+        "brackenridge": "accepted",
+        "culverton": "accepted",
+        "dunmore": "failed:no_worker",
+    },
+    {
+        "ashgrove": "accepted",
+        "brackenridge": "accepted",
+        "culverton": "failed:training_failed",
+        "dunmore": "failed:no_worker",
+    },
 ]
 # Per-request tokens in pages (CSRF, CSP nonces): not figures.
-VOLATILE = re.compile(r'(csrfmiddlewaretoken" value="|csrf-token" content="|nonce="|nonce-)[^"\' ;]+')
+VOLATILE = re.compile(
+    r'(csrfmiddlewaretoken" value="|csrf-token" content="|nonce="|nonce-)[^"\' ;]+'
+)
 
 
 @pytest.fixture
 def quad(make_site, make_dataset, remote_dataset, make_experiment, a_personas):
-    quad = build_world(make_site, make_dataset, remote_dataset, make_experiment, slugs=SLUGS, rounds=ROUNDS)
+    quad = build_world(
+        make_site, make_dataset, remote_dataset, make_experiment, slugs=SLUGS, rounds=ROUNDS
+    )
     a_personas(quad)
     return quad
 
@@ -41,18 +54,37 @@ def quad(make_site, make_dataset, remote_dataset, make_experiment, a_personas):
 def snapshot(quad) -> dict[str, str]:
     """Everything site A's member and agent token can read about the experiment."""
     e = quad.experiment.pk
-    api = [f"/api/v1/experiments/{e}/", f"/api/v1/experiments/{e}/metrics/", "/api/v1/experiments/",
-           "/api/v1/models/", f"/api/v1/rounds/?experiment={e}", f"/api/v1/updates/?experiment={e}",
-           *(f"/api/v1/models/{v.pk}/" for v in quad.versions), *(f"/api/v1/rounds/{r.pk}/" for r in quad.rounds)]
-    web = [reverse(name, args=[e]) for name in ("experiment_live", "experiment_detail", "model_list",
-                                                "experiment_export_json", "experiment_export_metrics",
-                                                "experiment_export_log")]
+    api = [
+        f"/api/v1/experiments/{e}/",
+        f"/api/v1/experiments/{e}/metrics/",
+        "/api/v1/experiments/",
+        "/api/v1/models/",
+        f"/api/v1/rounds/?experiment={e}",
+        f"/api/v1/updates/?experiment={e}",
+        *(f"/api/v1/models/{v.pk}/" for v in quad.versions),
+        *(f"/api/v1/rounds/{r.pk}/" for r in quad.rounds),
+    ]
+    web = [
+        reverse(name, args=[e])
+        for name in (
+            "experiment_live",
+            "experiment_detail",
+            "model_list",
+            "experiment_export_json",
+            "experiment_export_metrics",
+            "experiment_export_log",
+        )
+    ]
     web += [f"{reverse('model_list', args=[e])}?version={v.version}" for v in quad.versions]
     web += [reverse("predict"), reverse("site_home"), reverse("experiment_list")]
     member_web, member_api = quad.personas["member"]
     _, agent_api = quad.personas["agent"]
     out = {}
-    for who, client, urls in (("member", member_api, api), ("agent", agent_api, api), ("member", member_web, web)):
+    for who, client, urls in (
+        ("member", member_api, api),
+        ("agent", agent_api, api),
+        ("member", member_web, web),
+    ):
         for url in urls:
             response = client.get(url)
             assert response.status_code == 200, url
@@ -138,7 +170,10 @@ def test_round_sums_are_shown_only_when_no_two_differ_by_one_site(quad):
     round 2 minus round 1's would be dunmore's rows: only full rounds show a total, and
     only rounds with at least three sites show a training loss."""
     api = quad.personas["agent"][1]
-    seen = {r["number"]: r["metrics"] for r in api.get(f"/api/v1/rounds/?experiment={quad.experiment.pk}").json()["results"]}
+    seen = {
+        r["number"]: r["metrics"]
+        for r in api.get(f"/api/v1/rounds/?experiment={quad.experiment.pk}").json()["results"]
+    }
 
     assert seen[1]["num_samples"] == sum(SAMPLES.values()) and "train_loss" in seen[1]
     assert "num_samples" not in seen[2] and "train_loss" in seen[2]
@@ -147,10 +182,17 @@ def test_round_sums_are_shown_only_when_no_two_differ_by_one_site(quad):
     history = api.get(f"/api/v1/experiments/{quad.experiment.pk}/metrics/").json()["rounds"]
     assert [r["num_samples"] for r in history] == [sum(SAMPLES.values()), None, None]
     assert [r["train_loss"] is None for r in history] == [False, False, True]
-    coordinator = quad.personas["coordinator"][1].get(f"/api/v1/rounds/{quad.rounds[2].pk}/").json()["metrics"]
+    coordinator = (
+        quad.personas["coordinator"][1]
+        .get(f"/api/v1/rounds/{quad.rounds[2].pk}/")
+        .json()["metrics"]
+    )
     assert coordinator["num_samples"] == SAMPLES["ashgrove"] + SAMPLES["brackenridge"]
     assert coordinator["train_loss"] == pytest.approx(
-        (LOCAL["ashgrove"]["loss"] * SAMPLES["ashgrove"] + LOCAL["brackenridge"]["loss"] * SAMPLES["brackenridge"])
+        (
+            LOCAL["ashgrove"]["loss"] * SAMPLES["ashgrove"]
+            + LOCAL["brackenridge"]["loss"] * SAMPLES["brackenridge"]
+        )
         / (SAMPLES["ashgrove"] + SAMPLES["brackenridge"])
     )
 
@@ -164,8 +206,13 @@ def test_a_site_given_up_closes_the_evaluations_and_its_late_report_moves_nothin
         evaluate(v1, slug, quad.sites)
     before = snapshot(quad)
 
-    EvaluationAttempt.objects.create(version=v1, site=quad.sites["dunmore"], status=EvaluationAttempt.Status.FAILED,
-                                     attempts=3, error_code=Reason.EVALUATION_FAILED)
+    EvaluationAttempt.objects.create(
+        version=v1,
+        site=quad.sites["dunmore"],
+        status=EvaluationAttempt.Status.FAILED,
+        attempts=3,
+        error_code=Reason.EVALUATION_FAILED,
+    )
     closed = snapshot(quad)
     assert changed(before, closed) != [] and shown_to_a(quad, v1)["sites_reported"] == 3
 

@@ -53,7 +53,9 @@ NO_POST = {"logout"}
 
 @pytest.fixture
 def trio(make_site, make_dataset, remote_dataset, make_experiment, a_personas):
-    trio = build_world(make_site, make_dataset, remote_dataset, make_experiment, slugs=SLUGS, rounds=ROUNDS)
+    trio = build_world(
+        make_site, make_dataset, remote_dataset, make_experiment, slugs=SLUGS, rounds=ROUNDS
+    )
     v1, v2, v3, _ = trio.versions
     for version, slugs in ((v1, SLUGS), (v2, SLUGS), (v3, SLUGS[:2])):
         for slug in slugs:
@@ -72,17 +74,25 @@ def _running(trio, make_experiment):
 
     experiment = make_experiment(list(trio.datasets.values()), name="Policy live", num_rounds=2)
     Experiment.objects.filter(pk=experiment.pk).update(
-        status=Experiment.Status.RUNNING, normalizer=trio.experiment.normalizer,
-        initial_weights=trio.experiment.initial_weights, initial_sha256=trio.experiment.initial_sha256,
+        status=Experiment.Status.RUNNING,
+        normalizer=trio.experiment.normalizer,
+        initial_weights=trio.experiment.initial_weights,
+        initial_sha256=trio.experiment.initial_sha256,
     )
-    round_ = Round.objects.create(experiment=experiment, number=1, deadline=timezone.now() + timedelta(hours=1))
+    round_ = Round.objects.create(
+        experiment=experiment, number=1, deadline=timezone.now() + timedelta(hours=1)
+    )
     for site in trio.sites.values():
         update = ClientUpdate.objects.create(round=round_, site=site)
-        ClientUpdate.objects.filter(pk=update.pk).update(created_at=timezone.now() - timedelta(hours=1))
+        ClientUpdate.objects.filter(pk=update.pk).update(
+            created_at=timezone.now() - timedelta(hours=1)
+        )
     return experiment
 
 
-def url_patterns(patterns=None, prefix: str = "", namespace: str = "", groups: frozenset = frozenset()):
+def url_patterns(
+    patterns=None, prefix: str = "", namespace: str = "", groups: frozenset = frozenset()
+):
     """(route, name, keyword arguments) of every URL pattern, depth first."""
     for p in get_resolver().url_patterns if patterns is None else patterns:
         here = groups | frozenset(p.pattern.regex.groupindex)
@@ -102,12 +112,20 @@ def ids_for(trio) -> dict[str, list[int]]:
     datasets = [d.pk for d in trio.datasets.values()]
     return {
         # API (router basenames)
-        "agent-dataset-": datasets, "agent-round-": rounds, "agent-model-": versions,
-        "site-": [s.pk for s in trio.sites.values()], "dataset-": datasets, "experiment-": experiments,
-        "round-": rounds, "update-": list(ClientUpdate.objects.values_list("pk", flat=True)),
+        "agent-dataset-": datasets,
+        "agent-round-": rounds,
+        "agent-model-": versions,
+        "site-": [s.pk for s in trio.sites.values()],
+        "dataset-": datasets,
+        "experiment-": experiments,
+        "round-": rounds,
+        "update-": list(ClientUpdate.objects.values_list("pk", flat=True)),
         "modelversion-": versions,
         # pages
-        "experiment_": experiments, "model_list": experiments, "model_download": versions, "dataset_": datasets,
+        "experiment_": experiments,
+        "model_list": experiments,
+        "model_download": versions,
+        "dataset_": datasets,
     }
 
 
@@ -121,17 +139,24 @@ def walk_urls(trio) -> tuple[list[str], list[str]]:
         values = {k: ["json"] for k in kwargs if k == "format"}
         if "pk" in kwargs:
             prefix = max((p for p in ids if name.startswith(p)), key=len, default=None)
-            assert prefix is not None, f"URL {name} ({route}) takes an id: say in ids_for() which objects fill it"
+            assert prefix is not None, (
+                f"URL {name} ({route}) takes an id: say in ids_for() which objects fill it"
+            )
             values["pk"] = ids[prefix]
         unknown = set(kwargs) - set(values)
-        assert not unknown, f"URL {name} ({route}) takes {unknown}: say in walk_urls() how to fill them"
+        assert not unknown, (
+            f"URL {name} ({route}) takes {unknown}: say in walk_urls() how to fill them"
+        )
         combos = [{}]
         for key, options in values.items():
             combos = [c | {key: v} for c in combos for v in options]
         for combo in combos:
             url = reverse(name, kwargs=combo)
             (api if url.startswith("/api/") else web).append(url)
-    web += [f"{reverse('model_list', args=[trio.experiment.pk])}?version={v.version}" for v in trio.versions]
+    web += [
+        f"{reverse('model_list', args=[trio.experiment.pk])}?version={v.version}"
+        for v in trio.versions
+    ]
     web += [f"{reverse('predict')}?version={v.pk}" for v in trio.versions]
     return sorted(set(api)), sorted(set(web))
 
@@ -183,8 +208,12 @@ def test_no_response_to_site_a_holds_anything_of_other_sites(trio):
         requests = [(api_client, m, u) for u in api for m in ("GET", "POST")]
         if web_client is not None:
             name_of = {reverse(n): n for n in NO_POST}
-            requests += [(web_client, m, u) for u in web for m in ("GET", "POST")
-                         if not (m == "POST" and name_of.get(u) in NO_POST)]
+            requests += [
+                (web_client, m, u)
+                for u in web
+                for m in ("GET", "POST")
+                if not (m == "POST" and name_of.get(u) in NO_POST)
+            ]
         texts = []
         for client, method, url in requests:
             status, text = fetch(client, method, url)
@@ -195,7 +224,9 @@ def test_no_response_to_site_a_holds_anything_of_other_sites(trio):
                     document = json.loads(text)
                 except ValueError:
                     document = None
-                assert not foreign_sites(document, "ashgrove"), f"{persona}: {method} {url} names other sites"
+                assert not foreign_sites(document, "ashgrove"), (
+                    f"{persona}: {method} {url} names other sites"
+                )
             texts.append(text)
         seen[persona] = "\n".join(texts)
 
@@ -204,32 +235,53 @@ def test_no_response_to_site_a_holds_anything_of_other_sites(trio):
         assert NOTES["ashgrove"] in seen[persona], persona
         assert str(LOCAL["ashgrove"]["accuracy"]) in seen[persona], persona
     published = sum(GLOBAL[s]["accuracy"] for s in SLUGS) / 3
-    assert f"{published:.3f}" in seen["member"] and str(GLOBAL["ashgrove"]["auroc"]) in seen["member"]
+    assert (
+        f"{published:.3f}" in seen["member"] and str(GLOBAL["ashgrove"]["auroc"]) in seen["member"]
+    )
     assert reason_text(Reason.INTERNAL) in seen["member"]  # A's legacy failure, by its product text
 
 
 def test_the_coordinator_sees_every_sites_reasons_and_figures_but_no_note(trio):
     api, web = walk_urls(trio)
     web_client, api_client = trio.personas["coordinator"]
-    text = "\n".join(fetch(c, "GET", u)[1] for c, urls in ((api_client, api), (web_client, web)) for u in urls)
+    text = "\n".join(
+        fetch(c, "GET", u)[1] for c, urls in ((api_client, api), (web_client, web)) for u in urls
+    )
 
-    for expected in (NAMES["brackenridge"], NAMES["culverton"], "brackenridge", OUTLIER_DETAIL, LEGACY_ERROR,
-                     OWN_LEGACY_ERROR, reason_text(Reason.DATA_CHANGED), str(LOCAL["brackenridge"]["accuracy"]),
-                     str(GLOBAL["culverton"]["auroc"])):
+    for expected in (
+        NAMES["brackenridge"],
+        NAMES["culverton"],
+        "brackenridge",
+        OUTLIER_DETAIL,
+        LEGACY_ERROR,
+        OWN_LEGACY_ERROR,
+        reason_text(Reason.DATA_CHANGED),
+        str(LOCAL["brackenridge"]["accuracy"]),
+        str(GLOBAL["culverton"]["auroc"]),
+    ):
         assert found(expected, text), expected
     assert not [n for n in NOTES.values() if n in text]
     live = web_client.get(reverse("experiment_live", args=[trio.running.pk])).content.decode()
-    assert "No worker has taken" in live and NAMES["culverton"] in live  # the notice the walk checks for A
+    assert (
+        "No worker has taken" in live and NAMES["culverton"] in live
+    )  # the notice the walk checks for A
 
 
 def test_site_a_reads_its_own_reasons_and_note_by_code(trio):
     _, api_client = trio.personas["agent"]
-    updates = api_client.get("/api/v1/updates/", {"experiment": trio.experiment.pk}).json()["results"]
+    updates = api_client.get("/api/v1/updates/", {"experiment": trio.experiment.pk}).json()[
+        "results"
+    ]
     by_round = {u["round_number"]: u for u in updates}
 
     assert {u["site"] for u in updates} == {"ashgrove"}
-    assert by_round[2]["error_code"] == Reason.SITE_REPORTED and by_round[2]["site_note"] == NOTES["ashgrove"]
-    assert by_round[4]["error_code"] == Reason.INTERNAL and by_round[4]["error"] == reason_text(Reason.INTERNAL)
+    assert (
+        by_round[2]["error_code"] == Reason.SITE_REPORTED
+        and by_round[2]["site_note"] == NOTES["ashgrove"]
+    )
+    assert by_round[4]["error_code"] == Reason.INTERNAL and by_round[4]["error"] == reason_text(
+        Reason.INTERNAL
+    )
     round_2 = api_client.get(f"/api/v1/rounds/{trio.rounds[1].pk}/").json()["metrics"]
     assert round_2 == {"accepted": [], "rejected": [], "kept_previous_model": False}
 
@@ -240,7 +292,9 @@ def test_a_final_mean_of_two_sites_is_not_shown_to_a_site(trio):
     coordinator = trio.personas["coordinator"][1].get(f"/api/v1/models/{v3.pk}/").json()["metrics"]
 
     assert site == {"mean": {}, "sites_reported": 0, "final": False}
-    assert coordinator["final"] is True and coordinator["sites_reported"] == 2 and coordinator["mean"]
+    assert (
+        coordinator["final"] is True and coordinator["sites_reported"] == 2 and coordinator["mean"]
+    )
 
 
 def test_a_draft_shows_a_site_nothing_of_the_others(trio):
@@ -250,8 +304,12 @@ def test_a_draft_shows_a_site_nothing_of_the_others(trio):
 
     assert body["participants"] == [{"site": "ashgrove", "dataset": trio.datasets["ashgrove"].pk}]
     assert body["num_sites"] is None
-    coordinator = trio.personas["coordinator"][1].get(f"/api/v1/experiments/{trio.draft.pk}/").json()
-    assert {p["site"] for p in coordinator["participants"]} == set(SLUGS) and coordinator["num_sites"] == 3
+    coordinator = (
+        trio.personas["coordinator"][1].get(f"/api/v1/experiments/{trio.draft.pk}/").json()
+    )
+    assert {p["site"] for p in coordinator["participants"]} == set(SLUGS) and coordinator[
+        "num_sites"
+    ] == 3
 
 
 def test_the_admin_is_closed_to_every_site_persona(trio):
@@ -264,10 +322,22 @@ def test_the_walk_covers_every_endpoint_kind(trio):
     """A guard on the walk itself: it reaches the endpoints the issue names."""
     api, web = walk_urls(trio)
     e, r = trio.experiment.pk, trio.rounds[0].pk
-    for url in (f"/api/v1/experiments/{e}/", f"/api/v1/experiments/{e}/metrics/", f"/api/v1/rounds/{r}/",
-                f"/api/v1/agent/rounds/{r}/claim/", "/api/v1/agent/assignments/", "/api/v1/updates/"):
+    for url in (
+        f"/api/v1/experiments/{e}/",
+        f"/api/v1/experiments/{e}/metrics/",
+        f"/api/v1/rounds/{r}/",
+        f"/api/v1/agent/rounds/{r}/claim/",
+        "/api/v1/agent/assignments/",
+        "/api/v1/updates/",
+    ):
         assert url in api, url
-    for name in ("experiment_live", "experiment_export_json", "experiment_export_metrics", "experiment_export_log",
-                 "experiment_detail", "model_list"):
+    for name in (
+        "experiment_live",
+        "experiment_export_json",
+        "experiment_export_metrics",
+        "experiment_export_log",
+        "experiment_detail",
+        "model_list",
+    ):
         assert reverse(name, args=[e]) in web, name
     assert reverse("site_home") in web and reverse("predict") in web

@@ -24,13 +24,17 @@ def test_the_form_says_it_and_warns_when_fewer_than_three_sites_are_chosen(clien
     client.force_login(world.charlie)
 
     blank = client.get(reverse("experiment_create")).content.decode()
-    refused = client.post(reverse("experiment_create"), form_data(world, name=""))  # invalid: shown again
+    refused = client.post(
+        reverse("experiment_create"), form_data(world, name="")
+    )  # invalid: shown again
     saved = client.post(reverse("experiment_create"), form_data(world, name="Two sites"))
 
-    assert NOTICE in blank and "alert alert-warning\" data-few-sites" not in blank
+    assert NOTICE in blank and 'alert alert-warning" data-few-sites' not in blank
     assert 'alert alert-warning" data-few-sites' in refused.content.decode()
     assert Experiment.objects.filter(name="Two sites").exists()
-    assert saved.status_code == 302 and FEW_SITES_NOTICE in [str(m) for m in get_messages(saved.wsgi_request)]
+    assert saved.status_code == 302 and FEW_SITES_NOTICE in [
+        str(m) for m in get_messages(saved.wsgi_request)
+    ]
 
 
 def test_the_experiment_page_says_it_to_the_coordinator_and_to_the_sites(client, world):
@@ -44,7 +48,9 @@ def test_the_api_docs_say_it(personas):
     schema = personas["charlie"].get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
 
     create = schema["paths"]["/api/v1/experiments/"]["post"]["description"]
-    num_sites = schema["components"]["schemas"]["Experiment"]["properties"]["num_sites"]["description"]
+    num_sites = schema["components"]["schemas"]["Experiment"]["properties"]["num_sites"][
+        "description"
+    ]
     assert "feature means and" in create and "feature means and" in num_sites
 
 
