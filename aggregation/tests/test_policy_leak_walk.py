@@ -341,3 +341,22 @@ def test_the_walk_covers_every_endpoint_kind(trio):
     ):
         assert reverse(name, args=[e]) in web, name
     assert reverse("site_home") in web and reverse("predict") in web
+
+
+def test_each_representation_has_exactly_the_documented_fields(trio):
+    """The API serializers document what the policy returns (the OpenAPI schema is built
+    from their fields): a field added to one and not the other fails here."""
+    from aggregation.api import serializers as s
+
+    _, api_client = trio.personas["member"]
+    e, r, v = trio.experiment.pk, trio.rounds[0].pk, trio.versions[0].pk
+    u = api_client.get("/api/v1/updates/").json()["results"][0]["id"]
+    for serializer, url in (
+        (s.ExperimentSerializer, f"/api/v1/experiments/{e}/"),
+        (s.RoundSerializer, f"/api/v1/rounds/{r}/"),
+        (s.UpdateSerializer, f"/api/v1/updates/{u}/"),
+        (s.ModelVersionSerializer, f"/api/v1/models/{v}/"),
+    ):
+        for persona in ("member", "coordinator"):
+            body = trio.personas[persona][1].get(url).json()
+            assert set(body) == set(serializer().fields), (serializer.__name__, persona)
