@@ -188,6 +188,9 @@ FEDHEALTH_BACKUP_WARN_HOURS = env.float("FEDHEALTH_BACKUP_WARN_HOURS", default=2
 # Private folder for temporary files of a backup or restore (empty: beside the archive);
 # a decrypted archive holds patient rows, so never the system temp folder.
 FEDHEALTH_BACKUP_WORK_DIR = env.str("FEDHEALTH_BACKUP_WORK_DIR", default="")
+# A backup task's time limit in seconds (beyond the site-work limits: copying every file
+# of a large instance takes longer than training).
+FEDHEALTH_BACKUP_TIME_LIMIT = env.int("FEDHEALTH_BACKUP_TIME_LIMIT", default=6 * 3600)
 if FEDHEALTH_BACKUP_INTERVAL_HOURS <= 0 or FEDHEALTH_BACKUP_KEEP < 1:
     raise ImproperlyConfigured(
         "FEDHEALTH_BACKUP_INTERVAL_HOURS must be above 0 and FEDHEALTH_BACKUP_KEEP at least 1, not "
@@ -453,6 +456,14 @@ FEDHEALTH_SWEEP_SECONDS = env.float("FEDHEALTH_SWEEP_SECONDS", default=30.0)
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "aggregation.sweep", "schedule": FEDHEALTH_SWEEP_SECONDS},
 }
+if FEDHEALTH_BACKUP_DIR:
+    # Full backups (fedhealth/ops/scheduled.py) on the server queue. A run not started
+    # within one interval is dropped rather than stacked behind the next.
+    CELERY_BEAT_SCHEDULE["backup"] = {
+        "task": "fedhealth.backup",
+        "schedule": FEDHEALTH_BACKUP_INTERVAL_HOURS * 3600,
+        "options": {"queue": FEDHEALTH_SERVER_QUEUE, "expires": FEDHEALTH_BACKUP_INTERVAL_HOURS * 3600},
+    }
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
 # Publishing when the broker is unreachable (aggregation.dispatch): connecting and each
 # read give up after FEDHEALTH_BROKER_TIMEOUT seconds, and a publish is tried twice

@@ -4,6 +4,8 @@ truncated or keyless archives are refused before anything changes."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
@@ -69,7 +71,7 @@ def test_restore_refuses_a_non_empty_instance_unless_forced(world, tmp_path):
         call_command("restore", str(archive), verbosity=0)
 
     Experiment.objects.filter(name="finished").update(name="changed after the backup")
-    default_storage.save("updates/stray.bin", __import__("io").BytesIO(b"x"))
+    default_storage.save("updates/stray.bin", io.BytesIO(b"x"))
     call_command("restore", "--force", str(archive), verbosity=0)
     assert describe_rows() == rows
     assert not default_storage.exists("updates/stray.bin")
@@ -181,6 +183,6 @@ def test_a_changed_referenced_file_fails_the_backup(world, tmp_path):
     finished, _ = world
     name = finished.versions.get(version=2).weights_file
     default_storage.delete(name)
-    default_storage.save(name, __import__("io").BytesIO(b"not the weights"))
+    default_storage.save(name, io.BytesIO(b"not the weights"))
     with pytest.raises(CommandError, match="does not match the SHA-256"):
         call_command("backup", "--out", str(tmp_path / "full.tar"), verbosity=0)

@@ -11,6 +11,7 @@ from aggregation.services import health
 from aggregation.views.progress import experiment_progress
 from clients.models import Dataset, Membership
 from clients.permissions import visible_sites
+from fedhealth.ops.status import backup_is_stale, last_backup
 
 from .access import coordinator_required
 
@@ -40,5 +41,7 @@ def dashboard(request):
     # Running experiments whose sites' work no worker is taking (stopped, or cut off from the broker).
     running = [e for e, _ in experiments if e.status == "running"]
     worker_notices = health.worker_notices(running, sites, named=True)
+    backup = last_backup()
     return render(request, "clients/dashboard.html", {"sites": sites, "experiments": experiments, "totals": totals,
-                                                      "worker_notices": worker_notices})
+                                                      "worker_notices": worker_notices, "backup": backup,
+                                                      "backup_stale": backup_is_stale(backup)})
