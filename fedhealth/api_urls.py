@@ -5,10 +5,8 @@
 /api/docs/         Swagger UI, assets served locally (drf-spectacular-sidecar)
 """
 
-from csp.constants import SELF, UNSAFE_INLINE
-from csp.decorators import csp_replace
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from aggregation.api.agent import AgentModelViewSet, AgentRoundViewSet, AssignmentsView
@@ -37,12 +35,8 @@ urlpatterns = [
     path("v1/agent/assignments/", AssignmentsView.as_view(), name="agent-assignments"),
     path("v1/", include(router.urls)),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    # ReDoc adds unsigned <style> elements at run time and searches in a blob: worker:
-    # both allowed on this page only (scripts stay 'self' plus the nonce;
-    # templates/drf_spectacular/redoc.html). Its "powered by" logo from another host
-    # stays blocked.
-    path("redoc/", csp_replace({"style-src": [SELF, UNSAFE_INLINE], "worker-src": [SELF, "blob:"]})(
-        SpectacularRedocView.as_view(url_name="api-schema")), name="api-redoc"),
+    # One documentation page (Swagger UI, served from static/): ReDoc was dropped because
+    # it needs inline styles and links its "powered by" logo from another host.
     # Last: an unknown /api/ URL answers in the API's error format.
     re_path(r"^", not_found),
 ]

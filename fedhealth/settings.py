@@ -137,6 +137,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 
+# CACHES
+# ------------------------------------------------------------------------------
+# Throttles and the failed-authentication limit count in the cache. Several web
+# processes must share one count, or an address gets the limit once per process:
+# docker-compose points CACHE_URL at Redis. Unset: a per-process memory cache (one
+# process, e.g. `make run`).
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://fedhealth")}
+
 # STORAGE
 # ------------------------------------------------------------------------------
 # Datasets, model weights and experiment logs go through Django's storage API, so
@@ -148,12 +156,36 @@ STATIC_ROOT = env.str("STATIC_ROOT", default=str(BASE_DIR / "var" / "staticfiles
 STATICFILES_DIRS = [BASE_DIR / "static"]
 _storage_backend = env.str("STORAGE_BACKEND", default="filesystem")
 if _storage_backend == "s3":
+    # django-storages over boto3; credentials as boto3 reads them (AWS_ACCESS_KEY_ID and
+    # AWS_SECRET_ACCESS_KEY, or an instance role). A self-hosted S3 (MinIO, Ceph, Garage)
+    # needs AWS_S3_ENDPOINT_URL. Objects are private and encrypted at rest by the server
+    # (AWS_S3_SSE: AES256 by default, or aws:kms with AWS_S3_SSE_KMS_KEY_ID; "none" only
+    # for a server that cannot). Nothing links to the bucket: every download streams
+    # through the app's views after their permission checks, so querystring_auth (signed
+    # URLs) is never handed out.
+    _sse = env.str("AWS_S3_SSE", default="AES256")
+    if _sse not in ("AES256", "aws:kms", "none"):
+        raise ImproperlyConfigured(f"AWS_S3_SSE must be AES256, aws:kms or none, not {_sse!r}")
+    _object_parameters = {} if _sse == "none" else {"ServerSideEncryption": _sse}
+    if _sse == "aws:kms" and (_kms_key := env.str("AWS_S3_SSE_KMS_KEY_ID", default="")):
+        _object_parameters["SSEKMSKeyId"] = _kms_key
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME"),
-            "default_acl": "private",
+            # A key prefix inside the bucket (empty: the bucket's root); sites' CSVs are
+            # under <location>/datasets/<site>/.
+            "location": env.str("AWS_LOCATION", default=""),
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+            "default_acl": None,
             "querystring_auth": True,
+            "object_parameters": _object_parameters,
+            # Fixed names (versions, logs) are replaced through fedhealth.files, which
+            # checks the name it got; never overwrite silently.
+            "file_overwrite": False,
+            # Path-style addressing for self-hosted servers without wildcard DNS.
+            "addressing_style": env.str("AWS_S3_ADDRESSING_STYLE", default="") or None,
         },
     }
 elif _storage_backend == "filesystem":
