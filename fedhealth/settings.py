@@ -399,7 +399,7 @@ REST_FRAMEWORK = {
     # Tokens for programs (personal and site-agent tokens, stored hashed); the session
     # for the browser pages' own JSON calls (CSRF-checked by DRF).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "fedhealth.api.authentication.TokenAuthentication",
+        "clients.api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
