@@ -347,3 +347,23 @@ def test_pause_resume_and_cancel_need_no_broker(unreachable_broker, two_sites, m
         assert [m.level_tag for m in response.context["messages"]] == ["success"], action
         experiment.refresh_from_db()
         assert experiment.status == status
+
+
+def test_services_never_import_the_tasks():
+    """Services decide what is due and call aggregation.dispatch on commit; only
+    dispatch (lazily) and the tasks' own callers import aggregation.tasks."""
+    import ast
+    from pathlib import Path
+
+    services_dir = Path(services.__file__).parent
+    offenders = []
+    for path in sorted(services_dir.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = {a.name for a in node.names}
+                module = node.module or ""
+                if module.endswith("tasks") or (node.level >= 2 and not module and "tasks" in names):
+                    offenders.append(f"{path.name}:{node.lineno}")
+            elif isinstance(node, ast.Import) and any(a.name.endswith(".tasks") for a in node.names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
