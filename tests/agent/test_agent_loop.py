@@ -105,7 +105,9 @@ def test_an_agent_whose_csv_changed_reports_a_failure(
     changed.run_once()
 
     update = ClientUpdate.objects.get(round__experiment_id=experiment_id, site=site0)
-    assert update.status == "failed" and "no longer matches" in update.error
+    # The agent's words are its own site's note; the reason shown to others is the product's.
+    assert update.status == "failed" and update.error_code == "site_reported"
+    assert "no longer matches" in update.site_note and "no longer matches" not in update.error
 
 
 def test_the_manage_py_wrapper_runs_one_pass(live_server, agent_sites, agent_csv):
