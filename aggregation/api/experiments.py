@@ -17,7 +17,7 @@ from aggregation.services.creation import ExperimentInvalid, create_experiment
 from fedhealth.api.exceptions import Conflict
 from fedhealth.api.fields import finite
 from fedhealth.api.filters import Param
-from fedhealth.api.permissions import IsCoordinator
+from clients.api.permissions import IsCoordinator
 from fedhealth.api.schema import ErrorSerializer
 
 from .serializers import ExperimentCreateSerializer, ExperimentSerializer, MetricsHistorySerializer

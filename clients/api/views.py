@@ -22,7 +22,7 @@ from clients.services import (
 from fedhealth.api.exceptions import InvalidWithContext, field_error
 from fedhealth.api.filters import Param
 from fedhealth.api.parsers import JSONParser
-from fedhealth.api.permissions import IsSiteAgent, IsSiteMember
+from clients.api.permissions import IsSiteAgent, IsSiteMember
 from fedhealth.api.schema import ErrorSerializer
 from fedhealth.ml.validation import Policy
 

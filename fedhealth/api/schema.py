@@ -32,7 +32,7 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class TokenScheme(OpenApiAuthenticationExtension):
-    target_class = "fedhealth.api.authentication.TokenAuthentication"
+    target_class = "clients.api.authentication.TokenAuthentication"
     name = "tokenAuth"
 
     def get_security_definition(self, auto_schema) -> dict[str, Any]:
