@@ -24,8 +24,8 @@ from aggregation.services import UpdateRefused, fail_update, record_evaluation, 
 from aggregation.services.artifacts import global_weights_for
 from aggregation.services.rounds import OPEN_UPDATE, claim_update
 from aggregation.services.sitework import site_plan
-from fedhealth.api.exceptions import Conflict, PayloadTooLarge, field_error
 from clients.api.permissions import IsSiteAgent
+from fedhealth.api.exceptions import Conflict, PayloadTooLarge, field_error
 from fedhealth.api.schema import ErrorSerializer
 from fedhealth.ml.weights_io import (
     WeightsFormatError,

@@ -14,10 +14,10 @@ from aggregation import dispatch, policy, services
 from aggregation.models import Experiment
 from aggregation.permissions import visible_evaluations, visible_experiments
 from aggregation.services.creation import ExperimentInvalid, create_experiment
+from clients.api.permissions import IsCoordinator
 from fedhealth.api.exceptions import Conflict
 from fedhealth.api.fields import finite
 from fedhealth.api.filters import Param
-from clients.api.permissions import IsCoordinator
 from fedhealth.api.schema import ErrorSerializer
 
 from .serializers import ExperimentCreateSerializer, ExperimentSerializer, MetricsHistorySerializer

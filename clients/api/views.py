@@ -10,6 +10,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
+from clients.api.permissions import IsSiteAgent, IsSiteMember
 from clients.models import Dataset, Site
 from clients.permissions import site_of, visible_datasets, visible_sites
 from clients.services import (
@@ -22,7 +23,6 @@ from clients.services import (
 from fedhealth.api.exceptions import InvalidWithContext, field_error
 from fedhealth.api.filters import Param
 from fedhealth.api.parsers import JSONParser
-from clients.api.permissions import IsSiteAgent, IsSiteMember
 from fedhealth.api.schema import ErrorSerializer
 from fedhealth.ml.validation import Policy
 
