@@ -81,9 +81,9 @@ def train_site(self, update_id: int) -> str:
         return _retry_or_give_up(
             self, TRAIN_SITE, tries, exc, lambda: services.fail_update(update_id, Reason.ATTEMPTS_EXHAUSTED)
         )
-    except SiteDataError:
+    except SiteDataError as exc:
         log.exception("train_site(%s): the site's data cannot be used", update_id)
-        services.fail_update(update_id, Reason.DATA_UNUSABLE)
+        services.fail_update(update_id, exc.code)
         return "failed: site data"
     except Exception:
         log.exception("train_site(%s): permanent failure", update_id)
@@ -147,9 +147,9 @@ def evaluate_site(self, version_id: int, site_id: int) -> str:
         )
     except ObjectDoesNotExist:
         raise
-    except SiteDataError:
+    except SiteDataError as exc:  # missing, changed or invalid: DATA_UNUSABLE or DATA_CHANGED
         log.exception("evaluate_site(%s, %s): the site's data cannot be used", version_id, site_id)
-        failures.fail_evaluation(version_id, site_id, Reason.DATA_UNUSABLE)
+        failures.fail_evaluation(version_id, site_id, exc.code)
         return "failed: site data"
     except Exception:
         log.exception("evaluate_site(%s, %s): permanent failure", version_id, site_id)
