@@ -9,6 +9,7 @@ page may show to A. A test module imports ``a_personas`` from here and loads
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -17,6 +18,12 @@ from django.utils import timezone
 
 from aggregation.reasons import Reason
 from aggregation.reasons import text as reason_text
+
+# Per-request tokens in pages (CSRF, CSP nonces): neither figures nor names, and random
+# enough to hold a short number by chance.
+VOLATILE = re.compile(
+    r'(csrfmiddlewaretoken" value="|csrf-token" content="|nonce="|nonce-)[^"\' ;]+'
+)
 
 NAMES = {
     "ashgrove": "Ashgrove Hospital",

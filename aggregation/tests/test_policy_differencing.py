@@ -6,15 +6,22 @@ the one moment a version's final mean is published; a late report never moves it
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from django.urls import reverse
 
 from fedhealth.ml.metrics import mean_metrics
 
 from . import policy_world
-from .policy_world import GLOBAL, LOCAL, SAMPLES, build_world, evaluate, metrics, time_passes
+from .policy_world import (
+    GLOBAL,
+    LOCAL,
+    SAMPLES,
+    VOLATILE,
+    build_world,
+    evaluate,
+    metrics,
+    time_passes,
+)
 
 pytest_plugins = ["clients.tests.api_fixtures"]
 pytestmark = pytest.mark.django_db
@@ -36,10 +43,6 @@ ROUNDS = [
         "dunmore": "failed:no_worker",
     },
 ]
-# Per-request tokens in pages (CSRF, CSP nonces): not figures.
-VOLATILE = re.compile(
-    r'(csrfmiddlewaretoken" value="|csrf-token" content="|nonce="|nonce-)[^"\' ;]+'
-)
 
 
 @pytest.fixture
