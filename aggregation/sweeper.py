@@ -18,14 +18,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from clients.models import Site
 
 from . import dispatch, services
 from .budgets import AGGREGATE_ROUND, EVALUATE_SITE, TRAIN_SITE
-from .models import ClientUpdate, EvaluationAttempt, Experiment, ModelVersion, Round
+from .models import ClientUpdate, EvaluationAttempt, Experiment, ModelVersion, Round, SiteEvaluation
 from .reasons import Reason
 from .services import failures, health
 
@@ -79,9 +79,10 @@ def sweep(now: datetime | None = None) -> dict[str, int]:
             resend.append(update)
     counts["training"] += _each("re-sending training", dispatch.queue_training, resend)
 
+    evaluated = SiteEvaluation.objects.filter(version_id=OuterRef("version_id"), site_id=OuterRef("site_id"))
     exhausted = EvaluationAttempt.objects.filter(
         status=EvaluationAttempt.Status.PENDING, attempts__gte=EVALUATE_SITE.attempts, updated_at__lte=stale
-    ).values_list("version_id", "site_id")
+    ).exclude(Exists(evaluated)).values_list("version_id", "site_id")
     for version_id, site_id in exhausted:
         counts["given_up"] += bool(_each("giving up evaluation", failures.fail_evaluation, version_id, site_id,
                                          Reason.ATTEMPTS_EXHAUSTED))
