@@ -30,7 +30,9 @@ from .services.sitework import SiteDataError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SITE_WORK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
+# Every task below is idempotent (guarded in the database), so a message whose worker
+# died is redelivered rather than lost; ``bind`` gives the task its retry count.
+GUARDED = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
 
 
 def _unless_gone(work: Callable[..., T]) -> Callable[..., T | str]:
@@ -64,7 +66,7 @@ def _retry_or_give_up(task: Any, budget: Budget, tries: int, exc: BaseException,
 
 # -- local training at a site -----------------------------------------------------
 
-@shared_task(name="aggregation.train_site", max_retries=TRAIN_SITE.attempts - 1, **SITE_WORK)
+@shared_task(name="aggregation.train_site", max_retries=TRAIN_SITE.attempts - 1, **GUARDED)
 @_unless_gone
 def train_site(self, update_id: int) -> str:
     try:
@@ -100,7 +102,7 @@ def _update_tries(update_id: int) -> int:
 
 # -- aggregation on the server ----------------------------------------------------
 
-@shared_task(name="aggregation.aggregate_round", max_retries=AGGREGATE_ROUND.attempts - 1, **SITE_WORK)
+@shared_task(name="aggregation.aggregate_round", max_retries=AGGREGATE_ROUND.attempts - 1, **GUARDED)
 @_unless_gone
 def aggregate_round(self, round_id: int) -> int | str | None:
     tries = failures.begin_aggregation(round_id)
@@ -129,7 +131,7 @@ def aggregate_round(self, round_id: int) -> int | str | None:
 
 # -- federated evaluation at each site ----------------------------------------------
 
-@shared_task(name="aggregation.evaluate_site", max_retries=EVALUATE_SITE.attempts - 1, **SITE_WORK)
+@shared_task(name="aggregation.evaluate_site", max_retries=EVALUATE_SITE.attempts - 1, **GUARDED)
 @_unless_gone
 def evaluate_site(self, version_id: int, site_id: int) -> str:
     tries = failures.begin_evaluation(version_id, site_id)

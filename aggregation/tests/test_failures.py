@@ -125,6 +125,28 @@ def test_a_slow_aggregation_is_not_resent_while_its_try_is_recent(two_sites, mak
     assert sweeper.sweep()["aggregations"] == 1
 
 
+@pytest.mark.django_db
+def test_training_with_a_transient_failure_is_given_up_after_its_budget(two_sites, make_experiment, monkeypatch):
+    from aggregation.budgets import TRAIN_SITE
+    from aggregation.services.rounds import claim_update
+
+    experiment = make_experiment(two_sites, num_rounds=1, min_sites=1)
+    services.start_experiment(experiment.pk)
+    update = ClientUpdate.objects.filter(round__experiment=experiment).first()
+
+    def claimed_then_database_gone(update_id):  # claims (counts a try), then the database drops
+        claim_update(update_id)
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(services, "train_hosted_update", claimed_then_database_gone)
+    tasks.train_site.apply(args=[update.pk])
+
+    update.refresh_from_db()
+    assert update.attempts == TRAIN_SITE.attempts
+    assert (update.status, update.error_code) == ("failed", Reason.ATTEMPTS_EXHAUSTED)
+    assert update.error == reason_text(Reason.ATTEMPTS_EXHAUSTED)
+
+
 # -- evaluation -------------------------------------------------------------------------
 
 @pytest.fixture
