@@ -220,6 +220,8 @@ FEDHEALTH_BACKUP_WARN_HOURS = env.float("FEDHEALTH_BACKUP_WARN_HOURS", default=2
 # Private folder for temporary files of a backup or restore (empty: beside the archive);
 # a decrypted archive holds patient rows, so never the system temp folder.
 FEDHEALTH_BACKUP_WORK_DIR = env.str("FEDHEALTH_BACKUP_WORK_DIR", default="")
+# /readyz waits at most this many seconds for the storage to answer (fedhealth/ops/ready.py).
+FEDHEALTH_READYZ_TIMEOUT = env.float("FEDHEALTH_READYZ_TIMEOUT", default=3.0)
 # A backup task's time limit in seconds (beyond the site-work limits: copying every file
 # of a large instance takes longer than training).
 FEDHEALTH_BACKUP_TIME_LIMIT = env.int("FEDHEALTH_BACKUP_TIME_LIMIT", default=6 * 3600)
@@ -294,7 +296,7 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     # Container health checks call /healthz over plain HTTP inside the host.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     # HSTS (sent on HTTPS responses only): a year, subdomains included.
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)

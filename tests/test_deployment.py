@@ -34,6 +34,18 @@ def test_compose_has_the_whole_stack_with_healthchecks(compose):
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_compose_health_checks_use_readyz(compose):
+    from django.urls import resolve
+
+    web = compose["services"]["web"]["healthcheck"]["test"]
+    url = re.search(r"urlopen\('http://127\.0\.0\.1:8000(/\w+)'", " ".join(web)).group(1)
+    assert url == "/readyz" and resolve(url).url_name == "readyz"
+    assert resolve("/healthz").url_name == "healthz"
+    # Workers and beat start once web is ready, i.e. after its migrations ran.
+    for name in ("worker", "beat"):
+        assert compose["services"][name]["depends_on"]["web"]["condition"] == "service_healthy"
+
+
 def test_compose_commands_resolve(compose):
     services = compose["services"]
     web = services["web"]["command"]

@@ -6,18 +6,8 @@ a site's CSV is never reachable through another site's session or token."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import boto3
 import pytest
-import requests
-from django.conf import settings as django_settings
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.urls import reverse
@@ -26,84 +16,31 @@ from rest_framework.test import APIClient
 from aggregation import services
 from aggregation.models import Experiment
 from clients.models import ApiToken
+from tests.s3_support import BUCKET, CREDENTIALS, moto_server, s3_storage_setting
 
 from .backup_world import describe_files, describe_rows, wipe
-
-BUCKET = "fedhealth-test"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "eu-west-1",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3_server():
-    """moto's S3 server in its own process on a free loopback port, stopped at the end."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                requests.get(url, timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("moto_server did not start")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with moto_server() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
-def s3_storage_setting(s3_server):
-    """STORAGES["default"] exactly as fedhealth/settings.py builds it for S3."""
-    env = (
-        os.environ
-        | CREDENTIALS
-        | {
-            "DJANGO_SETTINGS_MODULE": "fedhealth.settings_test",
-            "STORAGE_BACKEND": "s3",
-            "AWS_STORAGE_BUCKET_NAME": BUCKET,
-            "AWS_S3_ENDPOINT_URL": s3_server,
-            "AWS_S3_REGION_NAME": "eu-west-1",
-            "AWS_S3_ADDRESSING_STYLE": "path",
-        }
-    )
-    code = "import django, json; django.setup(); from django.conf import settings; print(json.dumps(settings.STORAGES['default']))"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=django_settings.BASE_DIR,
-    )
-    return json.loads(out.stdout)
+def s3_storage(s3_server):
+    return s3_storage_setting(s3_server)
 
 
 @pytest.fixture
-def s3(s3_server, s3_storage_setting, settings, monkeypatch):
+def s3(s3_server, s3_storage, settings, monkeypatch):
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     client = boto3.client("s3", endpoint_url=s3_server, region_name="eu-west-1")
     client.create_bucket(
         Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
     )
-    settings.STORAGES = {**settings.STORAGES, "default": s3_storage_setting}
+    settings.STORAGES = {**settings.STORAGES, "default": s3_storage}
     yield client
     for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
         client.delete_object(Bucket=BUCKET, Key=obj["Key"])
@@ -114,9 +51,9 @@ def _keys(client) -> list[str]:
     return sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", []))
 
 
-def test_settings_turn_on_server_side_encryption_and_no_public_acl(s3_storage_setting, s3_server):
-    options = s3_storage_setting["OPTIONS"]
-    assert s3_storage_setting["BACKEND"] == "storages.backends.s3.S3Storage"
+def test_settings_turn_on_server_side_encryption_and_no_public_acl(s3_storage, s3_server):
+    options = s3_storage["OPTIONS"]
+    assert s3_storage["BACKEND"] == "storages.backends.s3.S3Storage"
     assert options["object_parameters"] == {"ServerSideEncryption": "AES256"}
     assert options["default_acl"] is None and options["endpoint_url"] == s3_server
 
