@@ -82,6 +82,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a request id for the logs and X-Request-ID, request metrics (fedhealth/ops).
+    "fedhealth.ops.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -468,15 +470,33 @@ SPECTACULAR_SETTINGS = {
 
 # LOGGING
 # ------------------------------------------------------------------------------
+# LOG_FORMAT=json (the default outside DEBUG): one JSON line per event with the request
+# id or Celery task id (fedhealth/ops/logs.py), for a log collector; plain for a terminal.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "fedhealth.ops.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "fedhealth.ops.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # axes logs its start-up banner at INFO in every process, commands included.
     "loggers": {"axes": {"level": "WARNING"}},
 }
+
+# Celery workers log through LOGGING above rather than their own root-logger setup, so
+# task lines are JSON with their task id too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
+
+# METRICS (/metrics, fedhealth/ops/metrics.py)
+# ------------------------------------------------------------------------------
+# Prometheus scrapes with this bearer token; without one /metrics is off (404).
+FEDHEALTH_METRICS_TOKEN = env.str("FEDHEALTH_METRICS_TOKEN", default="")
 
 # FEDHEALTH ORCHESTRATION
 # ------------------------------------------------------------------------------

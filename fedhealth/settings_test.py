@@ -7,6 +7,9 @@ os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production-012
 # A developer's .env (written by `make run`, DEBUG=1) must not change what the suite
 # tests; child processes started by tests inherit this too.
 os.environ.setdefault("ENV_FILE", "")
+# Readable log lines in test output (production defaults to JSON lines; tests of the
+# JSON format set LOG_FORMAT=json in their own processes). Children inherit it.
+os.environ.setdefault("LOG_FORMAT", "plain")
 
 from .settings import *  # noqa: E402,F403
 
