@@ -19,6 +19,8 @@ from sklearn.model_selection import train_test_split
 
 from .metrics import mean_metrics
 from .model import ModelConfig, init_weights
+from .secagg import RoundContext
+from .secagg.federated import SecureOptions, incompatibility, secure_aggregate
 from .stats import Normalizer, compute_stats, merge_stats
 from .strategies import get_strategy
 from .training import TrainConfig, evaluate, train_local
@@ -81,6 +83,7 @@ class RoundRecord:
     train_loss: float
     accepted: list[str]
     rejected: list[dict[str, str]]
+    refused: str | None = None  # why no new model this round (the previous one stays)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,10 +118,21 @@ def run_federated(
     config: FederatedConfig,
     *,
     on_round: Callable[[RoundRecord], None] | None = None,
+    secure: SecureOptions | None = None,
 ) -> tuple[Weights, Normalizer, list[RoundRecord]]:
-    """Run ``config.rounds`` rounds with every site; return final weights, normaliser, history."""
+    """Run ``config.rounds`` rounds with every site; return final weights, normaliser, history.
+
+    ``secure``: aggregate each round with secure aggregation (``fedhealth.ml.secagg``), the
+    same protocol the platform runs, with simulated dropouts; a round below the threshold
+    keeps the previous global model (``RoundRecord.refused`` says why).
+    """
     if not sites:
         raise ValueError("a federated experiment needs at least one site")
+    if secure is not None:
+        reason = incompatibility(get_strategy(config.strategy, **config.strategy_params))
+        if reason is not None:
+            raise ValueError(reason)
+        secure.threshold_for(len(sites))
     normalizer = global_normalizer(sites)
     train_sets = [(s, normalizer.transform(s.X_train)) for s in sites]
     strategy = get_strategy(config.strategy, **config.strategy_params)
@@ -137,7 +151,11 @@ def run_federated(
             )
             result = train_local(config.model, weights, X, site.y_train, plan.train)
             updates.append(Update(result.weights, result.num_samples, site.name, result.metrics | {"loss": result.loss}))
-        outcome = strategy.aggregate(weights, updates)
+        if secure is None:
+            outcome = strategy.aggregate(weights, updates)
+        else:
+            ctx = RoundContext(f"simulate-{config.seed}", r)
+            outcome, _ = secure_aggregate(strategy, weights, updates, secure, ctx, seed=config.seed)
         if outcome.weights is not None:
             weights = outcome.weights
         evaluation = evaluate_sites(config.model, weights, normalizer, sites)["mean"]
@@ -150,6 +168,7 @@ def run_federated(
             train_loss=float(sum(u.metrics["loss"] * u.num_samples for u in updates) / total),
             accepted=list(outcome.accepted),
             rejected=[{"site": x.site, "reason": x.reason} for x in outcome.rejected],
+            refused=outcome.refused,
         )
         history.append(record)
         if on_round is not None:

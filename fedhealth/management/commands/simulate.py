@@ -24,7 +24,8 @@ from fedhealth.ml.federation import (
 from fedhealth.ml.metrics import json_safe
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
-from fedhealth.ml.strategies import STRATEGIES
+from fedhealth.ml.secagg.federated import SecureOptions, incompatibility
+from fedhealth.ml.strategies import STRATEGIES, get_strategy
 from fedhealth.ml.synthetic import generate_sites
 from fedhealth.ml.training import TrainConfig, evaluate
 from fedhealth.ml.validation import Dataset, Policy, validate_csv, validate_frame
@@ -81,6 +82,15 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-baselines", action="store_true", help="skip centralized and local-only runs")
         parser.add_argument("--json", dest="json_path", help="write results as JSON to this path")
+        parser.add_argument("--secure-aggregation", action="store_true",
+                            help="aggregate with secure aggregation (Bonawitz et al. 2017): the server "
+                                 "sees only the sum; FedAvg, FedProx and the FedOpt strategies only")
+        parser.add_argument("--secagg-threshold", type=int, metavar="K",
+                            help="sites needed to unmask a round (default: a majority, at least 2)")
+        parser.add_argument("--secagg-dropout", type=float, default=0.0, metavar="F",
+                            help="probability that a site drops after sharing keys, each round (simulated)")
+        parser.add_argument("--secagg-degree", type=int, metavar="D",
+                            help="SecAgg+: each site masks with D neighbours (even) instead of every site")
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads (default 1: this small model trains fastest single-threaded)")
 
@@ -91,6 +101,7 @@ class Command(BaseCommand):
         schema = self._schema(opts["features"], opts["label"])
         sites = self._load_sites(schema, opts)
         config = self._config(schema, opts)
+        secure = self._secure(opts, config, len(sites))
 
         bar = tqdm(total=config.rounds, desc="rounds", unit="round", disable=opts["verbosity"] == 0)
         self.stdout.write(f"{'round':>5}  {'loss':>8}  {'accuracy':>8}  {'auroc':>8}  sites")
@@ -101,18 +112,21 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{rec.round:>5}  {rec.loss:>8.4f}  {rec.accuracy:>8.4f}  {rec.auroc:>8.4f}  {len(rec.accepted)}"
                 + (f"  rejected: {rec.rejected}" if rec.rejected else "")
+                + (f"  no new model: {rec.refused}" if rec.refused else "")
             )
             bar.refresh()
 
         try:
-            weights, normalizer, history = run_federated(sites, config, on_round=on_round)
+            weights, normalizer, history = run_federated(sites, config, on_round=on_round, secure=secure)
         finally:
             bar.close()
         result: dict[str, Any] = {
-            "config": config.to_dict() | {"sites": [s.name for s in sites], "schema": schema.to_dict()},
+            "config": config.to_dict() | {"sites": [s.name for s in sites], "schema": schema.to_dict()}
+            | {"secure_aggregation": None if secure is None else secure.to_dict()},
             "history": [
                 {"round": h.round, "loss": h.loss, "accuracy": h.accuracy, "auroc": h.auroc,
-                 "train_loss": h.train_loss, "rejected": h.rejected}
+                 "train_loss": h.train_loss, "rejected": h.rejected, "accepted": h.accepted,
+                 "refused": h.refused}
                 for h in history
             ],
             "federated": evaluate_sites(config.model, weights, normalizer, sites),
@@ -166,6 +180,25 @@ class Command(BaseCommand):
             rounds=opts["rounds"], strategy=opts["strategy"], strategy_params=params,
             model=model, train=train, seed=opts["seed"],
         )
+
+    def _secure(self, opts: dict[str, Any], config: FederatedConfig, n_sites: int) -> SecureOptions | None:
+        secagg = {k: opts[k] for k in ("secagg_threshold", "secagg_degree") if opts[k] is not None}
+        if opts["secagg_dropout"]:
+            secagg["secagg_dropout"] = opts["secagg_dropout"]
+        if not opts["secure_aggregation"]:
+            if secagg:
+                raise CommandError(f"--{next(iter(secagg)).replace('_', '-')} needs --secure-aggregation")
+            return None
+        try:
+            secure = SecureOptions(threshold=opts["secagg_threshold"], dropout=opts["secagg_dropout"],
+                                   degree=opts["secagg_degree"])
+            secure.threshold_for(n_sites)
+        except ValueError as exc:
+            raise CommandError(f"--secure-aggregation: {exc}") from None
+        reason = incompatibility(get_strategy(config.strategy, **config.strategy_params))
+        if reason is not None:
+            raise CommandError(f"--secure-aggregation: {reason}")
+        return secure
 
     def _load_sites(self, schema: Schema, opts: dict[str, Any]) -> list[SiteSplit]:
         if not 0 < opts["test_fraction"] < 1:

@@ -13,6 +13,12 @@ import hashlib
 from collections.abc import Sequence
 
 
+def check_degree(degree: int | None) -> None:
+    """ValueError unless ``degree`` is None (everyone) or even and >= 2."""
+    if degree is not None and (degree < 2 or degree % 2):
+        raise ValueError(f"a sparse neighbour degree must be even and >= 2, got {degree}")
+
+
 def neighbours(
     sites: Sequence[str], degree: int | None, randomness: bytes
 ) -> dict[str, frozenset[str]]:
@@ -24,8 +30,7 @@ def neighbours(
     if degree is None or degree >= n - 1:
         everyone = frozenset(sites)
         return {s: everyone - {s} for s in sites}
-    if degree < 2 or degree % 2:
-        raise ValueError(f"a sparse neighbour degree must be even and >= 2, got {degree}")
+    check_degree(degree)
     ring = sorted(sites, key=lambda s: hashlib.sha256(randomness + s.encode()).digest())
     half = degree // 2
     out: dict[str, frozenset[str]] = {}

@@ -19,6 +19,7 @@ from fedhealth.ml.types import Weights
 
 from . import shamir
 from .errors import BelowThreshold, ProtocolViolation
+from .graph import check_degree
 from .keys import RoundContext, mask_seed, private_from_bytes, public_bytes, public_from_bytes
 from .masking import QuantSpec, apply_mask, dequantise, vector_length
 from .messages import (
@@ -48,6 +49,7 @@ def default_threshold(n_sites: int) -> int:
 
 def check_threshold(threshold: int, n_sites: int, degree: int | None) -> None:
     """ValueError unless a majority of each site's shareholders <= threshold <= their number."""
+    check_degree(degree)
     holders = n_sites if degree is None or degree >= n_sites - 1 else degree + 1
     low = max(2, holders // 2 + 1)
     if not low <= threshold <= holders:
