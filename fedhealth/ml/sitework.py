@@ -22,6 +22,7 @@ import numpy as np
 from .federation import SiteSplit, round_seed
 from .metrics import calibration_points, compute_metrics, confusion, roc_points
 from .model import ModelConfig
+from .privacy import PrivacySettings, RoundSpend, plan_round_spend, train_local_dp
 from .stats import Normalizer
 from .strategies import Strategy
 from .training import TrainConfig, TrainResult, predict_proba, train_local
@@ -42,6 +43,8 @@ class SitePlan:
         test_fraction: the share of the site's rows held out for evaluation.
         split_seed: the seed of the held-out split (the experiment's seed: stable across
             rounds, so held-out rows are never trained on).
+        privacy: record-level DP requested for the experiment (``None``: off). A request:
+            the site derives its own noise from it and its own rows (``privacy_spend``).
     """
 
     round: int
@@ -51,9 +54,10 @@ class SitePlan:
     normalizer: Normalizer
     test_fraction: float
     split_seed: int
+    privacy: PrivacySettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "round": self.round,
             "site": self.site,
             "model_config": self.model.to_dict(),
@@ -61,6 +65,9 @@ class SitePlan:
             "normalizer": self.normalizer.to_dict(),
             "split": {"test_fraction": self.test_fraction, "seed": self.split_seed},
         }
+        if self.privacy is not None:  # absent without DP: plans read by older agents stay valid
+            data["privacy"] = self.privacy.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SitePlan:
@@ -72,6 +79,9 @@ class SitePlan:
             normalizer=Normalizer.from_dict(data["normalizer"]),
             test_fraction=float(data["split"]["test_fraction"]),
             split_seed=int(data["split"]["seed"]),
+            privacy=(
+                PrivacySettings.from_dict(data["privacy"]) if data.get("privacy") is not None else None
+            ),
         )
 
 
@@ -85,6 +95,7 @@ def plan_site_round(
     strategy: Strategy,
     normalizer: Normalizer,
     test_fraction: float,
+    privacy: PrivacySettings | None = None,
 ) -> SitePlan:
     """The plan for ``site`` in round ``round_number`` (1-based).
 
@@ -102,15 +113,58 @@ def plan_site_round(
         normalizer=normalizer,
         test_fraction=test_fraction,
         split_seed=experiment_seed,
+        privacy=privacy,
     )
 
 
-def train_at_site(plan: SitePlan, global_weights: Weights, split: SiteSplit) -> TrainResult:
+def privacy_spend(plan: SitePlan, split: SiteSplit) -> RoundSpend | None:
+    """What training this plan will spend at this site (``None`` without DP), before training.
+
+    Derived from the plan's request and the site's own training rows; a site checks it
+    against its budget and records it in its ledger before it trains. Raises ValueError
+    on settings this site cannot meet (e.g. a delta not below 1/rows).
+    """
+    if plan.privacy is None:
+        return None
+    return plan_round_spend(
+        plan.privacy,
+        round_number=plan.round,
+        rows=len(split.y_train),
+        epochs=plan.train.epochs,
+        batch_size=plan.train.batch_size,
+    )
+
+
+def train_at_site(
+    plan: SitePlan,
+    global_weights: Weights,
+    split: SiteSplit,
+    *,
+    spend: RoundSpend | None = None,
+    secret_seed: int | None = None,
+) -> TrainResult:
     """Train from ``global_weights`` on the split's training rows (raw; normalised here).
 
     ``TrainResult.metrics`` are the local model's figures on the held-out rows, from the
-    same call. Raises ValueError when the rows or weights do not fit the plan.
+    same call. With ``plan.privacy`` the training is DP-SGD with ``spend``'s noise
+    (``privacy_spend(plan, split)`` when not given; pass the one recorded in the ledger)
+    and a sampling/noise seed drawn at the site (``secret_seed`` only in tests).
+    Raises ValueError when the rows or weights do not fit the plan.
     """
+    if plan.privacy is not None:
+        spend = spend or privacy_spend(plan, split)
+        assert spend is not None
+        return train_local_dp(
+            plan.model,
+            global_weights,
+            plan.normalizer.transform(split.X_train),
+            split.y_train,
+            plan.train,
+            noise_multiplier=spend.noise_multiplier,
+            clip_norm=spend.clip_norm,
+            secret_seed=secret_seed,
+            evaluate_on=(plan.normalizer.transform(split.X_test), split.y_test),
+        )
     return train_local(
         plan.model,
         global_weights,

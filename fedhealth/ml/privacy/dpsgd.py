@@ -1,0 +1,183 @@
+"""DP-SGD local training: ``train_local`` with Poisson sampling, per-row clipping and noise.
+
+The optimiser is the same Adam as ``train_local`` (same learning-rate schedule, weight
+decay and FedProx term), fed with privatised gradients: Opacus's ``GradSampleModule``
+computes each sampled row's gradient, its ``DPOptimizer`` clips each to ``clip_norm``,
+adds ``N(0, (noise_multiplier * clip_norm)^2)`` to their sum and divides by the expected
+batch size. Adam, weight decay and the FedProx pull act on that noisy gradient only, so
+they are post-processing and cost no privacy.
+
+Secrecy of the randomness: the row sampling and the noise come from a generator seeded
+with ``secret_seed``, which a site draws from the operating system (``secrets``) unless a
+test passes one. It must never be the plan's round seed: the server knows that seed and
+could otherwise replay the sampling and subtract the noise.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from collections.abc import Callable
+
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+
+from fedhealth.ml.model import ModelConfig, build_model, get_weights, set_weights
+from fedhealth.ml.training import (
+    TrainConfig,
+    TrainResult,
+    _evaluate_model,
+    _features,
+    _labels,
+    _learning_rates,
+)
+from fedhealth.ml.types import Weights
+
+from .accounting import sample_rate, steps_per_round
+
+__all__ = ["dp_optimizer", "poisson_batches", "private_gradients", "train_local_dp"]
+
+
+def poisson_batches(n: int, q: float, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Row indices of each step: every row joins each batch independently with prob. ``q``.
+
+    This is the sampling the RDP accountant's subsampled Gaussian assumes; batch sizes vary
+    and may be 0 (such a step still adds noise).
+    """
+    return [torch.nonzero(torch.rand(n, generator=generator) < q).squeeze(1) for _ in range(steps)]
+
+
+def dp_optimizer(
+    optimizer: torch.optim.Optimizer,
+    noise_multiplier: float,
+    clip_norm: float,
+    expected_batch: float,
+    generator: torch.Generator,
+) -> DPOptimizer:
+    """Opacus's ``DPOptimizer`` around ``optimizer``: clip, noise from ``generator``, mean."""
+    return DPOptimizer(
+        optimizer,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=clip_norm,
+        expected_batch_size=expected_batch,  # type: ignore[arg-type]
+        loss_reduction="mean",  # divide the noisy sum by the expected batch size
+        generator=generator,
+    )
+
+
+def private_gradients(
+    private: GradSampleModule, optimizer: DPOptimizer, x: torch.Tensor, y: torch.Tensor
+) -> float:
+    """Leave the privatised mean gradient of the rows ``x, y`` in each parameter's ``.grad``.
+
+    ``(sum_i clip(g_i) + N(0, (sigma * C)^2 I)) / expected_batch``, with ``g_i`` each row's
+    gradient of its BCE. Returns the summed BCE of the rows (0.0 for an empty batch).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    if len(x):
+        loss = F.binary_cross_entropy_with_logits(private(x), y, reduction="sum")
+        with warnings.catch_warnings():
+            # Opacus's full backward hooks on the first layer, whose input needs no
+            # gradient: torch warns, the per-row gradients are right all the same.
+            warnings.filterwarnings(
+                "ignore", message="Full backward hook is firing", category=UserWarning
+            )
+            loss.backward()
+        total = float(loss.detach())
+    else:
+        # An empty batch still releases noise: the accountant counted this step.
+        for p in optimizer.params:
+            p.grad_sample = torch.zeros((0, *p.shape))
+    optimizer.pre_step()  # clip, add noise, scale: p.grad is now private
+    return total
+
+
+def train_local_dp(
+    cfg: ModelConfig,
+    global_weights: Weights,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    train: TrainConfig,
+    *,
+    noise_multiplier: float,
+    clip_norm: float,
+    secret_seed: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    evaluate_on: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+) -> TrainResult:
+    """DP-SGD from ``global_weights`` on one site's normalised rows.
+
+    Args:
+        cfg, global_weights, X, y, train, progress, evaluate_on: as ``train_local``.
+        noise_multiplier: sigma, >= 0 (0 disables the noise: for tests only).
+        clip_norm: per-row gradient L2 bound, > 0.
+        secret_seed: seed of the sampling, noise and dropout; ``None`` draws one from the
+            OS (production). ``train.seed`` is not used: the server knows it.
+
+    Runs ``epochs * ceil(n / batch_size)`` steps with sampling rate ``batch_size / n``,
+    the figures ``accounting.plan_round_spend`` accounts for.
+
+    Raises:
+        ValueError: as ``train_local``, or a negative noise / non-positive clip.
+    """
+    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise ValueError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier}")
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+    x_all = _features(cfg, X)
+    n = x_all.shape[0]
+    if n == 0:
+        raise ValueError("cannot train on an empty dataset (n == 0)")
+    y_all = _labels(y, n)
+
+    seed = secrets.randbits(63) if secret_seed is None else secret_seed
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(cfg)
+    set_weights(model, global_weights)
+    model.generator = generator
+    model.train()
+    private = GradSampleModule(model, loss_reduction="sum")
+    params = list(model.parameters())
+    mu = train.proximal_mu
+    anchors = [p.detach().clone() for p in params] if mu > 0 else []
+    adam = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    q = sample_rate(train.batch_size, n)
+    expected_batch = q * n  # = batch_size, or n on a site smaller than one batch
+    optimizer = dp_optimizer(adam, noise_multiplier, clip_norm, expected_batch, generator)
+    group = adam.param_groups[0]
+
+    per_epoch = steps_per_round(1, train.batch_size, n)
+    lrs = _learning_rates(train, per_epoch * train.epochs)
+    step = 0
+    last_loss, last_rows = 0.0, 0
+    for epoch in range(train.epochs):
+        for idx in poisson_batches(n, q, per_epoch, generator):
+            group["lr"] = lrs[step]
+            step += 1
+            loss = private_gradients(private, optimizer, x_all[idx], y_all[idx])
+            if epoch == train.epochs - 1:
+                last_loss += loss
+                last_rows += len(idx)
+            if mu > 0:
+                with torch.no_grad():
+                    for p, anchor in zip(params, anchors, strict=True):
+                        p.grad.add_(p - anchor, alpha=mu)  # type: ignore[union-attr]
+            adam.step()
+        if progress is not None:
+            progress(epoch + 1, train.epochs)
+
+    optimizer.zero_grad(set_to_none=True)
+    private.remove_hooks()
+    model.generator = None
+    if evaluate_on is not None:
+        x_eval = _features(cfg, evaluate_on[0])
+        metrics = _evaluate_model(model, x_eval, _labels(evaluate_on[1], x_eval.shape[0]))
+    else:
+        metrics = _evaluate_model(model, x_all, y_all)
+    mean_loss = last_loss / last_rows if last_rows else math.nan
+    return TrainResult(weights=get_weights(model), num_samples=n, loss=mean_loss, metrics=metrics)
