@@ -186,3 +186,37 @@ def test_a_changed_referenced_file_fails_the_backup(world, tmp_path):
     default_storage.save(name, io.BytesIO(b"not the weights"))
     with pytest.raises(CommandError, match="does not match the SHA-256"):
         call_command("backup", "--out", str(tmp_path / "full.tar"), verbosity=0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_snapshot_is_one_moment_and_does_not_stall_writers():
+    """Rows written by another connection while a backup reads are not in its snapshot,
+    and that writer is not kept waiting (SQLite: a WAL read transaction, not BEGIN
+    IMMEDIATE; PostgreSQL: REPEATABLE READ)."""
+    import threading
+    import time
+
+    from clients.models import Site
+    from fedhealth.ops.backup import snapshot
+
+    Site.objects.create(name="Before", slug="before")
+    done = threading.Event()
+
+    def write_elsewhere():
+        from django.db import connection as own
+
+        try:
+            Site.objects.create(name="During", slug="during")
+        finally:
+            own.close()
+            done.set()
+
+    with snapshot():
+        assert list(Site.objects.values_list("slug", flat=True)) == ["before"]
+        started = time.monotonic()
+        writer = threading.Thread(target=write_elsewhere)
+        writer.start()
+        assert done.wait(10) and time.monotonic() - started < 5
+        writer.join()
+        assert list(Site.objects.values_list("slug", flat=True)) == ["before"]
+    assert sorted(Site.objects.values_list("slug", flat=True)) == ["before", "during"]
