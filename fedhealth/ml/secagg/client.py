@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
 from fedhealth.ml.strategies.checks import update_problem
 from fedhealth.ml.types import Update, Weights
 
-from . import shamir
+from . import shamir, wire
 from .errors import BelowThreshold, ProtocolViolation, SecAggError
 from .keys import (
     RoundContext,
@@ -25,6 +26,7 @@ from .keys import (
     mask_seed,
     new_private_key,
     private_bytes,
+    private_from_bytes,
     public_bytes,
     public_from_bytes,
 )
@@ -198,6 +200,41 @@ class SiteSession:
         self.stage = Stage.DONE
         self._held.clear()
         return UnmaskReply(self.ctx, self.site, seed_shares, key_shares)
+
+    # state, for a site that restarts mid-protocol
+    def export_state(self) -> dict[str, Any]:
+        """Everything needed to resume, as JSON. Holds this site's private keys and seed:
+        store it in site-private storage only (agent state folder, hosted site's storage)."""
+        return {
+            "ctx": wire.encode_ctx(self.ctx),
+            "site": self.site,
+            "stage": self.stage.value,
+            "enc": wire.b64(private_bytes(self._enc)),
+            "mask": wire.b64(private_bytes(self._mask)),
+            "seed": wire.b64(self._seed),
+            "roster": None if self._roster is None else wire.encode(self._roster),
+            "held": {o: [wire.b64(s), wire.b64(k)] for o, (s, k) in self._held.items()},
+            "clipped": self.clipped,
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> SiteSession:
+        """The session ``export_state`` saved, at the same stage (a step it already took
+        is still refused: a restarted site cannot answer twice)."""
+        session = cls(wire.decode_ctx(state["ctx"]), state["site"])
+        session.stage = Stage(state["stage"])
+        session._enc = private_from_bytes(wire.unb64(state["enc"], "enc"))
+        session._mask = private_from_bytes(wire.unb64(state["mask"], "mask"))
+        session._seed = wire.unb64(state["seed"], "seed")
+        roster = None if state["roster"] is None else wire.decode(state["roster"])
+        if roster is not None and not isinstance(roster, Roster):
+            raise ProtocolViolation("saved state: 'roster' is not a roster")
+        session._roster = roster
+        session._held = {
+            o: (wire.unb64(s, "held"), wire.unb64(k, "held")) for o, (s, k) in state["held"].items()
+        }
+        session.clipped = int(state["clipped"])
+        return session
 
 
 def mask_seed_self(seed: bytes) -> bytes:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
 from fedhealth.ml.types import Weights
 
-from . import shamir
+from . import shamir, wire
 from .errors import BelowThreshold, ProtocolViolation
 from .graph import check_degree
 from .keys import RoundContext, mask_seed, private_from_bytes, public_bytes, public_from_bytes
@@ -279,6 +280,62 @@ class AggregationSession:
             self.spec.error_bound(len(survivors), weight),
         )
 
+    # state, for a server that restarts mid-round (holds no secret: shares are encrypted
+    # for their holders; revealed shares are what the server is meant to see)
+    def export_state(self) -> dict[str, Any]:
+        """Everything needed to resume this session, as JSON (the reference model apart)."""
+        return {
+            "ctx": wire.encode_ctx(self.ctx),
+            "sites": self.sites,
+            "threshold": self.threshold,
+            "degree": self.degree,
+            "clip": self.spec.clip,
+            "max_weight": self.spec.max_weight,
+            "phase": self.phase.value,
+            "roster": None if self.roster is None else wire.encode(self.roster),
+            "adverts": [wire.encode(m) for m in self._adverts.values()],
+            "packages": [wire.encode(m) for m in self._packages.values()],
+            "sum": wire.b64(self._sum.astype("<u4").tobytes()),
+            "survivors": list(self._survivors),
+            "replies": [wire.encode(m) for m in self._replies.values()],
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], reference: Weights) -> AggregationSession:
+        """The session ``export_state`` saved; ``reference``: the round's global model."""
+        session = cls(
+            wire.decode_ctx(state["ctx"]),
+            sites=list(state["sites"]),
+            reference=reference,
+            threshold=state["threshold"],
+            clip=state["clip"],
+            max_weight=state["max_weight"],
+            degree=state["degree"],
+        )
+        session.phase = Phase(state["phase"])
+        if state["roster"] is not None:
+            roster = wire.decode(state["roster"])
+            assert isinstance(roster, Roster)
+            session.roster = roster
+        for data in state["adverts"]:
+            advert = wire.decode(data)
+            assert isinstance(advert, Advertise)
+            session._adverts[advert.site] = advert
+        for data in state["packages"]:
+            pkg = wire.decode(data)
+            assert isinstance(pkg, SharePackage)
+            session._packages[pkg.site] = pkg
+        total = wire.unb64(state["sum"], "sum")
+        if len(total) != 4 * session.length:
+            raise ProtocolViolation("saved state: the running sum does not fit this model")
+        session._sum = np.frombuffer(total, dtype="<u4").astype(np.uint32)
+        session._survivors = list(state["survivors"])
+        for data in state["replies"]:
+            reply = wire.decode(data)
+            assert isinstance(reply, UnmaskReply)
+            session._replies[reply.site] = reply
+        return session
+
     # helpers
     def _roster(self) -> Roster:
         if self.roster is None:
@@ -293,18 +350,20 @@ class AggregationSession:
             )
 
     def _reconstruct(self, owner: str, kind: str) -> bytes:
-        shares = [
+        shares = sorted(
             shamir.Share.decode(getattr(r, kind)[owner])
             for r in self._replies.values()
             if owner in getattr(r, kind)
-        ]
+        )
         if len(shares) < self.threshold:
             raise BelowThreshold(
                 f"only {len(shares)} shares of {owner!r} were revealed, fewer than the threshold "
                 f"{self.threshold}: the round fails closed and the previous global model stays"
             )
         try:
-            return shamir.combine(shares, 32)
+            # t shares determine the secret; the lowest-indexed t make the same holder set
+            # for most owners, so the Lagrange coefficients are computed once per round.
+            return shamir.combine(shares[: self.threshold], 32)
         except ValueError:
             raise ProtocolViolation(
                 f"the shares of {owner!r} do not combine (a share was altered)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import NamedTuple
 
 P = (1 << 521) - 1
@@ -68,6 +69,21 @@ def split(secret: bytes, threshold: int, xs: Sequence[int]) -> list[Share]:
     return shares
 
 
+@lru_cache(maxsize=256)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Coefficients l_i with f(0) = sum_i l_i f(x_i); cached: in a round every owner's
+    secret is usually rebuilt from the same holders, so this O(t^2) step runs once."""
+    out = []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                num = num * (-xj) % P
+                den = den * (xi - xj) % P
+        out.append(num * pow(den, -1, P) % P)
+    return tuple(out)
+
+
 def combine(shares: Sequence[Share], length: int) -> bytes:
     """Lagrange interpolation at 0: the ``length``-byte secret behind ``shares``.
 
@@ -77,17 +93,10 @@ def combine(shares: Sequence[Share], length: int) -> bytes:
     """
     if not shares:
         raise ValueError("no shares to combine")
-    xs = [s.x for s in shares]
+    xs = tuple(s.x for s in shares)
     if len(set(xs)) != len(xs):
         raise ValueError("shares with the same index")
-    secret = 0
-    for i, (xi, yi) in enumerate(shares):
-        num, den = 1, 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                num = num * (-xj) % P
-                den = den * (xi - xj) % P
-        secret = (secret + yi * num * pow(den, -1, P)) % P
+    secret = sum(c * s.y for c, s in zip(_lagrange_at_zero(xs), shares, strict=True)) % P
     if secret >= 1 << (8 * length):
         raise ValueError("the shares do not combine to a secret of this length")
     return secret.to_bytes(length, "big")
