@@ -31,6 +31,8 @@ class Reason(models.TextChoices):
     NOT_SELECTED = "not_selected", "A valid update the robust strategy (Krum) did not select this round."
     EXPERIMENT_ENDED = "experiment_ended", "The experiment ended before the site reported."
     ATTEMPTS_EXHAUSTED = "attempts_exhausted", "The work failed on every attempt and was given up."
+    PRIVACY_BUDGET = "privacy_budget", "Another round would exceed the site's privacy budget for this dataset; the site did not train."
+    PRIVACY_SETTINGS = "privacy_settings", "The experiment's privacy settings cannot be met at this site (delta must be below 1 / its training rows)."
     # A round or an experiment
     QUORUM = "quorum", "Too few sites' updates were usable to meet the experiment's quorum."
     AGGREGATE_INVALID = "aggregate_invalid", "The combined model was not finite or not plausible; the previous global model is kept."

@@ -1,5 +1,6 @@
 from .experiment import Experiment, Participant
 from .model_version import EvaluationAttempt, ModelVersion, SiteEvaluation, WorkerHeartbeat
+from .privacy import PrivacyBudget, PrivacyLedgerEntry
 from .round import ClientUpdate, Round
 
 __all__ = [
@@ -8,6 +9,8 @@ __all__ = [
     "Experiment",
     "ModelVersion",
     "Participant",
+    "PrivacyBudget",
+    "PrivacyLedgerEntry",
     "Round",
     "SiteEvaluation",
     "WorkerHeartbeat",

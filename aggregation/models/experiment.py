@@ -10,6 +10,7 @@ from django.db import models
 
 from fedhealth.ml.federation import FederatedConfig
 from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.privacy import DEFAULT_CLIP_NORM, DEFAULT_EPSILON, PrivacySettings
 from fedhealth.ml.schema import Schema
 from fedhealth.ml.training import TrainConfig
 
@@ -64,6 +65,16 @@ class Experiment(models.Model):
         help_text="Refuse an update farther from the global model than this many times "
         "the median of the round's other updates.",
     )
+    # Record-level differential privacy (fedhealth.ml.privacy): a request to each site,
+    # which derives its own noise from it and enforces its own budget.
+    class DPMode(models.TextChoices):
+        OFF = "off", "Off"
+        RECORD = "record", "Record-level (DP-SGD at each site)"
+
+    dp_mode = models.CharField(max_length=10, choices=DPMode.choices, default=DPMode.OFF)
+    dp_epsilon = models.FloatField(default=DEFAULT_EPSILON)
+    dp_delta = models.FloatField(null=True, blank=True, help_text="Empty: 1/(10 x rows) at each site.")
+    dp_clip_norm = models.FloatField(default=DEFAULT_CLIP_NORM)
     sites = models.ManyToManyField("clients.Site", through="Participant", related_name="experiments")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
@@ -106,6 +117,15 @@ class Experiment(models.Model):
         return TrainConfig(
             epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
             weight_decay=self.weight_decay, seed=seed, **extra,
+        )
+
+    @property
+    def privacy_settings(self) -> PrivacySettings | None:
+        """The DP request sent to each site in its plan; ``None`` with DP off."""
+        if self.dp_mode != self.DPMode.RECORD:
+            return None
+        return PrivacySettings(
+            epsilon=self.dp_epsilon, delta=self.dp_delta, clip_norm=self.dp_clip_norm, rounds=self.num_rounds
         )
 
     def federated_config(self) -> FederatedConfig:

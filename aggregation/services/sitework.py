@@ -18,14 +18,14 @@ from clients.services import DatasetFileChanged, load_dataset_arrays, verify_dat
 from fedhealth.ml.federation import SiteSplit, split_site
 from fedhealth.ml.metrics import mean_metrics
 from fedhealth.ml.model import ModelConfig
-from fedhealth.ml.sitework import SitePlan, evaluate_at_site, plan_site_round, train_at_site
+from fedhealth.ml.sitework import SitePlan, evaluate_at_site, plan_site_round, privacy_spend, train_at_site
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.strategies import get_strategy
 from fedhealth.ml.types import Metrics
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Participant, SiteEvaluation
 from ..reasons import Reason
-from . import artifacts
+from . import artifacts, privacy
 from .rounds import claim_update, fail_update, submit_update
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,28 @@ def train_hosted_update(update_id: int) -> str:
         version = ModelVersion.objects.get(experiment=experiment, version=version_number)
         if not SiteEvaluation.objects.filter(version=version, site=update.site).exists():
             record_evaluation(version.pk, update.site.pk, *evaluate_at_site(plan.model, weights, plan.normalizer, split))
+    spend = None
+    if plan.privacy is not None:
+        # The site's own ledger and budget decide, whatever the experiment asks: the spend
+        # is derived from its own rows and recorded before it trains.
+        try:
+            spend = privacy_spend(plan, split)
+            assert spend is not None
+            dataset_id = Participant.objects.values_list("dataset_id", flat=True).get(
+                experiment=experiment, site=update.site
+            )
+            privacy.reserve_round(dataset_id, experiment, spend)
+        except ValueError:
+            log.warning("update %s: the privacy settings cannot be met at this site", update_id)
+            fail_update(update_id, Reason.PRIVACY_SETTINGS)
+            return "failed: privacy settings"
+        except privacy.PrivacyBudgetExceeded as exc:
+            log.warning("update %s: refused by the site's privacy budget: %s", update_id, exc.detail)
+            fail_update(update_id, Reason.PRIVACY_BUDGET, detail=exc.detail)
+            return "failed: privacy budget"
     try:
         # The local model's figures on the site's own test rows, from the same call.
-        result = train_at_site(plan, weights, split)
+        result = train_at_site(plan, weights, split, spend=spend)
     except ValueError:
         log.exception("update %s: local training failed", update_id)
         fail_update(update_id, Reason.TRAINING_FAILED)
@@ -139,6 +158,7 @@ def site_plan(experiment: Experiment, site: Site, round_number: int) -> SitePlan
         model=experiment.model_config, train=experiment.train_config(experiment.seed),
         strategy=get_strategy(experiment.strategy, **experiment.strategy_params),
         normalizer=Normalizer.from_dict(experiment.normalizer), test_fraction=experiment.test_fraction,
+        privacy=experiment.privacy_settings,
     )
 
 
