@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 from django import forms
+from django.utils.formats import date_format
+from django.utils.timezone import localtime
 
 from clients.models import Dataset, Site
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
@@ -281,25 +283,46 @@ class ExperimentForm(forms.Form):
 
 
 class VersionChoiceField(forms.ModelChoiceField):
-    """A version per option, with its mean AUROC as the viewer may see it (aggregation.policy:
-    a site sees final means only); no viewer, no figure."""
+    """Versions grouped by experiment (newest experiment first, newest version first),
+    each option with its round, date and headline figures as the viewer may see them
+    (aggregation.policy: a site sees final means only; no viewer, no figure). The
+    experiment's recommended version (services.recommend) is marked."""
 
     def __init__(self, *args, viewer=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.viewer = viewer
         self._figures = None
+        self.widget.choices = self.grouped_choices()
 
-    def label_from_instance(self, obj: ModelVersion) -> str:
-        auroc = None
+    def grouped_choices(self) -> list:
+        from .services.recommend import recommended_version
+
+        versions = list(self.queryset.select_related("experiment", "round"))
+        groups: dict[int, list] = {}
+        for v in sorted(versions, key=lambda v: (-v.experiment_id, -v.version)):
+            groups.setdefault(v.experiment_id, []).append(v)
+        choices = []
+        for members in groups.values():
+            experiment = members[0].experiment
+            best = recommended_version(experiment, members)
+            label = f"{experiment.name} ({experiment.get_status_display().lower()})"
+            choices.append((label, [(str(v.pk), self.label_from_instance(v, recommended=v == best)) for v in members]))
+        return choices
+
+    def label_from_instance(self, obj: ModelVersion, recommended: bool = False) -> str:
+        shown: dict = {}
         if self.viewer is not None:
             from . import policy  # policy reads the models; forms load before them in admin
 
             if self._figures is None:
                 self._figures = policy.version_figures(self.queryset)
-            shown = policy.version_metrics(self.viewer, obj, self._figures[obj.pk])
-            auroc = shown["mean"].get("auroc")
-        score = f" · AUROC {auroc:.3f}" if isinstance(auroc, float) and auroc == auroc else ""
-        return f"{obj.experiment.name} · version {obj.version}{score}"
+            shown = policy.version_metrics(self.viewer, obj, self._figures[obj.pk])["mean"]
+        parts = [f"v{obj.version}", f"round {obj.round.number}", date_format(localtime(obj.created_at), "j M Y H:i")]
+        for key, name in (("auroc", "AUROC"), ("accuracy", "accuracy")):
+            value = shown.get(key)
+            if isinstance(value, float) and value == value:
+                parts.append(f"{name} {value:.3f}")
+        return " · ".join(parts) + (" · recommended" if recommended else "")
 
 
 def feature_label(name: str) -> str:

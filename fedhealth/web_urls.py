@@ -13,9 +13,12 @@ urlpatterns = [
     path("password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("", sites.home, name="home"),
+    # Browsers ask for /favicon.ico on every page, the admin's and the API docs' too.
+    path("favicon.ico", sites.favicon, name="favicon"),
     # A site's own pages.
     path("site/", sites.site_home, name="site_home"),
     path("datasets/upload/", sites.dataset_upload, name="dataset_upload"),
+    path("datasets/template.csv", sites.dataset_template, name="dataset_template"),
     path("datasets/<int:pk>/", sites.dataset_detail, name="dataset_detail"),
     path("datasets/<int:pk>/download/", sites.dataset_download, name="dataset_download"),
     # The coordinator's overview.

@@ -261,7 +261,7 @@ def validate_experiment(
     n = len(rows)
     min_sites = clean.get("min_sites", Experiment._meta.get_field("min_sites").default)
     if n and isinstance(min_sites, int) and min_sites > n:
-        fail("min_sites", f"min_sites is {min_sites}. Only {n} site(s) take part.")
+        fail("min_sites", f"min_sites is {min_sites}. Only {n} site{'' if n == 1 else 's'} take{'s' if n == 1 else ''} part.")
     if n and clean.get("strategy"):
         # A robust strategy (Krum) cannot aggregate fewer updates than it must outvote.
         required = getattr(

@@ -12,6 +12,7 @@ import logging
 from collections import OrderedDict
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from clients.models import Site
 from clients.services import DatasetFileChanged, load_dataset_arrays, verify_dataset_file
@@ -181,6 +182,7 @@ def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: d
         if len(evaluations) == expected:
             artifacts.write_log_event(version.experiment, {
                 "event": "evaluated", "round": version.version, "version": version.version,
+                "at": timezone.now().isoformat(),
                 "mean": version.metrics["mean"],
                 "per_site": {e.site.slug: e.metrics for e in evaluations},
             })

@@ -67,7 +67,7 @@ def test_logistic_regression_has_no_hidden_layers(client, world):
 @pytest.mark.parametrize(("overrides", "field", "message"), [
     ({"fedprox__proximal_mu": "-1"}, "strategy", "proximal_mu must be in [0, inf)"),
     ({"strategy": "trimmed_mean", "trimmed_mean__beta": "0.7"}, "strategy", "beta must be in [0, 0.5)"),
-    ({"min_sites": "3"}, "min_sites", "Only 2 site(s) take part."),
+    ({"min_sites": "3"}, "min_sites", "Only 2 sites take part."),
     ({"hidden": "64, abc"}, "hidden", "Widths must be whole numbers"),
     ({"hidden": "5000"}, "hidden", "each 1 to 1024 wide"),
     ({"num_rounds": "0"}, "num_rounds", "greater than or equal to 1"),

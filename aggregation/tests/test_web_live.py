@@ -53,7 +53,8 @@ def test_a_real_run_moves_the_progress_and_fills_the_charts(client, charlie, mak
     local, glob = done["figures"]["sites"]["auroc"]["data"]
     assert local["x"] == glob["x"] == ["H 0", "H 1"] and None not in local["y"] + glob["y"]
     assert 'aria-valuenow="100"' in done["html"]["progress"]
-    assert done["html"]["rounds"].count("Received") == 4
+    assert done["html"]["rounds"].count("badge badge-received") == 4  # the by-round table
+    assert done["html"]["rounds"].count('<li class="cell cell-received"') == 4  # the strips
 
 
 def test_the_page_renders_the_same_state_without_javascript(client, world):

@@ -82,7 +82,7 @@ def test_a_csv_with_bad_values_lists_each_one_and_predicts_nothing(signed_in, wo
     errors = response.context["csv_errors"]
     assert [(e["line"], e["field"]) for e in errors] == [(3, "diastolic_bp"), (4, "heart_rate")]
     assert "batch" not in response.context
-    assert "2 value(s) need fixing; nothing was predicted." in response.content.decode()
+    assert "2 values need fixing; nothing was predicted." in response.content.decode()
 
 
 def test_results_download_as_csv_with_the_original_columns(signed_in, world):

@@ -8,6 +8,7 @@ one class); JSON has no NaN, so every number goes through ``num``.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -80,7 +81,11 @@ def global_figures(num_rounds: int, versions: Sequence[tuple[int, dict]], train_
     """
     rounds = [r for r, m in versions if m]
     means = [m for _, m in versions if m]
-    x_axis = {"range": [0.5, max(num_rounds, 1) + 0.5], "tickformat": "d", "rangemode": "tozero"}
+    # Whole rounds only: left to itself, plotly ticks a 2-round axis at 0.5 steps, which
+    # "d" then prints as "1 1 2 2 3". About ten ticks at most, whatever the rounds.
+    step = max(1, math.ceil(max(num_rounds, 1) / 10))
+    x_axis = {"range": [0.5, max(num_rounds, 1) + 0.5], "tickformat": "d", "tickmode": "linear",
+              "tick0": 0 if step > 1 else 1, "dtick": step}
     figures: dict[str, Figure] = {}
     for key, title in METRIC_TITLES.items():
         data = [_line("Global model, mean over sites' test data", rounds, [m.get(key) for m in means], PALETTE[0])]
@@ -101,6 +106,10 @@ def site_comparison_figures(rows: Sequence[tuple[str, dict | None, dict | None]]
     like every user-controlled string in these figures, go through ``plain``.
     """
     names = [plain(name) for name, _, _ in rows]
+    # Tick labels wrapped on word boundaries: one long line per bar group was clipped
+    # on a phone (the bars' x values stay the names, for hover text and tests).
+    ticks = {"tickmode": "array", "tickvals": names,
+             "ticktext": ["<br>".join(textwrap.wrap(n, 14, break_long_words=False)) or n for n in names]}
     figures: dict[str, Figure] = {}
     for key, title in METRIC_TITLES.items():
         bars = [
@@ -113,7 +122,7 @@ def site_comparison_figures(rows: Sequence[tuple[str, dict | None, dict | None]]
                  "hovertemplate": "%{x}<br>" + label + ": %{y:.3f}<extra></extra>"}
                 for label, values, color in bars
             ],
-            "layout": _layout("", title, barmode="group",
+            "layout": _layout("", title, barmode="group", xaxis=ticks,
                               yaxis={"rangemode": "tozero"} if any(local or glob for _, local, glob in rows)
                               else {"range": [0, 1]}),
         }

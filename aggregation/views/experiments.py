@@ -100,8 +100,11 @@ def experiment_action(request, pk: int, action: str):
     except services.TransitionError as exc:
         messages.error(request, f"Could not {action} the experiment: {exc}")
     else:
+        # Tagged with the status it announces: the live page removes it once the
+        # experiment has moved on (a "started" line above a Failed badge misleads).
+        announces = f"announces:{Experiment.objects.get(pk=experiment.pk).status}"
         if sent.notice:
-            messages.warning(request, f"Experiment {done}. {sent.notice}")
+            messages.warning(request, f"Experiment {done}. {sent.notice}", extra_tags=announces)
         else:
-            messages.success(request, f"Experiment {done}.")
+            messages.success(request, f"Experiment {done}.", extra_tags=announces)
     return redirect("experiment_detail", pk=pk)

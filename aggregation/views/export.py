@@ -14,9 +14,10 @@ from ..permissions import visible_experiments
 from ..services import exports
 
 FORMATS = {
-    "json": ("application/json", "json"),
-    "metrics.csv": ("text/csv; charset=utf-8", "metrics.csv"),
-    "log.csv": ("text/csv; charset=utf-8", "log.csv"),
+    # (content type, the file name's ending): "name-1.json", "name-1-metrics.csv"
+    "json": ("application/json", ".json"),
+    "metrics.csv": ("text/csv; charset=utf-8", "-metrics.csv"),
+    "log.csv": ("text/csv; charset=utf-8", "-log.csv"),
 }
 
 
@@ -32,6 +33,6 @@ def experiment_export(request, pk: int, fmt: str):
         body = exports.log_csv(data)
     content_type, suffix = FORMATS[fmt]
     response = HttpResponse(body, content_type=content_type)
-    name = f"{slugify(experiment.name) or 'experiment'}-{experiment.pk}-{suffix}"
+    name = f"{slugify(experiment.name) or 'experiment'}-{experiment.pk}{suffix}"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

@@ -22,7 +22,13 @@ from ..models import Experiment, Round
 from ..permissions import visible_experiments, visible_versions
 from ..services import health
 from . import charts
-from .progress import experiment_progress, participant_sites, round_grid, site_figures
+from .progress import (
+    experiment_progress,
+    participant_sites,
+    round_grid,
+    round_table_context,
+    site_figures,
+)
 
 # After the last round the sites still evaluate the final model; keep polling for
 # their figures, but not forever if a site never answers.
@@ -51,7 +57,7 @@ def live_payload(request, experiment: Experiment) -> dict:
                                                                       "label": experiment.get_status_display()}),
         "progress": render_to_string("aggregation/_progress.html", fragment),
         "actions": render_to_string("aggregation/_actions.html", fragment, request=request),
-        "rounds": render_to_string("aggregation/_round_table.html", {"numbers": numbers, "grid": grid}),
+        "rounds": render_to_string("aggregation/_round_table.html", round_table_context(numbers, grid, viewer)),
         "sites": render_to_string("aggregation/_site_metrics.html", {"sites": sites}),
     }
     return charts.clean({

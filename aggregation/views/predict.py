@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.template.defaultfilters import filesizeformat
+from django.template.defaultfilters import filesizeformat, pluralize
 
 from clients.views.access import limit_upload_size
 from fedhealth import csvsafe
@@ -20,6 +20,7 @@ from .. import policy
 from ..forms import PredictCsvForm, PredictForm, feature_label
 from ..permissions import visible_versions
 from ..services.predict import MAX_BATCH, predict_records
+from ..services.recommend import default_version
 
 SHOWN_ROWS = 500  # a results table longer than this is offered as a download only
 
@@ -30,20 +31,32 @@ def _outcome(label_name: str, label: int) -> str:
     return f"{label_name} = {label}"
 
 
+def percent(p: float) -> str:
+    """A probability as the page shows it, in the single result and the table alike;
+    the ends say "<0.1%" / ">99.9%" rather than a misleading "0.0%" or "100.0%"."""
+    if p < 0.0005:
+        return "<0.1%"
+    if p >= 0.9995:
+        return ">99.9%"
+    return f"{p:.1%}"
+
+
 def _chosen_version(request, versions):
-    """The version named in the request (404 if the user may not see it), else the newest."""
+    """The version named in the request (404 if the user may not see it), else the
+    recommended one (services.recommend): never a mid-run model while a finished
+    experiment's is there."""
     raw = request.POST.get("version") or request.POST.get("csv-version") or request.GET.get("version")
     if raw:
         if not raw.isdigit():
             raise Http404("No such model version")
         return get_object_or_404(versions, pk=int(raw))
-    return versions.first()
+    return default_version(versions)
 
 
 @login_required
 @limit_upload_size("FEDHEALTH_MAX_PREDICT_BYTES")
 def predict(request):
-    versions = visible_versions(request.user).select_related("experiment").order_by("-created_at", "-pk")
+    versions = visible_versions(request.user).select_related("experiment", "round").order_by("-created_at", "-pk")
     version = _chosen_version(request, versions)
     if version is None:
         return render(request, "aggregation/predict.html", {"no_versions": True})
@@ -62,7 +75,7 @@ def predict(request):
         result = predict_records(version, [record])
         if result.ok:
             p = result.probabilities[0]
-            context["single"] = {"probability": p, "percent": f"{p:.1%}", "label": result.labels[0],
+            context["single"] = {"probability": p, "percent": percent(p), "label": result.labels[0],
                                  "outcome": _outcome(schema.label, result.labels[0])}
         else:
             for err in result.errors:
@@ -108,17 +121,21 @@ def _predict_csv(request, version, schema: Schema, csv_form, context):
     result = predict_records(version, records)
     if not result.ok:
         context["csv_errors"] = [_error_row(e) for e in result.errors]
-        csv_form.add_error("file", f"{len(result.errors)} value(s) need fixing; nothing was predicted.")
+        csv_form.add_error("file", f"{len(result.errors)} value{pluralize(len(result.errors))} need{'s' if len(result.errors) == 1 else ''} fixing; nothing was predicted.")
         return render(request, "aggregation/predict.html", context)
+    # The file's own other columns (a patient or record ID) identify each row, as the
+    # help text promises; the line number only when there is none.
+    ids = [c for c in (records[0].keys() if records else []) if c not in schema.feature_names and c != schema.label]
     rows = [
-        {"line": i + 2, "values": [r.get(name, "") for name in schema.feature_names], "probability": p,
-         "outcome": _outcome(schema.label, y)}
+        {"line": i + 2, "ids": [r.get(c, "") for c in ids], "values": [r.get(name, "") for name in schema.feature_names],
+         "probability": p, "percent": percent(p), "outcome": _outcome(schema.label, y)}
         for i, (r, p, y) in enumerate(zip(records, result.probabilities, result.labels, strict=True))
     ]
     if request.POST.get("output") == "download":
         return _results_csv(version, schema, records, result)
     context["batch"] = {"rows": rows[:SHOWN_ROWS], "total": len(rows), "truncated": len(rows) > SHOWN_ROWS,
-                        "positive": sum(result.labels), "features": [feature_label(n) for n in schema.feature_names]}
+                        "positive": sum(result.labels), "features": [feature_label(n) for n in schema.feature_names],
+                        "ids": ids}
     return render(request, "aggregation/predict.html", context)
 
 

@@ -20,7 +20,9 @@ from ..models import ClientUpdate, Experiment, Round
 from ..permissions import visible_evaluations, visible_updates
 from .charts import clean
 
-REPORTED = (ClientUpdate.Status.RECEIVED, ClientUpdate.Status.FAILED)
+# A site is done with a round when its update arrived or it gave up; only an arrived
+# update counts as "reported" (the quorum's word), so the two are never mixed up.
+FINISHED_UPDATE = (ClientUpdate.Status.RECEIVED, ClientUpdate.Status.FAILED)
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,12 @@ class Progress:
     rounds_completed: int
     round_status: str  # of the latest round ("" before the start)
     sites_selected: int
-    sites_reported: int
+    sites_reported: int  # updates arrived (coordinator); done, arrived or not (a site)
     percent: int
     text: str
     finished: bool
     failure: str = ""  # why it failed or was cancelled, as the viewer may read it (policy)
+    sites_failed: int = 0  # the coordinator's only: a site must not learn another's status
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,17 +49,21 @@ def experiment_progress(experiment: Experiment, viewer: policy.Viewer | None = N
     rounds = list(experiment.rounds.order_by("number"))
     completed = sum(r.status == Round.Status.COMPLETED for r in rounds)
     current = rounds[-1] if rounds else None
-    selected = reported = 0
+    selected = finished = received = 0
     if current is not None:
         counts = dict(current.updates.order_by().values_list("status").annotate(n=Count("id")))
         selected = sum(counts.values())
-        reported = sum(counts.get(s, 0) for s in REPORTED)
+        finished = sum(counts.get(s, 0) for s in FINISHED_UPDATE)
+        received = counts.get(ClientUpdate.Status.RECEIVED, 0)
+    coordinator = viewer is not None and viewer.is_coordinator
+    reported = received if coordinator else finished
+    failed = finished - received if coordinator else 0
     n = experiment.num_rounds
     status = experiment.status
     if status == Experiment.Status.COMPLETED:
         fraction = 1.0
     else:
-        partial = reported / selected if current and current.status != Round.Status.COMPLETED and selected else 0.0
+        partial = finished / selected if current and current.status != Round.Status.COMPLETED and selected else 0.0
         fraction = min(1.0, (completed + partial) / n) if n else 0.0
     return Progress(
         status=status,
@@ -68,9 +75,10 @@ def experiment_progress(experiment: Experiment, viewer: policy.Viewer | None = N
         sites_selected=selected,
         sites_reported=reported,
         percent=math.floor(fraction * 100),
-        text=_progress_text(experiment, current, completed, selected, reported),
+        text=_progress_text(experiment, current, completed, selected, reported, failed, coordinator),
         finished=status in Experiment.FINISHED,
         failure=_failure(experiment, viewer),
+        sites_failed=failed,
     )
 
 
@@ -83,7 +91,8 @@ def _failure(experiment: Experiment, viewer: policy.Viewer | None) -> str:
     return why["text"] if why else ""
 
 
-def _progress_text(experiment: Experiment, current: Round | None, completed: int, selected: int, reported: int) -> str:
+def _progress_text(experiment: Experiment, current: Round | None, completed: int, selected: int, reported: int,
+                   failed: int, coordinator: bool) -> str:
     n = experiment.num_rounds
     status = experiment.status
     if status == Experiment.Status.DRAFT or current is None:
@@ -95,7 +104,9 @@ def _progress_text(experiment: Experiment, current: Round | None, completed: int
     prefix = "Paused · " if status == Experiment.Status.PAUSED else ""
     where = f"Round {current.number} of {n}"
     if current.status == Round.Status.OPEN:
-        return f"{prefix}{where} · {reported} of {selected} sites reported"
+        if not coordinator:
+            return f"{prefix}{where} · {reported} of {selected} sites done"
+        return f"{prefix}{where} · {reported} of {selected} sites reported" + (f" · {failed} failed" if failed else "")
     if current.status == Round.Status.AGGREGATING:
         return f"{prefix}{where} · aggregating"
     return f"{prefix}{where} · {current.get_status_display().lower()}"
@@ -149,6 +160,20 @@ def round_grid(experiment: Experiment, user) -> tuple[list[int], list[dict[str, 
     }
     rows = [{"site": s, "cells": [cells.get((s.pk, n)) for n in numbers]} for s in sites]
     return numbers, rows
+
+
+def round_table_context(numbers: list[int], rows: list[dict[str, Any]], viewer: policy.Viewer) -> dict[str, Any]:
+    """The rounds section's context: the per-site strips, the same cells by round for
+    the drill-down table, and each failed update's reason in words (not a tooltip)."""
+    by_round = [{"number": n, "cells": [row["cells"][i] for row in rows]} for i, n in enumerate(numbers)]
+    failures = [
+        {"round": n, "site": row["site"].name, "error": cell["error"], "site_note": cell["site_note"]}
+        for i, n in enumerate(numbers) for row in rows
+        if (cell := row["cells"][i]) is not None and cell["status"] == ClientUpdate.Status.FAILED and cell["error"]
+    ]
+    strips = [{"site": row["site"], "cells": list(zip(numbers, row["cells"], strict=True))} for row in rows]
+    return {"numbers": numbers, "grid": rows, "strips": strips, "by_round": by_round, "failures": failures,
+            "show_site": viewer.is_coordinator}
 
 
 def _cell(viewer: policy.Viewer, update: ClientUpdate) -> dict[str, Any] | None:

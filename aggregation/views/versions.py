@@ -15,6 +15,7 @@ from fedhealth.ml.schema import Schema
 from .. import policy
 from ..models import ModelVersion
 from ..permissions import visible_evaluations, visible_experiments, visible_versions
+from ..services.recommend import recommended_version
 from . import charts
 
 # The versions table keeps to a few columns (it also shows the checksum); each site's
@@ -26,7 +27,7 @@ SITE_METRICS = ["accuracy", "auroc", "sensitivity", "specificity", "f1", "brier"
 @login_required
 def model_list(request, pk: int):
     experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
-    versions = list(visible_versions(request.user).filter(experiment=experiment).order_by("-version"))
+    versions = list(visible_versions(request.user).filter(experiment=experiment).select_related("round").order_by("-version"))
     selected = None
     if versions:
         wanted = request.GET.get("version")
@@ -45,6 +46,7 @@ def model_list(request, pk: int):
         "versions": versions,
         "rows": [(v, _values(shown[v.pk]["mean"], VERSION_METRICS), shown[v.pk]) for v in versions],
         "selected": selected,
+        "recommended": recommended_version(experiment, versions),
         "version_metrics": VERSION_METRICS,
         "site_metrics": SITE_METRICS,
         "analytics": analytics,

@@ -84,7 +84,7 @@ def test_drop_invalid_rows_keeps_the_valid_ones(upload):
     dataset = Dataset.objects.get()
     assert dataset.status == Dataset.Status.READY
     assert (dataset.row_count, dataset.rows_dropped) == (100, 2)
-    assert "2 invalid row(s) dropped" in response.content.decode()
+    assert "2 invalid rows dropped" in response.content.decode()
 
 
 def test_a_file_over_the_limit_gets_a_clear_message_and_is_not_read(upload, settings):

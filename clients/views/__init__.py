@@ -1,8 +1,8 @@
 """Browser pages of sites and datasets (routes in fedhealth/web_urls.py)."""
 
-from .auth import home
+from .auth import favicon, home
 from .dashboard import dashboard
 from .site import dataset_detail, dataset_download, site_home
-from .upload import dataset_upload
+from .upload import dataset_template, dataset_upload
 
-__all__ = ["dashboard", "dataset_detail", "dataset_download", "dataset_upload", "home", "site_home"]
+__all__ = ["dashboard", "favicon", "dataset_detail", "dataset_download", "dataset_template", "dataset_upload", "home", "site_home"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 
 from clients.permissions import is_coordinator, site_of
 
@@ -29,3 +30,8 @@ def locked_out(request, original_response=None, credentials=None):
         "minutes": max(1, round(cool_off.total_seconds() / 60)) if cool_off else None,
     }
     return render(request, "registration/locked_out.html", context, status=429)
+
+
+def favicon(request):
+    """The logo, for browsers that ask for /favicon.ico whatever the page says."""
+    return redirect(static("img/logo.svg"), permanent=True)

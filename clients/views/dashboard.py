@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Q
 from django.shortcuts import render
 
 from aggregation import policy
@@ -22,12 +22,16 @@ def dashboard(request):
     # One join only (datasets): a second to-many join would multiply the sums.
     sites = list(visible_sites(request.user).annotate(
         ready_datasets=Count("datasets", filter=ready),
-        rows=Sum("datasets__row_count", filter=ready),
-        positives=Sum("datasets__positive_count", filter=ready),
         last_upload=Max("datasets__created_at"),
     ).order_by("name"))
     members = dict(Membership.objects.filter(site__in=sites).values_list("site").annotate(n=Count("id")).order_by())
+    distinct = _distinct_ready(sites)
     for site in sites:
+        counted = distinct.get(site.pk, [])
+        site.rows = sum(d[0] for d in counted) or None
+        site.positives = sum(d[1] for d in counted)
+        site.distinct_datasets = len(counted)
+        site.copies = site.ready_datasets - len(counted)
         site.balance = site.positives / site.rows if site.rows else None
         site.members = members.get(site.pk, 0)
     viewer = policy.viewer_of(request.user)
@@ -45,3 +49,14 @@ def dashboard(request):
     return render(request, "clients/dashboard.html", {"sites": sites, "experiments": experiments, "totals": totals,
                                                       "worker_notices": worker_notices, "backup": backup,
                                                       "backup_stale": backup_is_stale(backup)})
+
+
+def _distinct_ready(sites) -> dict[int, list[tuple[int, int]]]:
+    """Each site's ready datasets counted once per content: the same file uploaded
+    again (same SHA-256) adds no patients, so its rows are not added twice."""
+    seen: dict[int, dict[str, tuple[int, int]]] = {}
+    rows = Dataset.objects.filter(site__in=sites, status=Dataset.Status.READY).values_list(
+        "site_id", "pk", "sha256", "row_count", "positive_count")
+    for site_id, pk, sha, n, positives in rows:
+        seen.setdefault(site_id, {}).setdefault(sha or f"pk:{pk}", (n, positives))
+    return {site_id: list(by_sha.values()) for site_id, by_sha in seen.items()}

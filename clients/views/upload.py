@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
-from django.template.defaultfilters import filesizeformat
+from django.template.defaultfilters import filesizeformat, pluralize
 
 from clients.forms import UploadForm
 from clients.services import UploadRefused, check_can_upload, ingest_dataset
+from fedhealth import csvsafe
 from fedhealth.ml import validation as v
 from fedhealth.ml.schema import DEFAULT_SCHEMA
 
@@ -56,8 +60,18 @@ def describe_report(report: dict[str, Any]) -> dict[str, Any] | None:
             for k, n in report.get("counts", {}).items()
         ],
         "problems": [{**p, "label": kind_label(p["kind"])} for p in problems],
+        "by_line": _by_line(problems),
         "warnings": [{**w, "label": kind_label(w["kind"])} for w in report.get("warnings", [])],
     }
+
+
+def _by_line(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The listed problems grouped by file line, in line order (file-level ones last)."""
+    lines: dict[int | None, list[dict[str, Any]]] = {}
+    for p in problems:
+        lines.setdefault(p.get("line"), []).append({**p, "label": kind_label(p["kind"])})
+    order = sorted(lines, key=lambda n: (n is None, n or 0))
+    return [{"line": n, "problems": lines[n]} for n in order]
 
 
 def _too_large(form: UploadForm) -> None:
@@ -94,8 +108,55 @@ def dataset_upload(request):
                 return render(request, "clients/upload.html", context)
             if result.ok:
                 dropped = result.dataset.rows_dropped
-                note = f", {dropped:,} invalid row(s) dropped" if dropped else ""
+                note = f", {dropped:,} invalid row{pluralize(dropped)} dropped" if dropped else ""
                 messages.success(request, f"“{result.dataset.name}” is ready: {result.dataset.row_count:,} rows{note}.")
                 return redirect("dataset_detail", pk=result.dataset.pk)
             context["report"] = describe_report(result.report.to_dict())
+            context["full_report_csv"] = _full_report_csv(upload, result.report, form.cleaned_data["policy"])
     return render(request, "clients/upload.html", context)
+
+
+# Bounds the page a full report is embedded in (a few MB at most).
+FULL_REPORT_MAX_PROBLEMS = 50_000
+
+
+def _full_report_csv(upload, report, policy: str) -> str | None:
+    """Every problem of a rejected file, one per row, ordered by line, as CSV text for
+    the page's "Download the full report" link; None when the page lists them all.
+
+    The file is validated again with no cap on the examples kept; the text goes to the
+    person who uploaded the file, in this response only: it is never stored.
+    """
+    if sum(report.counts.values()) <= len(report.problems):
+        return None
+    upload.seek(0)
+    full = v.validate_csv(upload.read(settings.FEDHEALTH_MAX_UPLOAD_BYTES + 1), DEFAULT_SCHEMA, policy=v.Policy(policy),
+                          max_bytes=settings.FEDHEALTH_MAX_UPLOAD_BYTES, max_examples=FULL_REPORT_MAX_PROBLEMS)
+    problems = sorted(full.report.problems, key=lambda p: (p.line is None, p.line or 0, p.column or ""))
+    out = io.StringIO()
+    writer = csvsafe.writer(out)  # the file's own cells are echoed: formulas neutralised
+    writer.writerow(["line", "column", "problem", "value", "details"])
+    for p in problems:
+        writer.writerow([p.line if p.line is not None else "", p.column or "", kind_label(p.kind),
+                         p.value if p.value is not None else "", p.message])
+    return out.getvalue()
+
+
+@login_required
+def dataset_template(request):
+    """An empty CSV to fill in: the schema's columns in order, and one example row
+    inside every bound (the label's example is 1)."""
+    out = io.StringIO()
+    writer = csvsafe.writer(out)
+    writer.writerow(DEFAULT_SCHEMA.columns)
+    example = [_example(f) for f in DEFAULT_SCHEMA.features]
+    writer.writerow([*example, 1])
+    response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="fedhealth-template.csv"'
+    return response
+
+
+def _example(feature) -> str:
+    if feature.min is not None and feature.max is not None:
+        return f"{(feature.min + feature.max) / 2:g}"
+    return f"{feature.min if feature.min is not None else feature.max if feature.max is not None else 0:g}"

@@ -12,7 +12,9 @@
 (function () {
   "use strict";
 
-  var PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
+  // No toolbar: its eight buttons per chart filled the tab order and covered the
+  // loss chart's legend; the figures are in the CSV exports.
+  var PLOT_CONFIG = { displaylogo: false, responsive: true, displayModeBar: false };
 
   function lookup(obj, path) {
     return path.split(".").reduce(function (o, key) { return o == null ? undefined : o[key]; }, obj);
@@ -54,6 +56,17 @@
       }
     });
     root.lastPayload = payload;
+    dropStaleMessages(payload);
+  }
+
+  // A message announcing a status ("Experiment started") is removed once the
+  // experiment is no longer in that status.
+  function dropStaleMessages(payload) {
+    var status = (payload.progress || {}).status;
+    if (!status) { return; }
+    document.querySelectorAll("[data-tags^='announces:']").forEach(function (el) {
+      if (el.getAttribute("data-tags").split(" ")[0] !== "announces:" + status) { el.remove(); }
+    });
   }
 
   function setStatus(root, text) {
