@@ -104,3 +104,10 @@ def test_bad_secure_aggregation_options_are_refused_with_a_reason(tmp_path, args
     with pytest.raises(CommandError) as info:
         simulate(tmp_path, *args)
     assert message in str(info.value)
+
+
+def test_secagg_plus_neighbours_with_the_default_threshold(tmp_path):
+    result = simulate(tmp_path, "--secure-aggregation", "--secagg-degree", "2", "--generate", "6")
+
+    assert result["config"]["secure_aggregation"]["degree"] == 2
+    assert all(len(h["accepted"]) == 6 for h in result["history"])

@@ -164,13 +164,14 @@ class SiteSession:
                 f"site {self.site!r}: the model has {vector_length(reference) - 1} parameters, the round {roster.length - 1}"
             )
         vector, self.clipped = quantise(weights, reference, num_samples, roster.spec)
-        apply_mask(vector, mask_seed_self(self._seed))
+        scratch = np.empty_like(vector)
+        apply_mask(vector, mask_seed_self(self._seed), scratch=scratch)
         for peer_id in sorted(self._held):
             if peer_id == self.site:
                 continue
             peer = public_from_bytes(roster.by_site[peer_id].mask_key, site=peer_id)
             seed = mask_seed(self.ctx, self._mask, self.site, peer, peer_id)
-            apply_mask(vector, seed, subtract=self.site > peer_id)
+            apply_mask(vector, seed, subtract=self.site > peer_id, scratch=scratch)
         self.stage = Stage.MASKED
         return MaskedInput(self.ctx, self.site, vector.astype("<u4", copy=False).tobytes())
 

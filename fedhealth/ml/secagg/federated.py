@@ -38,7 +38,8 @@ def incompatibility(strategy: Strategy) -> str | None:
 
 @dataclass(frozen=True)
 class SecureOptions:
-    """``threshold``: t (None: a majority of the sites, at least 2); ``dropout``: probability
+    """``threshold``: t (None: a majority of each site's holders, i.e. of all sites unless
+    ``degree`` is set, at least 2); ``dropout``: probability
     that a site drops after sharing keys (simulation only); ``degree``: SecAgg+ neighbours
     (None: everyone); ``clip``: bound on each coordinate of a site's change per round."""
 
@@ -55,7 +56,9 @@ class SecureOptions:
         """The threshold for ``n_sites``; ValueError naming the allowed range if it is wrong."""
         if n_sites < 2:
             raise ValueError(f"secure aggregation needs at least 2 sites, got {n_sites}")
-        t = default_threshold(n_sites) if self.threshold is None else self.threshold
+        sparse = self.degree is not None and self.degree < n_sites - 1
+        holders = self.degree + 1 if sparse and self.degree is not None else n_sites
+        t = default_threshold(holders) if self.threshold is None else self.threshold
         check_threshold(t, n_sites, self.degree)
         return t
 

@@ -27,6 +27,7 @@ folds its seed to 32 bits and expands it with NumPy's ``RandomState`` (a Mersenn
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,20 +49,31 @@ def _encryptor(seed: bytes):
     return Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
 
 
-def expand(seed: bytes, length: int) -> U32:
-    """``length`` pseudo-random uint32 values: the ChaCha20 keystream of ``seed``."""
-    out = bytearray(4 * length)
-    view = memoryview(out)
+def expand(seed: bytes, length: int, out: U32 | None = None) -> U32:
+    """``length`` pseudo-random uint32 values: the ChaCha20 keystream of ``seed``.
+
+    ``out``: a C-contiguous uint32 buffer of at least ``length`` to write into (no
+    allocation); the result is its first ``length`` values.
+    """
+    if out is None:
+        out = np.empty(length, dtype=np.uint32)  # not zero-filled: every byte is overwritten
+    result = out[:length]
+    view = result.data.cast("B")
     enc = _encryptor(seed)
-    for start in range(0, len(out), _CHUNK_BYTES):
-        end = min(start + _CHUNK_BYTES, len(out))
+    for start in range(0, len(view), _CHUNK_BYTES):
+        end = min(start + _CHUNK_BYTES, len(view))
         enc.update_into(_ZEROS[: end - start], view[start:end])
-    return np.frombuffer(out, dtype="<u4").astype(np.uint32, copy=False)
+    if sys.byteorder == "big":  # the keystream is read as little-endian uint32
+        result.byteswap(inplace=True)
+    return result
 
 
-def apply_mask(acc: U32, seed: bytes, *, subtract: bool = False) -> None:
-    """In place ``acc += expand(seed)`` (or ``-=``) modulo 2^32."""
-    mask = expand(seed, acc.size)
+def apply_mask(
+    acc: U32, seed: bytes, *, subtract: bool = False, scratch: U32 | None = None
+) -> None:
+    """In place ``acc += expand(seed)`` (or ``-=``) modulo 2^32; ``scratch``: a reusable
+    buffer of ``acc.size`` uint32 (else one is allocated)."""
+    mask = expand(seed, acc.size, scratch)
     if subtract:
         np.subtract(acc, mask, out=acc)
     else:

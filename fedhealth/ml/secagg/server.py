@@ -249,13 +249,14 @@ class AggregationSession:
         survivors = sorted(self._survivors)
         dropped = sorted(set(self._packages) - set(survivors))
         total = self._sum.copy()
+        scratch = np.empty_like(total)
         for u in survivors:
             seed = self._reconstruct(u, "seed_shares")
             if seed_commitment(self.ctx, u, seed) != roster.by_site[u].seed_commit:
                 raise ProtocolViolation(
                     f"the reconstructed self-mask seed of {u!r} does not match its commitment"
                 )
-            apply_mask(total, seed, subtract=True)
+            apply_mask(total, seed, subtract=True, scratch=scratch)
         for v in dropped:
             secret = private_from_bytes(self._reconstruct(v, "key_shares"))
             if public_bytes(secret) != roster.by_site[v].mask_key:
@@ -265,7 +266,9 @@ class AggregationSession:
             for u in sorted(roster.graph[v] & set(survivors)):
                 peer = public_from_bytes(roster.by_site[u].mask_key, site=u)
                 # u added +mask if u < v, else -mask: remove exactly what u added.
-                apply_mask(total, mask_seed(self.ctx, secret, v, peer, u), subtract=u < v)
+                apply_mask(
+                    total, mask_seed(self.ctx, secret, v, peer, u), subtract=u < v, scratch=scratch
+                )
         try:
             weights, weight = dequantise(total, self.reference, self.spec)
         except ValueError as exc:
