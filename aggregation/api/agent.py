@@ -165,6 +165,7 @@ class AgentRoundViewSet(AgentBase):
                     "train_config": plan["train_config"],
                     "normalizer": plan["normalizer"],
                     "split": plan["split"],
+                    "privacy": plan.get("privacy"),
                 }
             ).data
         )
@@ -266,7 +267,8 @@ class AgentRoundViewSet(AgentBase):
         form.is_valid(raise_exception=True)
         # The agent's words are its own note, shown to its own site only; everyone else
         # reads the product's reason.
-        if not fail_update(update.pk, Reason.SITE_REPORTED, note=form.validated_data["reason"]):
+        code = Reason(form.validated_data["code"])
+        if not fail_update(update.pk, code, note=form.validated_data["reason"]):
             update.refresh_from_db()
             if update.status != ClientUpdate.Status.FAILED:
                 raise Conflict(f"this site's update is {update.status} and cannot fail now")

@@ -91,6 +91,12 @@ class TrainingTaskSerializer(serializers.Serializer):
     )
     normalizer = serializers.DictField()
     split = SplitSerializer()
+    privacy = serializers.DictField(
+        required=False,
+        allow_null=True,
+        help_text="Record-level DP request (epsilon, delta, clip_norm, rounds), or null: the "
+        "agent derives its own noise and enforces its own budget.",
+    )
 
 
 def metrics_from(value) -> dict[str, float]:
@@ -156,6 +162,12 @@ class UpdateUploadSerializer(serializers.Serializer):
 
 class FailureSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
+    code = serializers.ChoiceField(
+        choices=["site_reported", "privacy_budget", "privacy_settings"],
+        default="site_reported",
+        help_text="Why, in the product's words: privacy_budget when the site's own budget "
+        "refuses the round.",
+    )
 
 
 class BoundedListField(serializers.ListField):

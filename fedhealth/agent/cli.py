@@ -16,6 +16,7 @@ from fedhealth.ml.validation import Policy
 
 from .client import ApiClient
 from .data import LocalData, LocalDataError
+from .ledger import AgentLedger
 from .loop import SiteAgent
 
 TOKEN_ENV = "FEDHEALTH_AGENT_TOKEN"
@@ -54,6 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retries", type=int, default=8, help="retries per request on network errors/5xx/429"
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="the agent's own state folder, where its privacy ledger lives "
+        "(default: a .fedhealth-agent folder beside the CSV)",
+    )
+    parser.add_argument(
+        "--privacy-budget",
+        type=float,
+        default=None,
+        help="lifetime epsilon this site allows on these rows; a round past it is refused "
+        "whatever the server asks (default: no limit, every spend still recorded)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -86,9 +101,18 @@ def run(args: argparse.Namespace) -> int:
         data.report.rows_dropped,
         len(schema.features),
     )
+    if args.privacy_budget is not None and not args.privacy_budget >= 0:
+        log.error("--privacy-budget must be >= 0, got %s", args.privacy_budget)
+        return 2
+    state_dir = args.state_dir or args.data.parent / ".fedhealth-agent"
+    ledger = AgentLedger(state_dir, budget=args.privacy_budget)
     client = ApiClient(args.server, token, timeout=args.timeout, retries=args.retries)
     agent = SiteAgent(
-        client, data, name=args.name or args.data.name, poll_interval=args.poll_interval
+        client,
+        data,
+        name=args.name or args.data.name,
+        poll_interval=args.poll_interval,
+        ledger=ledger,
     )
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():

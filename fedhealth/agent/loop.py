@@ -17,12 +17,13 @@ import time
 from typing import Any
 
 from fedhealth.ml.model import ModelConfig
-from fedhealth.ml.sitework import SitePlan, evaluate_at_site, train_at_site
+from fedhealth.ml.sitework import SitePlan, evaluate_at_site, privacy_spend, train_at_site
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
 
 from .client import ApiClient, ApiError, Unavailable
 from .data import LocalData
+from .ledger import AgentLedger, BudgetExceeded, fingerprint
 
 log = logging.getLogger("fedhealth.agent")
 
@@ -42,9 +43,14 @@ class SiteAgent:
         *,
         name: str = "local.csv",
         poll_interval: float = 5.0,
+        ledger: AgentLedger | None = None,
     ) -> None:
         self.client, self.data, self.name = client, data, name
         self.poll_interval = poll_interval
+        # The site's own privacy ledger and budget (None: a ledger that is never written,
+        # so a DP round is refused rather than trained unaccounted).
+        self.ledger = ledger
+        self.rows = fingerprint(data.X, data.y)
         self.dataset_id: int | None = None
         self.site = ""
         self._skipped: set[tuple[str, int]] = set()
@@ -147,9 +153,20 @@ class SiteAgent:
         # measures the local model on the held-out rows in the same call.
         plan = SitePlan.from_dict({**task, "round": task["number"], "site": self.site})
         split = self.data.split(self.site, test_fraction=plan.test_fraction, seed=plan.split_seed)
+        spend = None
+        if plan.privacy is not None:
+            refusal = self._reserve_privacy(plan, split, task)
+            if refusal is not None:
+                code, note = refusal
+                self.client.post_json(
+                    f"/agent/rounds/{rid}/failure/", {"reason": note, "code": code}
+                )
+                log.error("round %d: %s; reported as a failure", task["number"], note)
+                return
+            spend = privacy_spend(plan, split)
         started = time.monotonic()
         try:
-            result = train_at_site(plan, weights, split)
+            result = train_at_site(plan, weights, split, spend=spend)
         except ValueError as exc:
             self.client.post_json(
                 f"/agent/rounds/{rid}/failure/", {"reason": f"local training failed: {exc}"}
@@ -182,6 +199,35 @@ class SiteAgent:
         log.info(
             "round %d: uploaded update (%d bytes, sha256 %s)", task["number"], len(body), sha[:12]
         )
+
+    def _reserve_privacy(self, plan: SitePlan, split, task: dict[str, Any]) -> tuple[str, str] | None:
+        """Derive this round's spend from the local rows, check it against the agent's own
+        budget and record it before training. Returns ``(code, note)`` to refuse with."""
+        if self.ledger is None:
+            return (
+                "privacy_settings",
+                "the server asks for differentially private training but this agent has no "
+                "privacy ledger (start it with --state-dir)",
+            )
+        try:
+            spend = privacy_spend(plan, split)
+        except ValueError as exc:
+            return ("privacy_settings", f"privacy settings cannot be met here: {exc}")
+        assert spend is not None
+        try:
+            total = self.ledger.reserve(self.rows, spend, experiment=int(task["experiment"]))
+        except BudgetExceeded as exc:
+            return ("privacy_budget", str(exc))
+        log.info(
+            "round %d: privacy spend recorded: noise %.3f, epsilon %.3f this experiment, "
+            "%.3f on these rows in all (delta %.2g)",
+            plan.round,
+            spend.noise_multiplier,
+            spend.epsilon_total,
+            total,
+            spend.delta,
+        )
+        return None
 
     # -- evaluation --------------------------------------------------------------------
 
