@@ -220,3 +220,35 @@ def test_the_snapshot_is_one_moment_and_does_not_stall_writers():
         writer.join()
         assert list(Site.objects.values_list("slug", flat=True)) == ["before"]
     assert sorted(Site.objects.values_list("slug", flat=True)) == ["before", "during"]
+
+
+def _repack(source, target, change) -> None:
+    """A correctly sealed copy of ``source`` whose manifest ``change`` edited."""
+    from fedhealth.ops.archive import ArchiveWriter, open_verified
+
+    archive = open_verified(source)
+    try:
+        with open(target, "wb") as raw:
+            writer = ArchiveWriter(raw)
+            for name, meta in archive.manifest["members"].items():
+                writer.add_stream(name, archive.open_member(name), meta["size"])
+            manifest = {
+                k: v
+                for k, v in archive.manifest.items()
+                if k not in ("format", "format_version", "members")
+            }
+            change(manifest)
+            writer.close(manifest)
+    finally:
+        archive.close()
+
+
+def test_a_backup_from_a_newer_version_is_refused(world, tmp_path):
+    archive, newer = tmp_path / "full.tar", tmp_path / "newer.tar"
+    call_command("backup", "--out", str(archive), verbosity=0)
+    _repack(archive, newer, lambda m: m["migrations"].append("aggregation.9999_from_the_future"))
+    call_command("backup", "--verify", str(newer), verbosity=0)  # sound, just not for this code
+    wipe()
+    with pytest.raises(CommandError, match="newer FedHealth .*aggregation.9999_from_the_future"):
+        call_command("restore", str(newer), verbosity=0)
+    assert describe_rows()["aggregation.Experiment"] == [] and describe_files() == {}

@@ -8,6 +8,7 @@ see the same storage, and recording a backup needs no migration. Backups skip ``
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -16,6 +17,7 @@ from django.utils import timezone
 
 from fedhealth.files import read_bytes, write_bytes
 
+logger = logging.getLogger(__name__)
 STATUS_PREFIX = "ops/"
 STATUS_NAME = STATUS_PREFIX + "backup-status.json"
 
@@ -39,7 +41,9 @@ def last_backup() -> dict | None:
             return None
         status = json.loads(read_bytes(STATUS_NAME))
         status["finished_at"] = datetime.fromisoformat(status["finished_at"])
-    except (OSError, ValueError, KeyError):
+    except Exception as exc:  # storage down (any client's error) or a damaged file
+        # The dashboard and /metrics then show "no backup", a warning, rather than failing.
+        logger.warning("backup status unreadable: %r", exc)
         return None
     return status
 
