@@ -48,7 +48,7 @@ class Command(BaseCommand):
 def verify_command(command: BaseCommand, path: str) -> None:
     try:
         manifest = verify_archive(Path(path))
-    except (ArchiveError, BackupKeyError) as exc:
+    except (ArchiveError, BackupKeyError, OSError) as exc:
         raise CommandError(f"{path} is refused: {exc}") from None
     command.stdout.write(
         command.style.SUCCESS(

@@ -39,6 +39,12 @@ class Command(BaseCommand):
             summary = restore_backup(Path(path), force=force, log=log)
         except (ArchiveError, BackupKeyError, RestoreError) as exc:
             raise CommandError(f"{path} was not restored: {exc}") from None
+        except OSError as exc:
+            # Rows load in one transaction, but files may already be in storage.
+            raise CommandError(
+                f"{path} was not restored: {exc}. Some files may have been written; after fixing the cause, "
+                "run the restore again with --force"
+            ) from None
         self.stdout.write(
             self.style.SUCCESS(
                 f"restored {summary.rows} rows and {summary.files} files (backup taken {summary.created_at} "
