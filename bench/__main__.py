@@ -24,6 +24,7 @@ QUICK_ARGS = {
     "fedavg": ["--updates", "20"],
     "orchestration": ["--sites", "4", "--rows", "2000", "--rounds", "3"],
     "predict": ["--repeats", "5", "--requests", "500"],
+    "secagg": ["--params", "100000", "--rows", "500", "--repeats", "2"],
 }
 
 
