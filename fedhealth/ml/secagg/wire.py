@@ -77,7 +77,7 @@ def _int(value: Any, field: str) -> int:
     return value
 
 
-def _bytes_map(value: Any, field: str) -> dict[str, bytes]:
+def bytes_map(value: Any, field: str) -> dict[str, bytes]:
     if not isinstance(value, dict):
         raise _bad(field, value, "an object of site -> base64")
     return {_str(k, f"{field}.key"): unb64(v, f"{field}[{k!r}]") for k, v in value.items()}
@@ -216,7 +216,7 @@ def decode(data: Any) -> Message:
         )
     if kind == "shares":
         return SharePackage(
-            ctx, _str(d["site"], "site"), _bytes_map(d["ciphertexts"], "ciphertexts")
+            ctx, _str(d["site"], "site"), bytes_map(d["ciphertexts"], "ciphertexts")
         )
     if kind == "masked":
         return MaskedInput(ctx, _str(d["site"], "site"), unb64(d["vector"], "vector"))
@@ -227,6 +227,6 @@ def decode(data: Any) -> Message:
     return UnmaskReply(
         ctx,
         _str(d["site"], "site"),
-        _bytes_map(d["seed_shares"], "seed_shares"),
-        _bytes_map(d["key_shares"], "key_shares"),
+        bytes_map(d["seed_shares"], "seed_shares"),
+        bytes_map(d["key_shares"], "key_shares"),
     )
