@@ -20,6 +20,7 @@ from fedhealth.ml.secagg.client import SiteSession
 from fedhealth.ml.secagg.errors import SecAggError
 from fedhealth.ml.secagg.keys import encrypt_share
 from fedhealth.ml.secagg.masking import dequantise, quantise
+from fedhealth.ml.secagg.messages import SharePackage
 from fedhealth.ml.strategies import FedAvg
 from fedhealth.ml.types import Update
 
@@ -316,3 +317,36 @@ def test_no_single_masked_vector_decodes_to_its_sites_update_while_the_sum_does(
     for s in run.sites:
         run.server.receive_unmask(s, run.sites[s].unmask(run.request))
     assert_fedavg(run.server.finish(), run.ref, run.ups)
+
+
+def test_phases_close_at_their_deadline_with_the_late_sites_counted_as_dropped():
+    ref, ups = make_updates(5, seed=11)
+    server = AggregationSession(
+        CTX, sites=[u.site for u in ups], reference=ref, threshold=3, max_weight=1024
+    )
+    sites = {u.site: SiteSession(CTX, u.site) for u in ups}
+    assert server.pending() == sorted(sites)
+    for s in ("site-0", "site-1", "site-2", "site-3"):  # site-4 misses the advertise deadline
+        server.receive_advertise(s, sites[s].advertise())
+    assert server.pending() == ["site-4"]
+    roster = server.close_phase()
+    for s in ("site-0", "site-1", "site-2", "site-3"):
+        server.receive_shares(s, sites[s].share_keys(roster))
+    assert server.pending() == []
+    inbox = server.close_phase()
+    for u in ups[:3]:  # site-3 shared keys, then misses the masked-input deadline
+        server.receive_masked(
+            u.site, sites[u.site].masked_input(inbox[u.site], u.weights, u.num_samples, ref)
+        )
+    assert server.pending() == ["site-3"]
+    request = server.close_phase()
+    for s in request.survivors:
+        server.receive_unmask(s, sites[s].unmask(request))
+    result = server.close_phase()
+    assert result.dropped == ("site-3",)
+    assert_fedavg(result, ref, ups[:3])
+    # a late site's message after the round is refused, never counted
+    with pytest.raises(
+        ProtocolViolation, match="site 'site-4' sent a share message during the done phase"
+    ):
+        server.receive_shares("site-4", SharePackage(CTX, "site-4", {}))

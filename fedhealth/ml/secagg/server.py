@@ -283,6 +283,32 @@ class AggregationSession:
             self.spec.error_bound(len(survivors), weight),
         )
 
+    # driving the phases (the platform: close when nobody is pending or the deadline passed)
+    def pending(self) -> list[str]:
+        """Sites the current phase still waits for (empty when it may close early)."""
+        if self.phase is Phase.ADVERTISE:
+            waiting = set(self.sites) - set(self._adverts)
+        elif self.phase is Phase.SHARE:
+            waiting = set(self._roster().by_site) - set(self._packages)
+        elif self.phase is Phase.MASKED:
+            waiting = set(self._packages) - set(self._survivors)
+        elif self.phase is Phase.UNMASK:
+            waiting = set(self._survivors) - set(self._replies)
+        else:
+            waiting = set()
+        return sorted(waiting)
+
+    def close_phase(self) -> Roster | dict[str, dict[str, bytes]] | UnmaskRequest | SecureResult:
+        """Close whichever phase is open (at its deadline, or once ``pending()`` is empty);
+        the sites still pending count as dropped. Raises ``BelowThreshold`` to fail closed."""
+        if self.phase is Phase.ADVERTISE:
+            return self.close_advertise()
+        if self.phase is Phase.SHARE:
+            return self.close_shares()
+        if self.phase is Phase.MASKED:
+            return self.close_masked()
+        return self.finish()
+
     # state, for a server that restarts mid-round (holds no secret: shares are encrypted
     # for their holders; revealed shares are what the server is meant to see)
     def export_state(self) -> dict[str, Any]:
