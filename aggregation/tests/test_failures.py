@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from datetime import timedelta
 
 import pytest
@@ -293,23 +294,32 @@ def test_no_notice_while_a_worker_is_alive(unattended, client, charlie, two_site
 
 # -- the broker unreachable from this process ----------------------------------------------------
 
-@pytest.fixture
-def unreachable_broker():
-    """This process's Celery app pointed at a closed port: every publish fails for real."""
+@pytest.fixture(params=["refused", "silent"])
+def unreachable_broker(request, settings):
+    """This process's Celery app pointed at a broker that cannot be reached, for real:
+    a closed port ("refused"), or one that accepts connections and never answers
+    ("silent": a hung or half-open broker), with the production timeouts for Redis."""
     from fedhealth.celery import app
 
-    def repoint(url):
+    def repoint(url, options):
         app.conf.broker_url = url
+        app.conf.broker_transport_options = options
         app._pool = None  # the connection pools are built from the URL on first use
         app.amqp._producer_pool = None
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    previous = app.conf.broker_url
-    repoint(f"redis://127.0.0.1:{port}/0")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if request.param == "refused":
+        listener.close()
+    previous = (app.conf.broker_url, app.conf.broker_transport_options)
+    timeout = settings.FEDHEALTH_BROKER_TIMEOUT
+    repoint(f"redis://127.0.0.1:{port}/0", {"socket_connect_timeout": timeout, "socket_timeout": timeout})
+    started = time.monotonic()
     yield
-    repoint(previous)
+    # Two tries, each giving up after the timeout (settings): the request never hangs.
+    assert time.monotonic() - started < 4 * timeout + 5
+    repoint(*previous)
+    listener.close()
 
 
 def _assert_started_but_not_queued(experiment):
