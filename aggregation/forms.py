@@ -67,13 +67,22 @@ NUMBER_LABELS = {
     "test_fraction": "Test fraction held out at each site",
     "seed": "Random seed",
     "outlier_factor": "Outlier factor",
+    "dp_epsilon": "Privacy budget per site (epsilon)",
+    "dp_clip_norm": "Gradient clip per patient row",
 }
 NUMBER_HELP = {
     "min_sites": "A round needs at least this many sites' updates.",
     "test_fraction": "Each site keeps this share of its rows to evaluate the models.",
     "outlier_factor": "An update farther from the global model than this many times the median of the "
                       "round's other updates is refused.",
+    "dp_epsilon": "Each site's patients get (epsilon, delta)-DP over the whole experiment; each site "
+                  "derives its noise from this and its own row count. 3 is a common choice for a few "
+                  "thousand rows (1 is strong, 8 weak).",
+    "dp_clip_norm": "Each patient's gradient is clipped to this norm before noise; 1 suits the "
+                    "default model.",
 }
+# DP settings came after the others: a form without them keeps the defaults.
+OPTIONAL_NUMBERS = ("outlier_factor", "dp_epsilon", "dp_clip_norm")
 
 
 def strategy_label(name: str) -> str:
@@ -94,7 +103,7 @@ def _bounded_field(name: str) -> forms.Field:
     default = Experiment._meta.get_field(name).default
     kwargs = {"label": NUMBER_LABELS[name], "help_text": NUMBER_HELP.get(name, ""), "initial": default,
               # Added after the others: a form without it keeps the default.
-              "required": name != "outlier_factor"}
+              "required": name not in OPTIONAL_NUMBERS}
     if bound.integer:
         return forms.IntegerField(min_value=int(bound.low), max_value=int(bound.high), **kwargs)
     return forms.FloatField(min_value=bound.low, max_value=bound.high, widget=_number("any"), **kwargs)
@@ -134,6 +143,17 @@ class ExperimentForm(forms.Form):
         label="Aggregation strategy",
         choices=[(name, strategy_label(name)) for name in STRATEGIES],
         initial="fedavg",
+    )
+    dp_mode = forms.ChoiceField(
+        label="Differential privacy",
+        choices=[("off", "Off"), ("record", "Record-level: DP-SGD at each site (recommended for patient data)")],
+        widget=forms.RadioSelect, initial="off", required=False,
+        help_text="Record-level DP bounds what the shared models can reveal about any one patient. "
+                  "Each site keeps its own ledger and refuses to train past the budget its admin set.",
+    )
+    dp_delta = forms.FloatField(
+        label="Delta", required=False, widget=_number("any"),
+        help_text="Leave empty for 1/(10 x rows) at each site; it must stay below 1/rows at every site.",
     )
     deadline_minutes = forms.IntegerField(
         label="Round deadline (minutes)",
@@ -192,6 +212,8 @@ class ExperimentForm(forms.Form):
                 "hidden": ", ".join(map(str, layers)),
                 "strategy": instance.strategy,
                 "deadline_minutes": max(1, round(instance.round_timeout / 60)),
+                "dp_mode": instance.dp_mode,
+                "dp_delta": instance.dp_delta,
             })
         else:
             self.initial.setdefault("hidden", ", ".join(map(str, Experiment._meta.get_field("hidden_layers").default())))
@@ -240,6 +262,10 @@ class ExperimentForm(forms.Form):
         }
         if cleaned.get("hidden") is not None:
             args["hidden_layers"] = cleaned["hidden"]
+        if cleaned.get("dp_mode"):
+            args["dp_mode"] = cleaned["dp_mode"]
+        if "dp_delta" in cleaned:
+            args["dp_delta"] = cleaned["dp_delta"]
         if cleaned.get("deadline_minutes") is not None:
             args["round_timeout"] = cleaned["deadline_minutes"] * 60
         if strategy:

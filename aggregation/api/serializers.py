@@ -10,6 +10,7 @@ from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round
 from aggregation.policy import CONFIG_FIELDS
 from aggregation.services.creation import (
     BOUNDS,
+    DP_MODES,
     MAX_DESCRIPTION_LENGTH,
     MAX_HIDDEN_LAYERS,
     MAX_LAYER_WIDTH,
@@ -134,6 +135,18 @@ class ExperimentCreateSerializer(serializers.Serializer):
     test_fraction = _bounded("test_fraction")
     seed = _bounded("seed")
     outlier_factor = _bounded("outlier_factor")
+    dp_mode = serializers.ChoiceField(
+        choices=list(DP_MODES),
+        required=False,
+        help_text="record: DP-SGD at each site, with each site's own ledger and budget.",
+    )
+    dp_epsilon = _bounded("dp_epsilon")
+    dp_delta = FiniteFloatField(
+        required=False,
+        allow_null=True,
+        help_text="Below 1/rows at every site; null: 1/(10 x rows) at each site.",
+    )
+    dp_clip_norm = _bounded("dp_clip_norm")
 
     def validate_schema(self, value):
         reject_nul(value, "schema")

@@ -26,6 +26,10 @@ CONFIG_FIELDS = [
     "round_timeout",
     "test_fraction",
     "seed",
+    "dp_mode",
+    "dp_epsilon",
+    "dp_delta",
+    "dp_clip_norm",
 ]
 # Log fields a site may see as they are; anything else in an event (present or added
 # later) is dropped for a site unless a rule below rebuilds it.

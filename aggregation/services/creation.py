@@ -49,7 +49,13 @@ BOUNDS: dict[str, Bound] = {
     "round_timeout": Bound(60, 7 * 24 * 3600, integer=True),
     "seed": Bound(0, SEED_MAX, integer=True),
     "outlier_factor": Bound(1.5, 1000.0),
+    # Record-level DP (fedhealth.ml.privacy): epsilon per patient at each site over the
+    # whole experiment, and the per-row gradient clip. Below 0.01 no model learns; above
+    # 100 the guarantee means nothing.
+    "dp_epsilon": Bound(0.01, 100.0),
+    "dp_clip_norm": Bound(0.001, 1000.0),
 }
+DP_MODES = ("off", "record")
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 1024
 MAX_NAME_LENGTH = 200  # Experiment.name's column
@@ -58,7 +64,7 @@ MAX_DESCRIPTION_LENGTH = 5000
 # strategy itself checks its own range.
 MAX_STRATEGY_PARAMS = 16
 
-CONFIG_KEYS = (*BOUNDS, "hidden_layers", "strategy", "strategy_params")
+CONFIG_KEYS = (*BOUNDS, "hidden_layers", "strategy", "strategy_params", "dp_mode", "dp_delta")
 
 
 class ExperimentInvalid(ValueError):
@@ -242,6 +248,22 @@ def validate_experiment(
         if strategy:
             clean["strategy"], clean["strategy_params"] = strategy
 
+    if "dp_mode" in config:
+        if config["dp_mode"] not in DP_MODES:
+            fail("dp_mode", f"dp_mode must be one of {', '.join(DP_MODES)}, not {config['dp_mode']!r}.")
+        else:
+            clean["dp_mode"] = config["dp_mode"]
+    if config.get("dp_delta") is not None:
+        delta = config["dp_delta"]
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not math.isfinite(delta):
+            fail("dp_delta", f"dp_delta must be a number, not {delta!r}.")
+        elif not 0 < delta < 1:
+            fail("dp_delta", f"dp_delta must be above 0 and below 1; got {delta:g}.")
+        else:
+            clean["dp_delta"] = float(delta)
+    elif "dp_delta" in config:
+        clean["dp_delta"] = None
+
     try:
         schema_dict = (
             Schema.from_dict(schema).to_dict() if schema is not None else DEFAULT_SCHEMA.to_dict()
@@ -273,6 +295,18 @@ def validate_experiment(
                 f"{clean['strategy']} with these parameters needs at least "
                 f"{required()} sites; {n} take part.",
             )
+    if clean.get("dp_delta") and rows:
+        # delta is a probability of failure per patient: at or above 1/rows it allows
+        # releasing a whole row. Checked against each site's training rows.
+        test_fraction = clean.get("test_fraction") or Experiment._meta.get_field("test_fraction").default
+        for ds in rows:
+            train_rows = ds.row_count - math.ceil(test_fraction * ds.row_count)
+            if train_rows > 0 and clean["dp_delta"] >= 1 / train_rows:
+                fail(
+                    "dp_delta",
+                    f"dp_delta must be below 1/rows = {1 / train_rows:.2g} for dataset {ds.pk} "
+                    f"({train_rows:,} training rows); got {clean['dp_delta']:g}.",
+                )
     if errors:
         raise ExperimentInvalid(errors)
     return clean
@@ -346,6 +380,7 @@ def update_experiment(
 __all__ = [
     "BOUNDS",
     "CONFIG_KEYS",
+    "DP_MODES",
     "MAX_DESCRIPTION_LENGTH",
     "MAX_HIDDEN_LAYERS",
     "MAX_LAYER_WIDTH",
