@@ -4,7 +4,6 @@ from django.core.exceptions import ValidationError
 
 from clients.models import Dataset
 from fedhealth.ml.strategies import STRATEGIES
-from fedhealth.readonly_admin import ReadOnlyAdmin, ReadOnlyTabularInline
 
 from . import services
 from .models import ClientUpdate, Experiment, ModelVersion, Participant, Round, SiteEvaluation
@@ -160,14 +159,16 @@ class ExperimentAdmin(admin.ModelAdmin):
         self._apply(request, queryset, services.cancel_experiment, "cancelled")
 
 
-class ClientUpdateInline(ReadOnlyTabularInline):
+class ClientUpdateInline(admin.TabularInline):
     model = ClientUpdate
+    extra = 0
+    can_delete = False
     fields = ["site", "status", "num_samples", "loss", "error", "sha256"]
     readonly_fields = fields
 
 
 @admin.register(Round)
-class RoundAdmin(ReadOnlyAdmin):
+class RoundAdmin(admin.ModelAdmin):
     list_display = ["experiment", "number", "status", "deadline", "started_at", "completed_at"]
     list_filter = ["status", "experiment"]
     search_fields = ["experiment__name"]
@@ -177,7 +178,7 @@ class RoundAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ClientUpdate)
-class ClientUpdateAdmin(ReadOnlyAdmin):
+class ClientUpdateAdmin(admin.ModelAdmin):
     list_display = ["round", "site", "status", "source", "num_samples", "loss", "attempts", "received_at"]
     list_filter = ["status", "source", "site"]
     search_fields = ["site__name", "round__experiment__name", "sha256", "error"]
@@ -194,7 +195,7 @@ class ParticipantAdmin(admin.ModelAdmin):
 
 
 @admin.register(SiteEvaluation)
-class SiteEvaluationAdmin(ReadOnlyAdmin):
+class SiteEvaluationAdmin(admin.ModelAdmin):
     list_display = ["version", "site", "accuracy", "auroc", "created_at"]
     list_filter = ["site", "version__experiment"]
     search_fields = ["site__name", "version__experiment__name"]
@@ -208,15 +209,20 @@ class SiteEvaluationAdmin(ReadOnlyAdmin):
     def auroc(self, obj: SiteEvaluation) -> str:
         return _format(obj.metrics.get("auroc"))
 
+    def has_add_permission(self, request):
+        return False  # evaluations come from the sites
 
-class SiteEvaluationInline(ReadOnlyTabularInline):
+
+class SiteEvaluationInline(admin.TabularInline):
     model = SiteEvaluation
+    extra = 0
+    can_delete = False
     fields = ["site", "metrics", "created_at"]
     readonly_fields = fields
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(ReadOnlyAdmin):
+class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ["experiment", "version", "sha256", "accuracy", "auroc", "created_at"]
     list_filter = ["experiment"]
     search_fields = ["experiment__name", "sha256"]
@@ -238,7 +244,3 @@ def _metric(version: ModelVersion, key: str) -> str:
 
 def _format(value) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-# Derived records (fedhealth/readonly_admin.py): read-only everywhere in the admin.
-from . import admin_derived  # noqa: E402,F401
