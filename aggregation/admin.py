@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 
 from clients.models import Dataset
 from fedhealth.ml.strategies import STRATEGIES
+from fedhealth.readonly_admin import ReadOnlyAdmin, ReadOnlyTabularInline
 
 from . import services
 from .models import ClientUpdate, Experiment, ModelVersion, Participant, Round, SiteEvaluation
@@ -159,16 +160,14 @@ class ExperimentAdmin(admin.ModelAdmin):
         self._apply(request, queryset, services.cancel_experiment, "cancelled")
 
 
-class ClientUpdateInline(admin.TabularInline):
+class ClientUpdateInline(ReadOnlyTabularInline):
     model = ClientUpdate
-    extra = 0
-    can_delete = False
     fields = ["site", "status", "num_samples", "loss", "error", "sha256"]
     readonly_fields = fields
 
 
 @admin.register(Round)
-class RoundAdmin(admin.ModelAdmin):
+class RoundAdmin(ReadOnlyAdmin):
     list_display = ["experiment", "number", "status", "deadline", "started_at", "completed_at"]
     list_filter = ["status", "experiment"]
     search_fields = ["experiment__name"]
@@ -178,7 +177,7 @@ class RoundAdmin(admin.ModelAdmin):
 
 
 @admin.register(ClientUpdate)
-class ClientUpdateAdmin(admin.ModelAdmin):
+class ClientUpdateAdmin(ReadOnlyAdmin):
     list_display = ["round", "site", "status", "source", "num_samples", "loss", "attempts", "received_at"]
     list_filter = ["status", "source", "site"]
     search_fields = ["site__name", "round__experiment__name", "sha256", "error"]
@@ -195,7 +194,7 @@ class ParticipantAdmin(admin.ModelAdmin):
 
 
 @admin.register(SiteEvaluation)
-class SiteEvaluationAdmin(admin.ModelAdmin):
+class SiteEvaluationAdmin(ReadOnlyAdmin):
     list_display = ["version", "site", "accuracy", "auroc", "created_at"]
     list_filter = ["site", "version__experiment"]
     search_fields = ["site__name", "version__experiment__name"]
@@ -209,20 +208,15 @@ class SiteEvaluationAdmin(admin.ModelAdmin):
     def auroc(self, obj: SiteEvaluation) -> str:
         return _format(obj.metrics.get("auroc"))
 
-    def has_add_permission(self, request):
-        return False  # evaluations come from the sites
 
-
-class SiteEvaluationInline(admin.TabularInline):
+class SiteEvaluationInline(ReadOnlyTabularInline):
     model = SiteEvaluation
-    extra = 0
-    can_delete = False
     fields = ["site", "metrics", "created_at"]
     readonly_fields = fields
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(ReadOnlyAdmin):
     list_display = ["experiment", "version", "sha256", "accuracy", "auroc", "created_at"]
     list_filter = ["experiment"]
     search_fields = ["experiment__name", "sha256"]
@@ -244,3 +238,7 @@ def _metric(version: ModelVersion, key: str) -> str:
 
 def _format(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+# Derived records (fedhealth/readonly_admin.py): read-only everywhere in the admin.
+from . import admin_derived  # noqa: E402,F401
