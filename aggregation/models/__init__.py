@@ -2,6 +2,7 @@ from .experiment import Experiment, Participant
 from .model_version import EvaluationAttempt, ModelVersion, SiteEvaluation, WorkerHeartbeat
 from .privacy import PrivacyBudget, PrivacyLedgerEntry
 from .round import ClientUpdate, Round
+from .secure import SecureRound, SecureSite
 
 __all__ = [
     "ClientUpdate",
@@ -12,6 +13,8 @@ __all__ = [
     "PrivacyBudget",
     "PrivacyLedgerEntry",
     "Round",
+    "SecureRound",
+    "SecureSite",
     "SiteEvaluation",
     "WorkerHeartbeat",
 ]

@@ -75,6 +75,13 @@ class Experiment(models.Model):
     dp_epsilon = models.FloatField(default=DEFAULT_EPSILON)
     dp_delta = models.FloatField(null=True, blank=True, help_text="Empty: 1/(10 x rows) at each site.")
     dp_clip_norm = models.FloatField(default=DEFAULT_CLIP_NORM)
+    # Secure aggregation (fedhealth.ml.secagg): the server learns only the sum of the
+    # sites' updates. Threshold empty: a majority of the sites in the round, at least 2.
+    secure_aggregation = models.BooleanField(default=False)
+    secagg_threshold = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(2)],
+        help_text="Empty: a majority of the sites in the round, at least 2.",
+    )
     sites = models.ManyToManyField("clients.Site", through="Participant", related_name="experiments")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
