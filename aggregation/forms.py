@@ -9,6 +9,7 @@ from django.utils.formats import date_format
 from django.utils.timezone import localtime
 
 from clients.models import Dataset, Site
+from clients.policy import join_problems
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
 from fedhealth.ml.strategies import STRATEGIES, strategy_params
 
@@ -184,7 +185,7 @@ class ExperimentForm(forms.Form):
             self.fields[name] = forms.TypedChoiceField(
                 label=site.name, required=False, coerce=int, empty_value=None,
                 choices=[("", "Not taking part")] + [
-                    (ds.pk, f"{ds.name} · {ds.row_count:,} rows · {ds.label_balance:.0%} healthy") for ds in options
+                    (ds.pk, _dataset_choice(ds)) for ds in options
                 ],
                 initial=chosen.get(site.pk),
             )
@@ -393,3 +394,11 @@ class PredictCsvForm(forms.Form):
             queryset=versions, label="Model version", empty_label=None, viewer=viewer
         )
         self.order_fields(["version", "file"])
+
+
+def _dataset_choice(ds: Dataset) -> str:
+    """A dataset as the coordinator's form lists it: figures only as the disclosure limits
+    allow (clients/policy.py), and why a dataset too small to join cannot be chosen."""
+    if join_problems(ds):
+        return f"{ds.name} · {ds.row_count:,} rows · too small to join an experiment"
+    return f"{ds.name} · {ds.row_count:,} rows · {ds.label_balance:.0%} healthy"

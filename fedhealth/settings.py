@@ -377,6 +377,20 @@ if FEDHEALTH_MIN_FIGURE_SITES < 2 or FEDHEALTH_EVALUATION_GRACE_SECONDS < 0:
         "FEDHEALTH_MIN_FIGURE_SITES must be at least 2 and FEDHEALTH_EVALUATION_GRACE_SECONDS "
         f"at least 0, not {FEDHEALTH_MIN_FIGURE_SITES} and {FEDHEALTH_EVALUATION_GRACE_SECONDS}"
     )
+# Disclosure limits (clients/policy.py): a dataset joins an experiment only with at least
+# FEDHEALTH_MIN_DATASET_ROWS rows and FEDHEALTH_MIN_ROWS_PER_LABEL rows of each label it has;
+# the coordinator sees a dataset's counts, label balance and rounded means and standard
+# deviations (never minima or maxima), and no figure at all from fewer rows than the first.
+# 5 follows the small-cell rule of published health statistics (no cell under 5).
+FEDHEALTH_MIN_DATASET_ROWS = env.int("FEDHEALTH_MIN_DATASET_ROWS", default=20)
+FEDHEALTH_MIN_ROWS_PER_LABEL = env.int("FEDHEALTH_MIN_ROWS_PER_LABEL", default=5)
+if FEDHEALTH_MIN_DATASET_ROWS < 1 or FEDHEALTH_MIN_ROWS_PER_LABEL < 1:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "FEDHEALTH_MIN_DATASET_ROWS and FEDHEALTH_MIN_ROWS_PER_LABEL must be at least 1, not "
+        f"{FEDHEALTH_MIN_DATASET_ROWS} and {FEDHEALTH_MIN_ROWS_PER_LABEL}"
+    )
 # A CSV of patients to score is far smaller than a training set: 10,000 records (the
 # prediction service's batch limit) of a few vitals fit in ~1 MB; 5 MB leaves room for
 # extra ID columns.

@@ -18,6 +18,7 @@ from typing import Any
 from django.db import transaction
 
 from clients.models import Dataset, Site
+from clients.policy import join_problems
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
 from fedhealth.ml.strategies import STRATEGIES, get_strategy, strategy_params
 
@@ -192,6 +193,8 @@ def _datasets(
             problems.append(
                 f"dataset {pk} is an agent's summary, but site {ds.site.slug} is hosted"
             )
+        else:  # the disclosure limits (clients/policy.py)
+            problems.extend(join_problems(ds))
         if ds.site_id in sites:
             problems.append(f"site {ds.site.slug} has more than one dataset in the list")
         sites.add(ds.site_id)

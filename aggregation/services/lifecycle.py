@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from clients.models import Dataset, Site
+from clients.policy import join_problems
 from fedhealth.ml.model import init_weights
 from fedhealth.ml.stats import Normalizer, SufficientStats, merge_stats
 from fedhealth.ml.strategies import get_strategy
@@ -52,6 +53,8 @@ def check_ready(experiment: Experiment) -> list[str]:
             problems.append(f"site {p.site.name} has no ready dataset for this experiment")
         elif p.dataset.schema != experiment.schema:
             problems.append(f"site {p.site.name}'s dataset has a different schema")
+        else:  # the disclosure limits, checked again: a draft may predate them
+            problems.extend(join_problems(p.dataset))
     return problems
 
 

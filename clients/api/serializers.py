@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from clients.models import Dataset, Site
 from clients.permissions import site_of
+from clients.policy import dataset_summary
 from fedhealth.api import parsers
 from fedhealth.api.fields import FiniteFloatField, ReadJSONField, finite, reject_nul
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
@@ -65,13 +66,22 @@ REPORT_QUOTES = {"problems", "warnings"}
 
 class DatasetSerializer(serializers.ModelSerializer):
     site = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    label_balance = serializers.FloatField(read_only=True)
+    # Figures as clients/policy.py's dataset_summary shows them to the caller: in full to
+    # the owning site; to others counts, balance and rounded means/SDs, no min/max and no
+    # exact sufficient statistics, and none at all under the row limit (null).
+    positive_count = serializers.SerializerMethodField()
+    label_balance = serializers.SerializerMethodField()
     hosted = serializers.SerializerMethodField(
         help_text="True when the CSV sits in the platform's site-private storage."
     )
     schema = ReadJSONField()
-    stats = ReadJSONField(help_text="Sufficient statistics: {count, sum, sumsq}.")
-    summary = ReadJSONField(help_text="Per feature: unit, mean, std, min, max.")
+    stats = serializers.SerializerMethodField(
+        help_text="Sufficient statistics {count, sum, sumsq}: the owning site only (null for others)."
+    )
+    summary = serializers.SerializerMethodField(
+        help_text="Per feature: unit, mean, std (and min, max for the owning site); others get means and SDs "
+        "rounded, and {} for a dataset under the disclosure row limit."
+    )
     validation_report = serializers.SerializerMethodField(
         help_text="The owning site sees the full report; others only its counts (the examples quote cell values)."
     )
@@ -100,6 +110,30 @@ class DatasetSerializer(serializers.ModelSerializer):
 
     def get_hosted(self, obj: Dataset) -> bool:
         return bool(obj.file)
+
+    def _shown(self, obj: Dataset):
+        cache = self.context.setdefault("_dataset_summaries", {})
+        if obj.pk not in cache:
+            request = self.context.get("request")
+            cache[obj.pk] = dataset_summary(getattr(request, "user", None), obj)
+        return cache[obj.pk]
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_positive_count(self, obj: Dataset) -> int | None:
+        return self._shown(obj).positive_count
+
+    @extend_schema_field(OpenApiTypes.FLOAT)
+    def get_label_balance(self, obj: Dataset) -> float | None:
+        return self._shown(obj).label_balance
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_stats(self, obj: Dataset) -> dict | None:
+        stats = self._shown(obj).stats
+        return finite(stats) if stats is not None else None
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_summary(self, obj: Dataset) -> dict:
+        return finite(self._shown(obj).features_dict())
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_validation_report(self, obj: Dataset) -> dict:

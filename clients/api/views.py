@@ -161,6 +161,6 @@ class AgentDatasetViewSet(viewsets.GenericViewSet):
         except DatasetSummaryError as exc:
             raise field_error(exc.field, str(exc)) from None
         return Response(
-            DatasetSerializer(dataset).data,
+            DatasetSerializer(dataset, context=self.get_serializer_context()).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )

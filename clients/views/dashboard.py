@@ -11,6 +11,7 @@ from aggregation.services import health
 from aggregation.views.progress import experiment_progress
 from clients.models import Dataset, Membership
 from clients.permissions import visible_sites
+from clients.policy import site_totals_visible
 from fedhealth.ops.status import backup_is_stale, last_backup
 
 from .access import coordinator_required
@@ -32,7 +33,8 @@ def dashboard(request):
         site.positives = sum(d[1] for d in counted)
         site.distinct_datasets = len(counted)
         site.copies = site.ready_datasets - len(counted)
-        site.balance = site.positives / site.rows if site.rows else None
+        # The disclosure limits (clients/policy.py): no balance from fewer rows than the limit.
+        site.balance = site.positives / site.rows if site_totals_visible(site.rows) else None
         site.members = members.get(site.pk, 0)
     viewer = policy.viewer_of(request.user)
     experiments = [(e, experiment_progress(e, viewer)) for e in visible_experiments(request.user).order_by("-created_at")]

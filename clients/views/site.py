@@ -14,6 +14,7 @@ from aggregation.views.progress import experiment_progress, site_figures
 from clients.forms import UploadForm
 from clients.models import Dataset
 from clients.permissions import downloadable_datasets, site_of, visible_datasets
+from clients.policy import dataset_summary
 from fedhealth.ml.schema import DEFAULT_SCHEMA
 
 from .access import site_member_required
@@ -44,7 +45,7 @@ def site_home(request):
         "site": request.site,
         "datasets": datasets,
         "latest_ready": latest_ready,
-        "features": feature_rows(latest_ready) if latest_ready else [],
+        "shown": dataset_summary(user, latest_ready) if latest_ready else None,
         "experiments": experiments,
         "updates": updates,
         "upload_form": UploadForm(),
@@ -60,7 +61,8 @@ def dataset_detail(request, pk: int):
     own = site_of(request.user) == dataset.site
     return render(request, "clients/dataset_detail.html", {
         "dataset": dataset,
-        "features": feature_rows(dataset),
+        "shown": dataset_summary(request.user, dataset),
+        "min_rows": settings.FEDHEALTH_MIN_DATASET_ROWS,
         "own": own,
         "can_download": own and bool(dataset.file),
         "report": describe_report(dataset.validation_report if own else _counts_only(dataset.validation_report)),
@@ -76,9 +78,3 @@ def dataset_download(request, pk: int):
 
 def _counts_only(report: dict) -> dict:
     return {k: val for k, val in report.items() if k not in ("problems", "warnings")}
-
-
-def feature_rows(dataset: Dataset) -> list[tuple[str, dict]]:
-    """The per-feature summary in schema order (a JSON column need not keep key order)."""
-    names = [f["name"] for f in (dataset.schema or {}).get("features", [])]
-    return [(name, dataset.summary[name]) for name in names if name in (dataset.summary or {})]
