@@ -344,12 +344,14 @@ class VersionChoiceField(forms.ModelChoiceField):
             if self._figures is None:
                 self._figures = policy.version_figures(self.queryset)
             shown = policy.version_metrics(self.viewer, obj, self._figures[obj.pk])["mean"]
-        parts = [f"v{obj.version}", f"round {obj.round.number}", date_format(localtime(obj.created_at), "j M Y H:i")]
+        # "recommended" first: a closed picker shows only the start of a long label.
+        head = f"v{obj.version} (recommended)" if recommended else f"v{obj.version}"
+        parts = [head, f"round {obj.round.number}", date_format(localtime(obj.created_at), "j M Y H:i")]
         for key, name in (("auroc", "AUROC"), ("accuracy", "accuracy")):
             value = shown.get(key)
             if isinstance(value, float) and value == value:
                 parts.append(f"{name} {value:.3f}")
-        return " · ".join(parts) + (" · recommended" if recommended else "")
+        return " · ".join(parts)
 
 
 def feature_label(name: str) -> str:

@@ -55,7 +55,7 @@ def test_the_picker_groups_versions_by_experiment_and_defaults_to_the_finished_o
     selected = re.search(r'<option value="(\d+)"[^>]*selected>([^<]+)</option>', picker)
     assert selected.group(1) == str(world.version.pk)
     label = selected.group(2)
-    assert label.startswith("v2 · round 2 · ") and label.endswith(" · recommended")
+    assert label.startswith("v2 (recommended) · round 2 · ")
     assert world.version.created_at.strftime("%Y") in label and "AUROC 0." in label and "accuracy 0." in label
     assert f'<option value="{mid.pk}">v1 · round 1 · ' in picker and "recommended" not in picker.split(
         "</optgroup>")[0]  # a running experiment recommends nothing
@@ -153,7 +153,7 @@ def test_a_100_round_experiment_shows_every_round_of_every_site(client, world, m
 
     assert rounds.count('<li class="cell cell-received"') == 190 and rounds.count('<li class="cell cell-none"') == 10
     assert 'title="Round 100: Received"' in rounds
-    assert len(re.findall(r'<th scope="row" class="num">\d+</th>', rounds)) == 100  # the drill-down table
+    assert len(re.findall(r'<th scope="row" class="num" data-label="Round">\d+</th>', rounds)) == 100  # drill-down
 
 
 def test_a_failed_updates_reason_is_written_out_not_only_in_a_tooltip(client, world):
@@ -233,5 +233,16 @@ def test_numbers_and_words_in_the_configuration(client, world):
     client.force_login(world.charlie)
     html = client.get(reverse("experiment_detail", args=[world.shared.pk])).content.decode()
 
-    assert "weight decay 0.000001" in html and "1e-06" not in html
+    assert "learning rate 0.003, weight decay 0.000001</dd>" in html and "1e-06" not in html
     assert "<dt>Planned rounds</dt>" in html and ">Sites per round<" not in html.split('id="config-title"')[0]
+
+
+def test_the_experiment_list_writes_out_why_an_experiment_failed(client, world):
+    client.force_login(world.alice)
+    html = client.get(reverse("experiment_list")).content.decode()
+
+    from aggregation import policy
+
+    why = policy.ending(policy.viewer_of(world.alice), world.only_a.failure_code, world.only_a.failure_reason,
+                        world.only_a.status)["text"]
+    assert f'<div class="small failure" data-failure>{why}</div>' in html

@@ -165,7 +165,7 @@ def round_grid(experiment: Experiment, user) -> tuple[list[int], list[dict[str, 
 def round_table_context(numbers: list[int], rows: list[dict[str, Any]], viewer: policy.Viewer) -> dict[str, Any]:
     """The rounds section's context: the per-site strips, the same cells by round for
     the drill-down table, and each failed update's reason in words (not a tooltip)."""
-    by_round = [{"number": n, "cells": [row["cells"][i] for row in rows]} for i, n in enumerate(numbers)]
+    by_round = [{"number": n, "cells": [(row["site"].name, row["cells"][i]) for row in rows]} for i, n in enumerate(numbers)]
     failures = [
         {"round": n, "site": row["site"].name, "error": cell["error"], "site_note": cell["site_note"]}
         for i, n in enumerate(numbers) for row in rows
