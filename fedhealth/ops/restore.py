@@ -2,10 +2,9 @@
 whichever took it).
 
 Order of a restore: verify every byte (an altered archive changes nothing); refuse a
-non-empty instance unless forced; bring the schema to the migrations the backup was
-taken at; write the files (files before rows, as everywhere in this codebase); load the
-rows in one transaction; reset the primary-key sequences; migrate forward to this
-code's migrations.
+non-empty instance unless forced, and a backup from a newer version; migrate the
+database to this version's schema; write the files (files before rows, as everywhere
+in this codebase); load the rows in one transaction; reset the primary-key sequences.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from django.core import serializers
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.core.management.color import no_style
-from django.core.management.sql import emit_post_migrate_signal
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 
@@ -85,10 +83,11 @@ def _models(manifest: dict) -> list:
         raise RestoreError(f"the backup holds a model this version does not have ({exc})") from None
 
 
-def _migration_targets(manifest: dict) -> list[tuple[str, str]]:
-    """For each app, the last migration applied when the backup was taken."""
-    executor = MigrationExecutor(connection)
-    graph = executor.loader.graph
+def _check_migrations(manifest: dict) -> None:
+    """Refuse a backup taken by a newer version: its rows may need columns this code
+    does not have. An older backup is fine: its rows load into this code's schema, and
+    fields added since take their defaults."""
+    graph = MigrationExecutor(connection).loader.graph
     applied = {tuple(name.split(".", 1)) for name in manifest["migrations"]}
     unknown = sorted(".".join(node) for node in applied if node not in graph.nodes)
     if unknown:
@@ -97,16 +96,6 @@ def _migration_targets(manifest: dict) -> list[tuple[str, str]]:
             + ", ".join(unknown[:5])
             + "); restore it with that version or later"
         )
-    targets = []
-    for app_label in sorted({app for app, _ in applied}):
-        nodes = {node for node in applied if node[0] == app_label}
-        leaves = [
-            n
-            for n in nodes
-            if not any(c in nodes for c in graph.node_map[n].children if c[0] == app_label)
-        ]
-        targets += sorted(leaves)
-    return targets
 
 
 def instance_contents(models: list) -> list[str]:
@@ -135,13 +124,12 @@ def restore_backup(
                 + "); restore into an empty "
                 "database and storage, or pass --force to replace everything in it"
             )
-        targets = _migration_targets(manifest)
-        log(f"migrating to the backup's schema ({len(targets)} apps)")
-        executor = MigrationExecutor(connection)
-        executor.loader.check_consistent_history(connection)
-        executor.migrate(targets)
-        # Content types and permissions (users' permissions load by natural key).
-        emit_post_migrate_signal(0, False, DEFAULT_DB_ALIAS)
+        _check_migrations(manifest)
+        # The rows are loaded with this code's models, so into this code's schema (an
+        # empty database is created here). migrate also makes the content types and
+        # permissions that users' permissions load by natural key.
+        log("migrating the database to this version's schema")
+        call_command("migrate", interactive=False, verbosity=0)
         if existing:
             log("--force: removing this instance's rows and files")
             _wipe(models)
@@ -150,8 +138,6 @@ def restore_backup(
             _write_file(archive, meta["member"], name)
         log(f"loading {sum(manifest['rows'].values())} rows")
         _load_rows(archive, models)
-    # Forward to this code's schema (a no-op when the backup came from the same version).
-    call_command("migrate", interactive=False, verbosity=0)
     return RestoreSummary(
         sum(manifest["rows"].values()),
         len(manifest["files"]),
