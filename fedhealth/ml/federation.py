@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from .metrics import mean_metrics
 from .model import ModelConfig, init_weights
+from .privacy import PrivacySettings, plan_round_spend, train_local_dp
 from .secagg import RoundContext
 from .secagg.federated import SecureOptions, incompatibility, secure_aggregate
 from .stats import Normalizer, compute_stats, merge_stats
@@ -60,6 +61,8 @@ class FederatedConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(n_features=4))
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    # Record-level DP at each site (DP-SGD); None: off. ``rounds`` must match.
+    privacy: PrivacySettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class FederatedConfig:
             "model": self.model.to_dict(),
             "train": self.train.to_dict(),
             "seed": self.seed,
+            "privacy": None if self.privacy is None else self.privacy.to_dict(),
         }
 
 
@@ -84,6 +88,8 @@ class RoundRecord:
     accepted: list[str]
     rejected: list[dict[str, str]]
     refused: str | None = None  # why no new model this round (the previous one stays)
+    # With DP: each site's spend after this round (``RoundSpend.to_dict()``), by site.
+    privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +139,11 @@ def run_federated(
         if reason is not None:
             raise ValueError(reason)
         secure.threshold_for(len(sites))
+    if config.privacy is not None:
+        if config.privacy.rounds != config.rounds:
+            raise ValueError(f"privacy rounds ({config.privacy.rounds}) must equal rounds ({config.rounds})")
+        for site in sites:
+            config.privacy.delta_for(len(site.y_train))  # a clear error before any training
     normalizer = global_normalizer(sites)
     train_sets = [(s, normalizer.transform(s.X_train)) for s in sites]
     strategy = get_strategy(config.strategy, **config.strategy_params)
@@ -143,13 +154,28 @@ def run_federated(
 
     for r in range(1, config.rounds + 1):
         updates: list[Update] = []
+        spends: dict[str, dict[str, Any]] = {}
         for site, X in train_sets:
             plan = plan_site_round(
                 site=site.name, round_number=r, experiment_seed=config.seed, model=config.model,
                 train=config.train, strategy=strategy, normalizer=normalizer,
                 test_fraction=len(site.y_test) / (len(site.y_test) + len(site.y_train)),
             )
-            result = train_local(config.model, weights, X, site.y_train, plan.train)
+            if config.privacy is None:
+                result = train_local(config.model, weights, X, site.y_train, plan.train)
+            else:
+                spend = plan_round_spend(
+                    config.privacy, round_number=r, rows=len(site.y_train),
+                    epochs=plan.train.epochs, batch_size=plan.train.batch_size,
+                )
+                spends[site.name] = spend.to_dict()
+                # In one process there is no server to hide the seed from: the round seed
+                # keeps simulate reproducible (a real site draws a secret one).
+                result = train_local_dp(
+                    config.model, weights, X, site.y_train, plan.train,
+                    noise_multiplier=spend.noise_multiplier, clip_norm=spend.clip_norm,
+                    secret_seed=plan.train.seed,
+                )
             updates.append(Update(result.weights, result.num_samples, site.name, result.metrics | {"loss": result.loss}))
         if secure is None:
             outcome = strategy.aggregate(weights, updates)
@@ -169,6 +195,7 @@ def run_federated(
             accepted=list(outcome.accepted),
             rejected=[{"site": x.site, "reason": x.reason} for x in outcome.rejected],
             refused=outcome.refused,
+            privacy=spends,
         )
         history.append(record)
         if on_round is not None:

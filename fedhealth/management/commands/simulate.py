@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from fedhealth.ml.federation import (
 )
 from fedhealth.ml.metrics import json_safe
 from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.privacy import DEFAULT_CLIP_NORM, DEFAULT_EPSILON, PrivacySettings
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
 from fedhealth.ml.secagg.federated import SecureOptions, incompatibility
 from fedhealth.ml.strategies import STRATEGIES, get_strategy
@@ -91,6 +93,17 @@ class Command(BaseCommand):
                             help="probability that a site drops after sharing keys, each round (simulated)")
         parser.add_argument("--secagg-degree", type=int, metavar="D",
                             help="SecAgg+: each site masks with D neighbours (even) instead of every site")
+        parser.add_argument("--dp", choices=["off", "record"], default="off",
+                            help="record: record-level differential privacy (DP-SGD) at each site")
+        parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
+                            help="with --dp record: epsilon per patient at each site over all rounds")
+        parser.add_argument("--delta", type=float, default=None,
+                            help="with --dp record: delta (default 1/(10 x rows) at each site; below 1/rows)")
+        parser.add_argument("--clip", type=float, default=DEFAULT_CLIP_NORM,
+                            help="with --dp record: per-row gradient clip norm")
+        parser.add_argument("--dp-sweep", metavar="E1,E2,...",
+                            help="run once without DP and once per epsilon; print and write (--json) "
+                                 "the privacy-utility curve")
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads (default 1: this small model trains fastest single-threaded)")
 
@@ -102,6 +115,9 @@ class Command(BaseCommand):
         sites = self._load_sites(schema, opts)
         config = self._config(schema, opts)
         secure = self._secure(opts, config, len(sites))
+        config = self._privacy(opts, config, sites)
+        if opts["dp_sweep"]:
+            return self._sweep(opts, config, sites, secure)
 
         bar = tqdm(total=config.rounds, desc="rounds", unit="round", disable=opts["verbosity"] == 0)
         self.stdout.write(f"{'round':>5}  {'loss':>8}  {'accuracy':>8}  {'auroc':>8}  sites")
@@ -131,6 +147,19 @@ class Command(BaseCommand):
             ],
             "federated": evaluate_sites(config.model, weights, normalizer, sites),
         }
+        if config.privacy is not None:
+            result["privacy"] = {
+                name: {k: spend[k] for k in ("epsilon_total", "delta", "noise_multiplier", "clip_norm")}
+                for name, spend in history[-1].privacy.items()
+            }
+            for figures in result["privacy"].values():
+                figures["epsilon"] = figures.pop("epsilon_total")
+            self.stdout.write("privacy at each site (record-level, whole experiment):")
+            for name, figures in result["privacy"].items():
+                self.stdout.write(
+                    f"  {name}: epsilon {figures['epsilon']:.3f}, delta {figures['delta']:.2g}, "
+                    f"noise multiplier {figures['noise_multiplier']:.3f}"
+                )
         if not opts["no_baselines"]:
             result |= self._baselines(sites, config)
         self._print_summary(result)
@@ -180,6 +209,60 @@ class Command(BaseCommand):
             rounds=opts["rounds"], strategy=opts["strategy"], strategy_params=params,
             model=model, train=train, seed=opts["seed"],
         )
+
+    def _privacy(self, opts: dict[str, Any], config: FederatedConfig, sites: list[SiteSplit]) -> FederatedConfig:
+        given = [k for k in ("epsilon", "delta", "clip") if opts[k] != {"epsilon": DEFAULT_EPSILON,
+                 "delta": None, "clip": DEFAULT_CLIP_NORM}[k]]
+        if opts["dp"] == "off":
+            if given and not opts["dp_sweep"]:
+                raise CommandError(f"--{given[0]} needs --dp record")
+            if not opts["dp_sweep"]:
+                return config
+        try:
+            settings = PrivacySettings(epsilon=opts["epsilon"], delta=opts["delta"], clip_norm=opts["clip"],
+                                       rounds=config.rounds)
+            for site in sites:
+                try:
+                    settings.delta_for(len(site.y_train))
+                except ValueError as exc:
+                    raise ValueError(f"site {site.name}: {exc}") from None
+        except ValueError as exc:
+            raise CommandError(f"--dp record: {exc}") from None
+        return replace(config, privacy=settings if opts["dp"] == "record" else None)
+
+    def _sweep(self, opts, config: FederatedConfig, sites: list[SiteSplit], secure) -> None:
+        """Federated accuracy and AUROC without DP and at each epsilon (the other DP
+        settings as given)."""
+        try:
+            epsilons = [float(e) for e in opts["dp_sweep"].split(",") if e.strip()]
+        except ValueError:
+            raise CommandError(f"--dp-sweep must be comma-separated numbers, not {opts['dp_sweep']!r}") from None
+        base = PrivacySettings(epsilon=opts["epsilon"], delta=opts["delta"], clip_norm=opts["clip"],
+                               rounds=config.rounds)
+        rows: list[dict[str, Any]] = []
+        self.stdout.write(f"{'epsilon':>8}  {'accuracy':>8}  {'auroc':>8}  {'noise (mean)':>12}")
+        for epsilon in [None, *epsilons]:
+            try:
+                privacy = None if epsilon is None else replace(base, epsilon=epsilon)
+            except ValueError as exc:
+                raise CommandError(f"--dp-sweep: {exc}") from None
+            run = replace(config, privacy=privacy)
+            weights, normalizer, history = run_federated(sites, run, secure=secure)
+            mean = evaluate_sites(run.model, weights, normalizer, sites)["mean"]
+            spends = history[-1].privacy
+            noise = sum(s["noise_multiplier"] for s in spends.values()) / len(spends) if spends else 0.0
+            row = {"epsilon": epsilon, "accuracy": mean["accuracy"], "auroc": mean["auroc"],
+                   "noise_multiplier": noise,
+                   "spent": max((s["epsilon_total"] for s in spends.values()), default=0.0)}
+            rows.append(row)
+            label = "no DP" if epsilon is None else f"{epsilon:g}"
+            self.stdout.write(f"{label:>8}  {row['accuracy']:>8.4f}  {row['auroc']:>8.4f}  {noise:>12.3f}")
+        if opts["json_path"]:
+            path = Path(opts["json_path"])
+            result = {"config": config.to_dict() | {"sites": [s.name for s in sites]},
+                      "privacy": base.to_dict(), "dp_sweep": rows}
+            path.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
+            self.stdout.write(f"privacy-utility curve written to {path}")
 
     def _secure(self, opts: dict[str, Any], config: FederatedConfig, n_sites: int) -> SecureOptions | None:
         secagg = {k: opts[k] for k in ("secagg_threshold", "secagg_degree") if opts[k] is not None}
