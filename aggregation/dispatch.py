@@ -131,6 +131,22 @@ def queue_aggregation(round_id: int) -> bool:
     return _send("aggregate_round", [round_id], settings.FEDHEALTH_SERVER_QUEUE)
 
 
+# -- secure aggregation: each hosted site's step of the open phase ----------------------
+
+def queue_secure_phase(round_id: int) -> int:
+    """Send the open phase's step to each hosted site still owing it (all of them once the
+    protocol is over: each then deletes its secrets). Safe to repeat: steps are idempotent."""
+    from .models import SecureRound, SecureSite
+
+    secure = SecureRound.objects.filter(round_id=round_id).first()
+    if secure is None:
+        return 0
+    places = SecureSite.objects.filter(secure_round=secure, site__mode=Site.Mode.HOSTED).select_related("site")
+    if secure.phase not in (SecureRound.Phase.DONE, SecureRound.Phase.FAILED):
+        places = places.filter(status=SecureSite.Status.ACTIVE).exclude(last_phase=secure.phase)
+    return _send_all("secure_site_step", (([round_id, p.site_id], p.site.queue) for p in places))
+
+
 # -- federated evaluation at each site -------------------------------------------------
 
 def queue_evaluations(version_id: int, *, include_training: bool = False, quiet_since: datetime | None = None) -> int:

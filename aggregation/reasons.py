@@ -33,11 +33,14 @@ class Reason(models.TextChoices):
     ATTEMPTS_EXHAUSTED = "attempts_exhausted", "The work failed on every attempt and was given up."
     PRIVACY_BUDGET = "privacy_budget", "Another round would exceed the site's privacy budget for this dataset; the site did not train."
     PRIVACY_SETTINGS = "privacy_settings", "The experiment's privacy settings cannot be met at this site (delta must be below 1 / its training rows)."
+    SECAGG_DROPPED = "secagg_dropped", "The site did not take its step of the secure-aggregation protocol before the phase's deadline; it was counted as dropped."
     # A round or an experiment
     QUORUM = "quorum", "Too few sites' updates were usable to meet the experiment's quorum."
     AGGREGATE_INVALID = "aggregate_invalid", "The combined model was not finite or not plausible; the previous global model is kept."
     AGGREGATION_FAILED = "aggregation_failed", "Aggregation failed after repeated attempts; the previous global model is kept."
     ROUND_FAILED = "round_failed", "A round failed."
+    SECAGG_THRESHOLD = "secagg_threshold", "Too few sites completed the secure-aggregation protocol (below its threshold): the round failed closed and the previous global model is kept."
+    SECAGG_FAILED = "secagg_failed", "The secure-aggregation protocol could not unmask the sum (a message did not check out): the round failed closed and the previous global model is kept."
     # An evaluation
     EVALUATION_FAILED = "evaluation_failed", "The site could not evaluate this model version."
     INTERNAL = "internal", "An internal error stopped this work; the operator's logs have the details."

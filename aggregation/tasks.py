@@ -24,7 +24,7 @@ from . import services, sweeper
 from .budgets import AGGREGATE_ROUND, EVALUATE_SITE, SWEEP, TRAIN_SITE, TRANSIENT, Budget
 from .models import ClientUpdate
 from .reasons import Reason
-from .services import failures
+from .services import failures, secure_round
 from .services.sitework import SiteDataError
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,15 @@ def _update_tries(update_id: int) -> int:
 @shared_task(name="aggregation.aggregate_round", max_retries=AGGREGATE_ROUND.attempts - 1, **GUARDED)
 @_unless_gone
 def aggregate_round(self, round_id: int) -> int | str | None:
+    if secure_round.is_secure(round_id):
+        # The protocol's phases move on by the sites' messages and their deadlines: here,
+        # a deadline check (and a re-send of lost steps) each time the sweeper calls.
+        try:
+            version = secure_round.advance(round_id)
+        except TRANSIENT:
+            log.warning("aggregate_round(%s): transient failure; the sweeper calls again", round_id, exc_info=True)
+            return "retry later"
+        return version.version if version else None
     tries = failures.begin_aggregation(round_id)
     if not tries:
         return "skipped: not aggregating"
@@ -127,6 +136,24 @@ def aggregate_round(self, round_id: int) -> int | str | None:
         failures.give_up_aggregation(round_id, Reason.INTERNAL)
         return "failed"
     return version.version if version else None
+
+
+# -- secure aggregation: a hosted site's step ------------------------------------------
+
+@shared_task(name="aggregation.secure_site_step", max_retries=TRAIN_SITE.attempts - 1, **GUARDED)
+@_unless_gone
+def secure_site_step(self, round_id: int, site_id: int) -> str:
+    """A step the site cannot take is not retried: the site counts as dropped at the
+    phase's deadline (the protocol recovers, or the round fails closed)."""
+    try:
+        return secure_round.run_site_phase(round_id, site_id)
+    except ObjectDoesNotExist:
+        raise
+    except TRANSIENT as exc:
+        return _retry_or_give_up(self, TRAIN_SITE, self.request.retries + 1, exc, lambda: None)
+    except Exception:
+        log.exception("secure_site_step(%s, %s): the site's step failed; it will count as dropped", round_id, site_id)
+        return "failed"
 
 
 # -- federated evaluation at each site ----------------------------------------------

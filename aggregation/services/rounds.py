@@ -195,7 +195,12 @@ def maybe_close_round(round_id: int, *, now: Any = None) -> str:
         if len(received) >= experiment.min_sites:
             round_.status = Round.Status.AGGREGATING
             round_.save(update_fields=["status", "closed_at"])
-            transaction.on_commit(lambda: dispatch.queue_aggregation(round_id))
+            if experiment.secure_aggregation:  # the protocol's phases, then the unmasked sum
+                from .secure_round import start
+
+                start(round_, [u.site for u in received])
+            else:
+                transaction.on_commit(lambda: dispatch.queue_aggregation(round_id))
             return round_.status
         round_.status = Round.Status.FAILED
         round_.failure_code = Reason.QUORUM
@@ -347,6 +352,10 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
     if round_.status != Round.Status.AGGREGATING:
         return ModelVersion.objects.filter(round=round_).first()
     experiment = round_.experiment
+    if experiment.secure_aggregation:  # no update is stored: the protocol's phases run instead
+        from .secure_round import advance
+
+        return advance(round_id)
     previous, _ = artifacts.global_weights_for(round_)
     strategy = _load_strategy(experiment)
     failed = [
@@ -368,6 +377,19 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
             f"{considered} usable of the {experiment.min_sites} required.",
         )
         return None
+    used = list(round_.updates.filter(status=ClientUpdate.Status.RECEIVED, site__slug__in=result.accepted))
+    return publish_aggregate(round_, strategy, result, rejected, used)
+
+
+def publish_aggregate(
+    round_: Round, strategy: Any, result: Any, rejected: list[dict[str, str]], used: list[ClientUpdate]
+) -> ModelVersion | None:
+    """Store an aggregating round's result as the next version and complete the round,
+    once: the commit re-checks the round is still aggregating. A non-finite or
+    implausible aggregate is refused (the previous model stays). ``used``: the updates
+    whose loss makes the round's training loss."""
+    round_id = round_.pk
+    experiment = round_.experiment
     weights = result.weights
     refused = result.refused
     if weights is not None and not publishable(weights):
@@ -387,7 +409,6 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
         state_file = artifacts.state_name(experiment, round_.number)
         saved_state["arrays_sha256"] = artifacts.save_weights(state_file, state["arrays"])
 
-    used = list(round_.updates.filter(status=ClientUpdate.Status.RECEIVED, site__slug__in=result.accepted))
     total = sum(u.num_samples for u in used)
     train_loss = sum((u.loss or 0.0) * u.num_samples for u in used) / total if total else None
     with transaction.atomic():

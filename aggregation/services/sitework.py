@@ -129,6 +129,11 @@ def train_hosted_update(update_id: int) -> str:
         fail_update(update_id, Reason.TRAINING_FAILED)
         return "failed: training"
     local = result.metrics
+    if experiment.secure_aggregation:  # the update stays here until it leaves masked
+        from .secure_round import keep_at_site
+
+        keep_at_site(update_id, result.weights, num_samples=result.num_samples, loss=result.loss, metrics=local)
+        return "kept for secure aggregation"
     submit_update(
         update_id, result.weights, num_samples=result.num_samples, loss=result.loss,
         metrics=local, source="hosted",
