@@ -20,6 +20,8 @@ from django.db import transaction
 from clients.models import Dataset, Site
 from clients.policy import join_problems
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
+from fedhealth.ml.secagg.federated import incompatibility
+from fedhealth.ml.secagg.server import check_threshold
 from fedhealth.ml.strategies import STRATEGIES, get_strategy, strategy_params
 
 from ..models import Experiment, Participant
@@ -65,7 +67,10 @@ MAX_DESCRIPTION_LENGTH = 5000
 # strategy itself checks its own range.
 MAX_STRATEGY_PARAMS = 16
 
-CONFIG_KEYS = (*BOUNDS, "hidden_layers", "strategy", "strategy_params", "dp_mode", "dp_delta")
+CONFIG_KEYS = (
+    *BOUNDS, "hidden_layers", "strategy", "strategy_params", "dp_mode", "dp_delta",
+    "secure_aggregation", "secagg_threshold",
+)
 
 
 class ExperimentInvalid(ValueError):
@@ -310,9 +315,54 @@ def validate_experiment(
                     f"dp_delta must be below 1/rows = {1 / train_rows:.2g} for dataset {ds.pk} "
                     f"({train_rows:,} training rows); got {clean['dp_delta']:g}.",
                 )
+    _secure_aggregation(config, clean, rows, fail)
     if errors:
         raise ExperimentInvalid(errors)
     return clean
+
+
+def _secure_aggregation(config: Mapping[str, Any], clean: dict[str, Any], rows: list[Dataset], fail: Any) -> None:
+    """Secure aggregation (docs/secure-aggregation.md): the server sees only the sum of the
+    updates, so a rule that compares the sites' updates cannot run, and the threshold
+    must be a majority of the sites, at least 2."""
+    secure = config.get("secure_aggregation", False)
+    threshold = config.get("secagg_threshold")
+    if "secure_aggregation" in config:
+        if not isinstance(secure, bool):
+            fail("secure_aggregation", f"secure_aggregation must be true or false, not {secure!r}.")
+            return
+        clean["secure_aggregation"] = secure
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)):
+        fail("secagg_threshold", f"secagg_threshold must be a whole number or empty, not {threshold!r}.")
+        return
+    if not secure:
+        if threshold is not None:
+            fail("secagg_threshold", "secagg_threshold applies only with secure_aggregation on.")
+        elif "secagg_threshold" in config:
+            clean["secagg_threshold"] = None
+        return
+    clean["secagg_threshold"] = threshold
+    if "strategy" in config and "strategy" not in clean:
+        return  # the strategy itself was refused: that message says enough
+    strategy = get_strategy(clean.get("strategy", "fedavg"), **clean.get("strategy_params", {}))
+    reason = incompatibility(strategy)
+    if reason:
+        fail("strategy", f"secure aggregation is on, and {reason}.")
+    agents = sorted({ds.site.slug for ds in rows if ds.site.mode == Site.Mode.AGENT})
+    if agents:
+        fail(
+            "secure_aggregation",
+            "secure aggregation runs on hosted sites only for now; these sites run an agent: "
+            + ", ".join(agents) + ".",
+        )
+    n = len(rows)
+    if rows and n < 2:
+        fail("secure_aggregation", f"secure aggregation needs at least 2 sites; {n} takes part.")
+    elif rows and threshold is not None:
+        try:
+            check_threshold(threshold, n, None)
+        except ValueError as exc:  # names the allowed range and the value
+            fail("secagg_threshold", f"{exc}.")
 
 
 def _participants(experiment: Experiment, datasets: list[Dataset]) -> None:

@@ -329,3 +329,44 @@ def test_plain_experiment_is_unchanged(four_sites, make_experiment, drive):
     assert not SecureRound.objects.filter(round=round_).exists()
     assert round_.updates.exclude(weights_file="").count() == 2
     assert "secure" not in round_.metrics
+
+
+# -- the option at the creation service (behind the form, the API and the admin) ---------
+
+def _create(datasets, **config):
+    from aggregation.services.creation import create_experiment
+
+    return create_experiment(name="secure", datasets=[d.pk for d in datasets], **config)
+
+
+def test_the_option_is_validated_by_the_creation_service(four_sites, make_site, make_dataset):
+    from aggregation.services.creation import ExperimentInvalid
+
+    experiment = _create(four_sites[:3], secure_aggregation=True)
+    assert experiment.secure_aggregation and experiment.secagg_threshold is None
+    assert _create(four_sites, secure_aggregation=True, secagg_threshold=4, strategy="fedadam").secagg_threshold == 4
+
+    def errors(datasets, **config):
+        with pytest.raises(ExperimentInvalid) as caught:
+            _create(datasets, **config)
+        return caught.value.errors
+
+    robust = errors(four_sites, secure_aggregation=True, strategy="fedmedian")
+    assert "needs each site's update" in robust["strategy"][0] and "only their sum" in robust["strategy"][0]
+    low = errors(four_sites, secure_aggregation=True, secagg_threshold=2)
+    assert low["secagg_threshold"] == ["secure-aggregation threshold must be between 3 and 4 for 4 sites, got 2."]
+    assert "between 3 and 4" in errors(four_sites, secure_aggregation=True, secagg_threshold=5)["secagg_threshold"][0]
+    assert "applies only with secure_aggregation on" in errors(four_sites, secagg_threshold=3)["secagg_threshold"][0]
+    assert "true or false" in errors(four_sites, secure_aggregation="yes")["secure_aggregation"][0]
+    assert "at least 2 sites" in errors(four_sites[:1], secure_aggregation=True)["secure_aggregation"][0]
+    from clients.models import Site
+
+    agent = make_site("agent-site", mode=Site.Mode.AGENT)
+    from clients.models import Dataset
+
+    ds = Dataset.objects.create(site=agent, name="remote", row_count=300, status=four_sites[0].status,
+                                schema=four_sites[0].schema, stats=four_sites[0].stats)
+    problems = errors([*four_sites[:2], ds], secure_aggregation=True)
+    assert problems["secure_aggregation"] == [
+        "secure aggregation runs on hosted sites only for now; these sites run an agent: agent-site."
+    ]
