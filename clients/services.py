@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import File
 from django.db import transaction
 
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
 from fedhealth.ml.stats import SufficientStats, compute_stats, feature_summary
 from fedhealth.ml.validation import Dataset as ArrayData
 from fedhealth.ml.validation import Policy, ValidationReport, validate_csv
+from fedhealth.ml.validation.canonical import write_canonical_csv
+from fedhealth.uploads import SUFFIX, staging_dir
 
 from .models import Dataset, Site
 
@@ -88,6 +91,12 @@ def ingest_dataset(
     upload keeps its report (so the site can see what was wrong) but leaves no file
     behind. The file is written before the row is marked ready, inside one transaction,
     so a crash never leaves a ready dataset without its file; a partial file is removed.
+
+    What is stored is the canonical CSV of the rows that were loaded (the schema's columns
+    in its order, fedhealth/ml/validation/canonical.py), never the upload: extra columns
+    (an MRN, a name) and dropped rows never reach storage; the report lists the columns
+    dropped and calls out those that look like identifiers. ``sha256`` and ``size_bytes``
+    are the stored file's, which workers verify before every task.
     """
     check_can_upload(site)
     name = _dataset_name(name)
@@ -108,40 +117,38 @@ def ingest_dataset(
         return IngestResult(dataset, report)
 
     data = result.data
+    del raw  # the upload's bytes are not what is stored
     stats, summary = summarise_arrays(schema, data)
-    with transaction.atomic():
-        dataset = Dataset(
-            status=Dataset.Status.READY,
-            sha256=hashlib.sha256(raw).hexdigest(),
-            row_count=len(data.y),
-            positive_count=int(data.y.sum()),
-            rows_dropped=report.rows_dropped,
-            stats=stats,
-            summary=summary,
-            **fields,
-        )
-        _store(dataset, upload, raw)
-        try:
-            dataset.save()
-        except Exception:
-            dataset.file.delete(save=False)
-            raise
+    # Staged beside uploads (site-private, cleaned by clean_staging if a crash leaves it).
+    with tempfile.NamedTemporaryFile(dir=staging_dir(site.slug), suffix=SUFFIX) as canonical:
+        size, sha256 = write_canonical_csv(data, schema, canonical)
+        canonical.flush()
+        canonical.seek(0)
+        with transaction.atomic():
+            dataset = Dataset(
+                status=Dataset.Status.READY,
+                sha256=sha256,
+                row_count=len(data.y),
+                positive_count=int(data.y.sum()),
+                rows_dropped=report.rows_dropped,
+                stats=stats,
+                summary=summary,
+                **(fields | {"size_bytes": size}),
+            )
+            _store(dataset, File(canonical))
+            try:
+                dataset.save()
+            except Exception:
+                dataset.file.delete(save=False)
+                raise
     return IngestResult(dataset, report)
 
 
-def _store(dataset: Dataset, upload: IO[bytes], raw: bytes) -> None:
-    """Write the validated bytes into the site's private storage.
-
-    A staged upload (fedhealth/uploads.py) is handed to the storage as is, so a local
-    storage moves it into place and a remote one streams it; an in-memory one is written
-    from the bytes that were validated. A failed write leaves no partial file.
-    """
+def _store(dataset: Dataset, content: File) -> None:
+    """Write the canonical file into the site's private storage (streamed from its
+    staging file by the storage). A failed write leaves no partial file."""
     storage = dataset.file.storage
     name = dataset.file.field.generate_filename(dataset, "upload.csv")
-    content: Any = ContentFile(raw)
-    if hasattr(upload, "temporary_file_path") and getattr(upload, "size", None) == len(raw):
-        upload.seek(0)
-        content = upload
     try:
         dataset.file.name = storage.save(name, content, max_length=dataset.file.field.max_length)
     except BaseException:

@@ -23,7 +23,10 @@ from clients.services import (
     register_remote_dataset,
 )
 from clients.views import upload as upload_view
+from fedhealth.ml.schema import DEFAULT_SCHEMA
 from fedhealth.ml.synthetic import generate_site
+from fedhealth.ml.validation import validate_csv
+from fedhealth.ml.validation.canonical import write_canonical_csv
 from fedhealth.uploads import clean_staging, staging_root
 
 pytestmark = pytest.mark.django_db
@@ -139,7 +142,10 @@ def test_a_web_upload_waits_in_site_staging_and_leaves_nothing_behind(
     assert files_under(staging_root()) == [] and files_under(system_tmp) == []
     stored = files_under(Path(small_memory.MEDIA_ROOT) / "datasets")
     if status == Dataset.Status.READY:
-        assert [p.read_bytes() for p in stored] == [body]
+        # What is stored is the canonical CSV of the validated rows, not the upload (issue 9).
+        canonical = io.BytesIO()
+        write_canonical_csv(validate_csv(body).data, DEFAULT_SCHEMA, canonical)
+        assert [p.read_bytes() for p in stored] == [canonical.getvalue()]
         assert oct(staging_root().stat().st_mode & 0o777) == "0o700"
     else:
         assert stored == []

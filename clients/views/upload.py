@@ -29,7 +29,7 @@ KIND_LABELS = {
     v.DUPLICATE_HEADER: "Duplicate column",
     v.MISSING_COLUMN: "Missing column",
     v.MALFORMED_ROW: "Malformed row",
-    v.UNEXPECTED_COLUMN: "Extra column (ignored)",
+    v.UNEXPECTED_COLUMN: "Extra column (dropped, not stored)",
     v.NON_NUMERIC: "Not a number",
     v.EMPTY_VALUE: "Empty value",
     v.OUT_OF_RANGE: "Out of range",

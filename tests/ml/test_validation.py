@@ -411,7 +411,7 @@ def test_report_to_dict_is_json_with_stable_keys() -> None:
     # Assert
     assert list(d) == [
         "ok", "policy", "rows_total", "rows_valid", "rows_dropped",
-        "counts", "file_errors", "problems", "warnings",
+        "counts", "file_errors", "problems", "warnings", "columns_dropped", "identifier_columns",
     ]  # fmt: skip
     assert d["problems"][0] == {
         "kind": "non_numeric",
@@ -421,6 +421,7 @@ def test_report_to_dict_is_json_with_stable_keys() -> None:
         "value": "abc",
     }
     assert d["warnings"][0]["column"] == "id"
+    assert d["columns_dropped"] == d["identifier_columns"] == ["id"]
 
 
 def test_format_lists_counts_examples_and_warnings() -> None:
@@ -438,7 +439,8 @@ def test_format_lists_counts_examples_and_warnings() -> None:
         "  line 3, column 'spo2': value 'abc' is not a number",
         "  ... and 1 more",
         "warnings: 1",
-        "  unexpected_column: line 1: column 'id' is not in the schema; ignored",
+        "  unexpected_column: line 1: column 'id' is not in the schema and looks like a patient "
+        "identifier; it is dropped and never stored (remove it from your export)",
     ]
 
 

@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from fedhealth.ml.schema import Feature, Schema
+from fedhealth.ml.validation.identifiers import looks_like_identifier
 from fedhealth.ml.validation.report import (
     DUPLICATE_HEADER,
     FILE_TOO_LARGE,
@@ -149,13 +150,20 @@ def _check_header(header: list[str], schema: Schema) -> tuple[list[Problem], lis
         if name not in header
     ]
     warnings = [
-        Problem(
-            UNEXPECTED_COLUMN, f"line 1: column {name!r} is not in the schema; ignored", 1, name
-        )
+        Problem(UNEXPECTED_COLUMN, _unexpected_message(name), 1, name)
         for name in dict.fromkeys(header)
         if name not in expected
     ]
     return problems, warnings
+
+
+def _unexpected_message(name: str) -> str:
+    if looks_like_identifier(name):
+        return (
+            f"line 1: column {name!r} is not in the schema and looks like a patient identifier; "
+            "it is dropped and never stored (remove it from your export)"
+        )
+    return f"line 1: column {name!r} is not in the schema; dropped, not stored"
 
 
 def _read_numeric(

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fedhealth.ml.validation.identifiers import looks_like_identifier
+
 FILE_TOO_LARGE = "file_too_large"
 NOT_UTF8 = "not_utf8"
 EMPTY_FILE = "empty_file"
@@ -86,6 +88,16 @@ class ValidationReport:
     warnings: list[Problem] = field(default_factory=list)
 
     @property
+    def columns_dropped(self) -> list[str]:
+        """Columns of the file that are not in the schema: never loaded, never stored."""
+        return [w.column for w in self.warnings if w.kind == UNEXPECTED_COLUMN and w.column is not None]
+
+    @property
+    def identifier_columns(self) -> list[str]:
+        """The dropped columns whose names look like patient identifiers (identifiers.py)."""
+        return [name for name in self.columns_dropped if looks_like_identifier(name)]
+
+    @property
     def file_errors(self) -> list[str]:
         """Kinds found that make the whole file unusable, whatever the policy."""
         return sorted(kind for kind in self.counts if kind in FILE_KINDS)
@@ -102,6 +114,8 @@ class ValidationReport:
             "file_errors": self.file_errors,
             "problems": [asdict(p) for p in self.problems],
             "warnings": [asdict(w) for w in self.warnings],
+            "columns_dropped": self.columns_dropped,
+            "identifier_columns": self.identifier_columns,
         }
 
     def format(self) -> str:
