@@ -30,7 +30,7 @@ class ExperimentAdminForm(forms.ModelForm):
     class Meta:
         model = Experiment
         fields = ["name", "description", "datasets", "hidden_layers", "strategy", "strategy_params", *BOUNDS,
-                  "dp_mode", "dp_delta"]
+                  "dp_mode", "dp_delta", "secure_aggregation", "secagg_threshold"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

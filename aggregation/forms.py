@@ -20,6 +20,7 @@ from .services.creation import (
     MAX_HIDDEN_LAYERS,
     MAX_LAYER_WIDTH,
     MAX_NAME_LENGTH,
+    MAX_SITES,
     ExperimentInvalid,
     create_experiment,
     update_experiment,
@@ -156,6 +157,19 @@ class ExperimentForm(forms.Form):
         label="Delta", required=False, widget=_number("any"),
         help_text="Leave empty for 1/(10 x rows) at each site; it must stay below 1/rows at every site.",
     )
+    secure_aggregation = forms.BooleanField(
+        label="Secure aggregation", required=False,
+        help_text="The server learns only the sum of the sites' updates, never one site's update: each "
+                  "site masks its update so that the masks cancel only in the sum. Hosted sites only for "
+                  "now; not with FedMedian or trimmed mean, which must compare each site's update. A "
+                  "malicious site can still skew the sum.",
+    )
+    secagg_threshold = forms.IntegerField(
+        label="Secure-aggregation threshold", required=False, min_value=2, max_value=MAX_SITES,
+        help_text="How many sites must complete every step of the protocol. Empty: a majority of the "
+                  "sites, at least 2. With fewer the round fails closed and the previous model stays; "
+                  "fewer than this many colluding sites learn nothing about another site's update.",
+    )
     deadline_minutes = forms.IntegerField(
         label="Round deadline (minutes)",
         min_value=math.ceil(BOUNDS["round_timeout"].low / 60), max_value=int(BOUNDS["round_timeout"].high // 60),
@@ -215,6 +229,8 @@ class ExperimentForm(forms.Form):
                 "deadline_minutes": max(1, round(instance.round_timeout / 60)),
                 "dp_mode": instance.dp_mode,
                 "dp_delta": instance.dp_delta,
+                "secure_aggregation": instance.secure_aggregation,
+                "secagg_threshold": instance.secagg_threshold,
             })
         else:
             self.initial.setdefault("hidden", ", ".join(map(str, Experiment._meta.get_field("hidden_layers").default())))
@@ -267,6 +283,9 @@ class ExperimentForm(forms.Form):
             args["dp_mode"] = cleaned["dp_mode"]
         if "dp_delta" in cleaned:
             args["dp_delta"] = cleaned["dp_delta"]
+        args["secure_aggregation"] = bool(cleaned.get("secure_aggregation"))
+        if cleaned.get("secagg_threshold") is not None:
+            args["secagg_threshold"] = cleaned["secagg_threshold"]
         if cleaned.get("deadline_minutes") is not None:
             args["round_timeout"] = cleaned["deadline_minutes"] * 60
         if strategy:

@@ -147,6 +147,16 @@ class ExperimentCreateSerializer(serializers.Serializer):
         help_text="Below 1/rows at every site; null: 1/(10 x rows) at each site.",
     )
     dp_clip_norm = _bounded("dp_clip_norm")
+    secure_aggregation = serializers.BooleanField(
+        required=False,
+        help_text="The server learns only the sum of the sites' updates (hosted sites only for now; "
+        "not with robust strategies, which compare each site's update).",
+    )
+    secagg_threshold = serializers.IntegerField(
+        required=False, allow_null=True, min_value=2,
+        help_text="Sites that must complete each phase; null: a majority of the sites, at least 2. "
+        "Below it a round fails closed (the previous model stays).",
+    )
 
     def validate_schema(self, value):
         reject_nul(value, "schema")
@@ -172,6 +182,11 @@ class RoundSerializer(PolicySerializer, serializers.ModelSerializer):
     )
     model_version = serializers.SerializerMethodField()
     failure_code = serializers.CharField(read_only=True, help_text="aggregation.reasons code, or empty.")
+    secure = serializers.JSONField(
+        read_only=True, allow_null=True,
+        help_text="Secure aggregation only: the protocol's phase and its deadline, the threshold and "
+        "each site's last phase (a site sees its own; the coordinator every site and how many dropped).",
+    )
 
     class Meta:
         model = Round
@@ -188,6 +203,7 @@ class RoundSerializer(PolicySerializer, serializers.ModelSerializer):
             "failure_reason",
             "failure_code",
             "model_version",
+            "secure",
         ]
         read_only_fields = fields
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import ClientUpdate, Experiment, ModelVersion, Round, SiteEvaluation
+from ..models import ClientUpdate, Experiment, ModelVersion, Round, SecureRound, SiteEvaluation
 from .figures import VersionFigures, ending, reason, round_metrics, version_figures
 from .viewer import Viewer
 
@@ -30,6 +30,8 @@ CONFIG_FIELDS = [
     "dp_epsilon",
     "dp_delta",
     "dp_clip_norm",
+    "secure_aggregation",
+    "secagg_threshold",
 ]
 # Log fields a site may see as they are; anything else in an event (present or added
 # later) is dropped for a site unless a rule below rebuilds it.
@@ -96,7 +98,31 @@ def round_(viewer: Viewer, obj: Round, *, all_sites: set[str] | None = None) -> 
         "failure_reason": why["text"] if why else "",
         "failure_code": why["code"] if why else "",
         "model_version": version.pk if version else None,
+        "secure": secure_phases(viewer, obj),
     }
+
+
+def secure_phases(viewer: Viewer, obj: Round) -> dict[str, Any] | None:
+    """A secure round's protocol phase with its deadline, and each site's place in it: every
+    site's for the coordinator (with how many dropped), a site's own only for that site.
+    None for a plain round (or one that failed closed before the protocol opened)."""
+    try:
+        secure = obj.secure
+    except SecureRound.DoesNotExist:
+        return None
+    places = sorted(secure.sites.select_related("site"), key=lambda p: p.site.slug)
+    out: dict[str, Any] = {
+        "phase": secure.phase,
+        "phase_deadline": secure.phase_deadline,
+        "threshold": secure.threshold,
+        "sites": [
+            {"site": p.site.slug, "last_phase": p.last_phase, "status": p.status, "dropped_in": p.dropped_in}
+            for p in places if viewer.sees_site(p.site_id)
+        ],
+    }
+    if viewer.is_coordinator:
+        out["dropped"] = sum(p.status == p.Status.DROPPED for p in places)
+    return out
 
 
 def update(viewer: Viewer, obj: ClientUpdate) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from .progress import (
     participant_sites,
     round_grid,
     round_table_context,
+    secure_table,
     site_figures,
 )
 
@@ -57,7 +58,8 @@ def live_payload(request, experiment: Experiment) -> dict:
                                                                       "label": experiment.get_status_display()}),
         "progress": render_to_string("aggregation/_progress.html", fragment),
         "actions": render_to_string("aggregation/_actions.html", fragment, request=request),
-        "rounds": render_to_string("aggregation/_round_table.html", round_table_context(numbers, grid, viewer)),
+        "rounds": render_to_string("aggregation/_round_table.html", {
+            **round_table_context(numbers, grid, viewer), "secure": secure_table(experiment, viewer)}),
         "sites": render_to_string("aggregation/_site_metrics.html", {"sites": sites}),
     }
     return charts.clean({

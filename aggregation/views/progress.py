@@ -16,7 +16,7 @@ from clients.models import Site
 from clients.permissions import visible_sites
 
 from .. import policy
-from ..models import ClientUpdate, Experiment, Round
+from ..models import ClientUpdate, Experiment, Round, SecureRound
 from ..permissions import visible_evaluations, visible_updates
 from .charts import clean
 
@@ -174,6 +174,29 @@ def round_table_context(numbers: list[int], rows: list[dict[str, Any]], viewer: 
     strips = [{"site": row["site"], "cells": list(zip(numbers, row["cells"], strict=True))} for row in rows]
     return {"numbers": numbers, "grid": rows, "strips": strips, "by_round": by_round, "failures": failures,
             "show_site": viewer.is_coordinator}
+
+
+# A site's last step that counted, in words.
+_SITE_STEP = {"advertise": "keys advertised", "share": "keys shared", "masked": "masked update sent",
+              "unmask": "shares revealed"}
+
+
+def secure_table(experiment: Experiment, viewer: policy.Viewer) -> list[dict[str, Any]]:
+    """Each secure round's protocol phase and each visible site's place in it (newest first),
+    as the policy shows them: every site to the coordinator, a site its own."""
+    if not experiment.secure_aggregation:
+        return []
+    labels = dict(SecureRound.Phase.choices)
+    out = []
+    for round_ in experiment.rounds.filter(secure__isnull=False).select_related("secure").order_by("-number"):
+        shown = policy.secure_phases(viewer, round_)
+        if shown is None:
+            continue
+        sites = [{**p, "label": _SITE_STEP.get(p["last_phase"], "not started") if p["status"] == "active"
+                  else f"dropped while {labels.get(p['dropped_in'], p['dropped_in']).lower()}"} for p in shown["sites"]]
+        out.append({"number": round_.number, "phase": labels.get(shown["phase"], shown["phase"]),
+                    "threshold": shown["threshold"], "dropped": shown.get("dropped"), "sites": sites})
+    return out
 
 
 def _cell(viewer: policy.Viewer, update: ClientUpdate) -> dict[str, Any] | None:
