@@ -41,6 +41,9 @@ def test_compose_health_checks_use_readyz(compose):
     url = re.search(r"urlopen\('http://127\.0\.0\.1:8000(/\w+)'", " ".join(web)).group(1)
     assert url == "/readyz" and resolve(url).url_name == "readyz"
     assert resolve("/healthz").url_name == "healthz"
+    # Scheduled backups: beat knows the folder, the worker (server queue) writes there.
+    assert compose["x-app"]["environment"]["FEDHEALTH_BACKUP_DIR"] == "/app/var/backups"
+    assert "backups:/app/var/backups" in compose["services"]["worker"]["volumes"] and "backups" in compose["volumes"]
     # Workers and beat start once web is ready, i.e. after its migrations ran.
     for name in ("worker", "beat"):
         assert compose["services"][name]["depends_on"]["web"]["condition"] == "service_healthy"
