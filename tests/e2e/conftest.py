@@ -55,6 +55,7 @@ def people(settings, make_site, make_user, make_dataset):
     # Large enough that a round takes a few seconds: the page is seen moving.
     make_dataset(riverside, rows=3000, seed=21)
     users = {"mary": make_user("mary", st_marys), "carol": make_user("carol")}
+    users["carol"].is_staff = True  # the header then holds the Admin item too
     for user in users.values():
         user.set_password(PASSWORD)
         user.save()

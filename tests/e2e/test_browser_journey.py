@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -28,7 +29,9 @@ ROUNDS = 8
 BAD_CSV = (
     b"heart_rate,systolic_bp,diastolic_bp,spo2,healthy\n"
     b"72,120,80,97,1\nabc,120,80,98,1\n70,300,80,98,0\n70,120,80,,1\n"
+    + b"xyz,120,80,98,1\n" * 12  # past the 10 listed per kind: the full report is offered
 )
+LONG_ROUNDS = 100
 
 
 # Records Content-Security-Policy violations from the page's start, before any script.
@@ -83,10 +86,71 @@ def sign_in(page: Page, url: str, username: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
-def both_widths(browser, page: Page, shoot, name: str, path: str | None = None) -> None:
+# Every table-wrap fits its card (no sideways scrolling inside it), every cell of a
+# stacked table and every header item lies within the screen's width.
+PHONE_LAYOUT = """(width) => {
+  const out = [];
+  const inside = (el) => { const r = el.getBoundingClientRect(); return r.left >= -1 && r.right <= width + 1; };
+  document.querySelectorAll(".table-wrap, .table-scroll").forEach((el) => {
+    if (el.offsetParent && el.scrollWidth > el.clientWidth + 1) {
+      out.push(`table scrolls sideways: ${el.scrollWidth} > ${el.clientWidth}: ${el.innerText.slice(0, 40)}`);
+    }
+  });
+  document.querySelectorAll(".table-stack td[data-label], .table-stack th[scope=row]").forEach((el) => {
+    if (el.offsetParent && !inside(el)) { out.push(`cell off-screen: ${el.getAttribute("data-label")}`); }
+  });
+  document.querySelectorAll(".topbar a, .topbar button, .topbar .who").forEach((el) => {
+    if (!el.offsetParent || !inside(el)) { out.push(`header item not reachable: ${el.textContent.trim()}`); }
+  });
+  return out;
+}"""
+# Chart toolbars put eight buttons per chart in the tab order.
+CHART_TAB_STOPS = """() => [...document.querySelectorAll(".chart a, .chart button, .chart [tabindex]")]
+  .filter((el) => el.tabIndex >= 0).length"""
+
+
+def assert_phone_layout(page: Page, name: str, visible: tuple[str, ...] = ()) -> None:
+    """At a phone's width: no sideways scrolling of the page or of a table inside a card,
+    the key columns (``visible``: selectors) and every header item on screen."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, f"{name} scrolls sideways"
+    assert page.evaluate(PHONE_LAYOUT, PHONE["width"]) == [], name
+    for selector in visible:
+        cells = page.locator(selector)
+        assert cells.count() > 0, f"{name}: no {selector}"
+        for i in range(cells.count()):
+            box = cells.nth(i).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] + 1, f"{name}: {selector} {box}"
+    assert page.evaluate(CHART_TAB_STOPS) == 0, f"{name}: chart controls in the tab order"
+
+
+def assert_header_focus_visible(page: Page) -> None:
+    """Tabbing through the header, every link and button shows a focus ring (outline or
+    box shadow) other than the page's teal one, which the dark header swallowed."""
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    seen = 0
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        style = page.evaluate("""() => { const el = document.activeElement;
+          if (!el.closest(".topbar")) { return null; }
+          const s = getComputedStyle(el);
+          return {text: el.textContent.trim(), outline: s.outlineStyle, width: parseFloat(s.outlineWidth),
+                  color: s.outlineColor, shadow: s.boxShadow}; }""")
+        if style is None:
+            if seen:
+                break
+            continue
+        seen += 1
+        ring = (style["outline"] != "none" and style["width"] >= 2) or style["shadow"] != "none"
+        assert ring and style["color"] != "rgba(15, 110, 140, 0.45)", style
+    assert seen >= 4, seen
+
+
+def both_widths(browser, page: Page, shoot, name: str, path: str | None = None,
+                visible: tuple[str, ...] = ()) -> None:
     """A desktop screenshot of the page, then the same page at a phone's width; neither
-    broke the Content-Security-Policy."""
+    broke the Content-Security-Policy, and the phone's layout holds (assert_phone_layout)."""
     assert_no_csp_violation(page)
+    assert page.evaluate(CHART_TAB_STOPS) == 0, f"{name}: chart controls in the tab order"
     shoot(page, f"{name}-desktop")
     phone = browser.new_context(viewport=PHONE, storage_state=page.context.storage_state(), is_mobile=True)
     phone.add_init_script(CSP_LISTENER)
@@ -98,7 +162,7 @@ def both_widths(browser, page: Page, shoot, name: str, path: str | None = None) 
         mobile.wait_for_load_state("networkidle")
         assert_no_csp_violation(mobile)
         assert console == [], console
-        assert mobile.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, f"{name} scrolls sideways"
+        assert_phone_layout(mobile, name, visible)
         shoot(mobile, f"{name}-phone")
     finally:
         phone.close()
@@ -133,6 +197,17 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     expect(page.locator("[data-report-counts]")).to_contain_text("Out of range")
     assert_no_csp_violation(page)
     shoot(page, "03-upload-report-desktop")
+    with page.expect_download() as report:
+        page.locator("[data-full-report]").click()
+    lines = Path(report.value.path()).read_text().splitlines()
+    assert lines[0] == "line,column,problem,value,details" and len(lines) == 1 + 15, lines[:3]
+    page.set_viewport_size(PHONE)  # the report is a POST's answer: the same page, narrowed
+    assert_phone_layout(page, "03-upload-report")
+    shoot(page, "03-upload-report-phone")
+    page.set_viewport_size(DESKTOP)
+    with page.expect_download() as template:
+        page.locator("[data-template-link]").click()
+    assert Path(template.value.path()).read_text().splitlines()[0] == "heart_rate,systolic_bp,diastolic_bp,spo2,healthy"
     assert not query(Dataset.objects.filter(site__slug="st-marys", status=Dataset.Status.READY).exists)
 
     good = tmp_path / "ward-7.csv"
@@ -151,6 +226,7 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     sign_in(page, product.url, "carol")
     expect(page).to_have_url(product.url + "/coordinator/")
     expect(page.get_by_role("row", name=re.compile("St Mary's Hospital"))).to_contain_text("3000")
+    assert_header_focus_visible(page)
     both_widths(browser, page, shoot, "05-dashboard")
 
     page.get_by_role("link", name="New experiment").click()
@@ -166,8 +242,12 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     expect(page.get_by_role("heading", name="Browser study")).to_be_visible()
     expect(page.locator("[data-progress-text]")).to_have_text(f"Not started · {ROUNDS} rounds planned")
 
+    asked: list[str] = []
+    page.wait_for_load_state("load")
+    page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
     page.get_by_role("button", name="Start experiment").click()
     expect(page.get_by_role("status").first).to_contain_text("Experiment started")
+    assert asked and asked[0].startswith("Start this experiment?"), asked
     seen = watch_progress(page, shoot)
     assert len(seen) >= 3, seen  # the text moved while the page stayed put
     assert seen[-1] == f"Completed · {ROUNDS} of {ROUNDS} rounds"
@@ -175,7 +255,8 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     assert page.evaluate("document.getElementById('chart-auroc').data[0].x.length") == ROUNDS
     assert page.evaluate("document.querySelector('.progress').getAttribute('aria-valuenow')") == "100"
     expect(page.locator("#chart-sites")).to_have_attribute("data-points", "4")  # 2 sites x local/global
-    both_widths(browser, page, shoot, "08-experiment-completed")
+    expect(page.get_by_role("status").filter(has_text="Experiment started")).to_have_count(0)  # stale once completed
+    both_widths(browser, page, shoot, "08-experiment-completed", visible=("[data-site-metrics] td",))
 
     page.get_by_role("link", name="Model versions & analytics").click()
     expect(page.get_by_role("heading", name="Model versions")).to_be_visible()
@@ -184,6 +265,8 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
 
     # -- a prediction --------------------------------------------------------------------
     page.get_by_role("link", name="Predict", exact=True).click()
+    chosen = page.locator("#id_version option:checked").inner_text()
+    assert chosen.startswith(f"v{ROUNDS} (recommended) · round {ROUNDS} · "), chosen
     page.get_by_label("Heart rate (bpm)").fill("300")
     page.get_by_label("Systolic blood pressure (mmHg)").fill("118")
     page.get_by_label("Diastolic blood pressure (mmHg)").fill("76")
@@ -192,18 +275,36 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     expect(page.get_by_text("heart_rate must be between 50 and 120 bpm, got 300")).to_be_visible()
     page.get_by_label("Heart rate (bpm)").fill("72")
     page.get_by_role("button", name="Predict", exact=True).click()
-    expect(page.locator("[data-probability]")).to_have_text(re.compile(r"^\d{1,3}\.\d%$"))
+    expect(page.locator("[data-probability]")).to_have_text(re.compile(r"^[<>]?\d{1,3}\.\d%$"))
     expect(page.locator("[data-label]")).to_have_text(re.compile("^(Healthy|Not healthy)$"))
     both_widths(browser, page, shoot, "10-predict", path=product.url + "/predict/")
+
+    # -- a 100-round experiment: every round of every site on a phone's screen --------------
+    long = query(lambda: long_experiment(Experiment.objects.get(name="Browser study").pk))
+    page.goto(f"{product.url}/experiments/{long}/")
+    expect(page.locator("[data-round-strips] li")).to_have_count(2 * LONG_ROUNDS)
+    expect(page.locator("[data-update-failures]")).to_contain_text(f"Round {LONG_ROUNDS} · Riverside Clinic:")
+    both_widths(browser, page, shoot, "12-experiment-100-rounds",
+                visible=("[data-round-strips] li:last-child", "[data-update-failures] li"))
 
     # -- the API's documentation page (the README's /api/docs/), under the same policy -----
     page.goto(product.url + "/api/docs/")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("FedHealth API")
     assert_no_csp_violation(page)
+    assert page.request.get(product.url + "/favicon.ico").ok  # asked for by the admin and API pages
     page.goto(product.url + "/predict/")
 
     assert watch.problems == [], watch.problems
     assert {"/login/", "/site/", "/coordinator/", "/predict/", "/api/docs/"} <= watch.pages_with_csp, watch.pages_with_csp
+
+    # -- the site member's home after the run: local and global figures on a phone ----------
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, product.url, "mary")
+    study = page.locator("[data-site-experiments] tr", has_text="Browser study")
+    expect(study.locator("[data-global]")).to_contain_text(f"(v{ROUNDS})")
+    expect(study.locator("[data-local]")).to_contain_text(f"(round {ROUNDS})")
+    both_widths(browser, page, shoot, "13-site-home-after-run",
+                visible=("[data-site-experiments] [data-local]", "[data-site-experiments] [data-global]"))
 
     # -- five wrong passwords lock signing in, with a page that says so (HTTP 429) ------
     page.get_by_role("button", name="Sign out").click()
@@ -222,6 +323,34 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     experiment = query(lambda: Experiment.objects.get(name="Browser study"))
     assert experiment.status == Experiment.Status.COMPLETED
     assert query(ModelVersion.objects.filter(experiment=experiment).count) == ROUNDS
+
+
+def long_experiment(experiment_id: int) -> int:
+    """A finished 100-round experiment of the same two sites, written to the database:
+    St Mary's reported every round, Riverside every round but each tenth, and failed
+    the last."""
+    from django.utils import timezone
+
+    from aggregation.models import ClientUpdate, Participant, Round
+    from aggregation.reasons import Reason, text
+
+    source = Experiment.objects.get(pk=experiment_id)
+    long = Experiment.objects.create(name="Hundred rounds", schema=source.schema, num_rounds=LONG_ROUNDS,
+                                     status=Experiment.Status.COMPLETED, started_at=timezone.now(),
+                                     finished_at=timezone.now())
+    now = timezone.now()
+    for p in source.participants.all():
+        Participant.objects.create(experiment=long, site=p.site, dataset=p.dataset)
+    sites = {p.site.slug: p.site for p in source.participants.select_related("site")}
+    for n in range(1, LONG_ROUNDS + 1):
+        round_ = Round.objects.create(experiment=long, number=n, status=Round.Status.COMPLETED, deadline=now)
+        ClientUpdate.objects.create(round=round_, site=sites["st-marys"], status=ClientUpdate.Status.RECEIVED)
+        if n == LONG_ROUNDS:
+            ClientUpdate.objects.create(round=round_, site=sites["riverside"], status=ClientUpdate.Status.FAILED,
+                                        error_code=Reason.MISSED_DEADLINE, error=text(Reason.MISSED_DEADLINE))
+        elif n % 10:
+            ClientUpdate.objects.create(round=round_, site=sites["riverside"], status=ClientUpdate.Status.RECEIVED)
+    return long.pk
 
 
 def watch_progress(page: Page, shoot, timeout: float = 300) -> list[str]:
