@@ -21,6 +21,7 @@ urlpatterns = [
     path("datasets/template.csv", sites.dataset_template, name="dataset_template"),
     path("datasets/<int:pk>/", sites.dataset_detail, name="dataset_detail"),
     path("datasets/<int:pk>/download/", sites.dataset_download, name="dataset_download"),
+    path("datasets/<int:pk>/privacy-budget/", sites.dataset_privacy_budget, name="dataset_privacy_budget"),
     # The coordinator's overview.
     path("coordinator/", sites.dashboard, name="dashboard"),
     # Experiments.

@@ -10,10 +10,11 @@ from django.shortcuts import get_object_or_404, render
 from aggregation import policy
 from aggregation.models import Experiment
 from aggregation.permissions import visible_experiments, visible_updates
+from aggregation.services import privacy
 from aggregation.views.progress import experiment_progress, site_figures
 from clients.forms import UploadForm
 from clients.models import Dataset
-from clients.permissions import downloadable_datasets, site_of, visible_datasets
+from clients.permissions import downloadable_datasets, is_site_admin, site_of, visible_datasets
 from clients.policy import dataset_summary
 from fedhealth.ml.schema import DEFAULT_SCHEMA
 
@@ -28,6 +29,8 @@ def site_home(request):
     user = request.user
     datasets = list(visible_datasets(user).order_by("-created_at"))
     latest_ready = next((d for d in datasets if d.status == Dataset.Status.READY), None)
+    for d in datasets:  # the site's own ledger: spent over every experiment, and its budget
+        d.privacy = privacy.budget_status(d) if d.status == Dataset.Status.READY else None
     viewer = policy.viewer_of(user)
     experiments = []
     for experiment in visible_experiments(user).order_by("-created_at"):
@@ -51,6 +54,7 @@ def site_home(request):
         "upload_form": UploadForm(),
         "schema": DEFAULT_SCHEMA,
         "poll_ms": settings.FEDHEALTH_POLL_MS,
+        "site_admin": is_site_admin(user),
     })
 
 
