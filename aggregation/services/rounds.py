@@ -122,6 +122,11 @@ def submit_update(
     """
     update = ClientUpdate.objects.select_related("round__experiment", "site").get(pk=update_id)
     experiment = update.round.experiment
+    if experiment.secure_aggregation:  # never in the clear: the site sends it masked, in the protocol
+        raise UpdateRefused(
+            "this experiment uses secure aggregation: a site's update is sent only masked, "
+            "through the protocol's steps, never in the clear", code=Reason.UPDATE_INVALID,
+        )
     _check_sample_count(update, num_samples)
     problem = update_problem(Update(weights, num_samples, update.site.slug), reference_weights(experiment))
     if problem:

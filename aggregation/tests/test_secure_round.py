@@ -370,3 +370,13 @@ def test_the_option_is_validated_by_the_creation_service(four_sites, make_site, 
     assert problems["secure_aggregation"] == [
         "secure aggregation runs on hosted sites only for now; these sites run an agent: agent-site."
     ]
+
+
+def test_an_update_in_the_clear_is_refused_in_a_secure_experiment(four_sites, make_experiment):
+    experiment = _secure_experiment(make_experiment, four_sites[:2], num_rounds=1)
+    services.start_experiment(experiment.pk)
+    update = ClientUpdate.objects.filter(round__experiment=experiment).first()
+    previous = artifacts.global_weights_for(update.round)[0]
+    with pytest.raises(services.UpdateRefused, match="sent only masked"):
+        services.submit_update(update.pk, previous, num_samples=10, loss=None, metrics={}, source="agent")
+    assert ClientUpdate.objects.get(pk=update.pk).weights_file == ""
