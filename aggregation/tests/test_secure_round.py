@@ -380,3 +380,25 @@ def test_an_update_in_the_clear_is_refused_in_a_secure_experiment(four_sites, ma
     with pytest.raises(services.UpdateRefused, match="sent only masked"):
         services.submit_update(update.pk, previous, num_samples=10, loss=None, metrics={}, source="agent")
     assert ClientUpdate.objects.get(pk=update.pk).weights_file == ""
+
+
+def test_a_crash_during_the_unmasking_rolls_back_and_it_runs_once(four_sites, make_experiment, drive_secure, kept,
+                                                                    monkeypatch):
+    experiment = _secure_experiment(make_experiment, four_sites[:3], num_rounds=1)
+    services.start_experiment(experiment.pk)
+    real = artifacts.save_weights
+    crashes = []
+
+    def crash_once(name, weights, metadata=None):
+        if name.startswith("models/") and not crashes:  # the version file, inside the unmasking
+            crashes.append(name)
+            raise OSError("worker killed while unmasking")
+        return real(name, weights, metadata)
+
+    monkeypatch.setattr(artifacts, "save_weights", crash_once)
+    experiment = drive_secure(experiment.pk)
+
+    assert crashes  # it did crash once, and the whole close was rolled back
+    assert experiment.status == Experiment.Status.COMPLETED
+    assert ModelVersion.objects.filter(experiment=experiment).count() == 1
+    _assert_version_is_fedavg(experiment, 1, [kept[(1, f"site-{i}")] for i in range(3)])
