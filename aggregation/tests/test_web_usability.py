@@ -247,3 +247,11 @@ def test_the_experiment_list_writes_out_why_an_experiment_failed(client, world):
     why = policy.ending(policy.viewer_of(world.alice), world.only_a.failure_code, world.only_a.failure_reason,
                         world.only_a.status)["text"]
     assert f'<div class="small failure" data-failure>{why}</div>' in html
+
+
+def test_rounds_is_a_field_of_the_form_not_also_a_section_heading(client, world):
+    client.force_login(world.charlie)
+    html = client.get(reverse("experiment_create")).content.decode()
+
+    assert "<legend>Rounds</legend>" not in html and "Each round: who takes part, how long it waits" in html
+    assert re.search(r'<label for="id_num_rounds">Rounds</label>', html)
