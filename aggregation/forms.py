@@ -36,6 +36,10 @@ STRATEGY_INFO = {
     "fedadagrad": ("FedAdagrad", "An Adagrad step on the server over the averaged update."),
     "fedmedian": ("FedMedian", "Coordinate-wise median: robust to one faulty site."),
     "trimmed_mean": ("Trimmed mean", "Coordinate-wise mean without the extremes: robust to outliers."),
+    "krum": ("Krum", "Picks the one site model closest to its neighbours: tolerates up to "
+                     "f Byzantine sites (needs at least 2f + 3 sites)."),
+    "multikrum": ("Multi-Krum", "Averages the few site models Krum ranks best (unweighted: "
+                                "sample counts are not trusted)."),
 }
 PARAM_LABELS = {
     "proximal_mu": "Proximal term weight (mu)",
@@ -44,6 +48,8 @@ PARAM_LABELS = {
     "beta_2": "Second-moment decay (beta 2)",
     "tau": "Adaptivity (tau)",
     "beta": "Fraction trimmed at each end (beta)",
+    "byzantine": "Byzantine sites tolerated (f)",
+    "select": "Site models averaged (m)",
 }
 FEATURE_LABELS = {
     "heart_rate": "Heart rate",
