@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.utils import timezone
+
+from audit import services as audit
 
 from .models import ApiToken
 
@@ -52,6 +53,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
             raw = obj.set_new_secret()
             obj.created_by = request.user
             super().save_model(request, obj, form, change)
+            audit.record(audit.Kind.TOKEN_CREATE, site=obj.site, target=f"token {obj.prefix}",
+                         details={"kind": obj.kind, "name": obj.name, "via": "admin"})
             self.message_user(
                 request,
                 f"Token {obj.prefix} issued. Copy it now, it will not be shown again: {raw}",
@@ -62,5 +65,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request, queryset):
-        n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        n = 0
+        for token in queryset.filter(revoked_at__isnull=True):
+            token.revoke()  # one audit event each
+            n += 1
         self.message_user(request, f"{n} token(s) revoked.", messages.SUCCESS)

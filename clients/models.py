@@ -199,6 +199,10 @@ class ApiToken(models.Model):
                     name=name[:200], created_by=created_by)
         raw = token.set_new_secret()
         token.save()
+        from audit import services as audit  # here: audit's views import this module
+
+        audit.record(audit.Kind.TOKEN_CREATE, site=site, target=f"token {token.prefix}",
+                     details={"kind": token.kind, "name": token.name, "user": user.get_username() if user else None})
         return token, raw
 
     @classmethod
@@ -218,4 +222,8 @@ class ApiToken(models.Model):
     def revoke(self) -> None:
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
-            ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=self.revoked_at)
+            if ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=self.revoked_at):
+                from audit import services as audit
+
+                audit.record(audit.Kind.TOKEN_REVOKE, site=self.site, target=f"token {self.prefix}",
+                             details={"kind": self.kind, "name": self.name})

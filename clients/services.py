@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.files.base import File
 from django.db import transaction
 
+from audit import services as audit
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
 from fedhealth.ml.stats import SufficientStats, compute_stats, feature_summary
 from fedhealth.ml.validation import Dataset as ArrayData
@@ -114,6 +115,7 @@ def ingest_dataset(
     }
     if result.data is None:
         dataset = Dataset.objects.create(status=Dataset.Status.REJECTED, **fields)
+        _record_upload(dataset, report)
         return IngestResult(dataset, report)
 
     data = result.data
@@ -141,7 +143,15 @@ def ingest_dataset(
             except Exception:
                 dataset.file.delete(save=False)
                 raise
+            _record_upload(dataset, report)
     return IngestResult(dataset, report)
+
+
+def _record_upload(dataset: Dataset, report: ValidationReport) -> None:
+    """The audit event of an upload: counts and column names, never a cell."""
+    audit.record(audit.Kind.UPLOAD, actor=dataset.uploaded_by, site=dataset.site, target=f"dataset {dataset.pk}",
+                 details={"name": dataset.name, "status": dataset.status, "rows": dataset.row_count,
+                          "rows_dropped": dataset.rows_dropped, "columns_dropped": report.columns_dropped})
 
 
 def _store(dataset: Dataset, content: File) -> None:
@@ -329,4 +339,6 @@ def register_remote_dataset(
             stats=canonical["stats"], summary=clean_summary, status=Dataset.Status.READY,
             validation_report={"ok": True, "source": "agent", "rows_total": row_count, "rows_valid": row_count},
         )
+        audit.record(audit.Kind.AGENT_REGISTER, site=site, target=f"dataset {dataset.pk}",
+                     details={"name": dataset.name, "rows": row_count})
     return dataset, True

@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "fedhealth",
     "clients",
     "aggregation",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -90,6 +91,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who and from where, for the audit trail (audit/middleware.py).
+    "audit.middleware.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Content-Security-Policy outside DEBUG (policy under SECURITY below).

@@ -4,6 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from aggregation import views as experiments
+from audit import views as audit
 from clients import views as sites
 
 urlpatterns = [
@@ -45,4 +46,8 @@ urlpatterns = [
     path("experiments/<int:pk>/models/", experiments.model_list, name="model_list"),
     path("models/<int:pk>/download/", experiments.model_download, name="model_download"),
     path("predict/", experiments.predict, name="predict"),
+    # The audit trail (coordinators: everything; site admins: their site's).
+    path("audit/", audit.audit_list, name="audit_list"),
+    path("audit/export.csv", audit.audit_export, {"fmt": "csv"}, name="audit_export_csv"),
+    path("audit/export.json", audit.audit_export, {"fmt": "json"}, name="audit_export_json"),
 ]

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from aggregation.models import ClientUpdate, ModelVersion, Round
 from aggregation.permissions import visible_rounds, visible_updates, visible_versions
 from aggregation.services.predict import predict_records
+from audit import services as audit
 from fedhealth.api.filters import Param
 from fedhealth.files import read_bytes
 from fedhealth.ml.weights_io import sha256_hex
@@ -117,6 +118,7 @@ class ModelVersionViewSet(
         data = read_bytes(version.weights_file)
         if sha256_hex(data) != version.sha256:
             raise RuntimeError(f"stored weights of version {version.pk} fail their checksum")
+        audit.record(audit.Kind.MODEL_DOWNLOAD, target=f"model version {version.pk}", details={"via": "api"})
         return weights_response(
             data,
             f"experiment-{version.experiment_id}-v{version.version}.safetensors",

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.db import transaction
 
+from audit import services as audit
 from clients.models import Dataset, Site
 from clients.policy import join_problems
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
@@ -393,6 +394,8 @@ def create_experiment(
     user = created_by if getattr(created_by, "is_authenticated", False) else None
     with transaction.atomic():
         experiment = Experiment.objects.create(created_by=user, **clean)
+        audit.record(audit.Kind.EXPERIMENT_CREATE, actor=user, target=f"experiment {experiment.pk}",
+                     details={"name": experiment.name, "datasets": [ds.pk for ds in rows]})
         _participants(experiment, rows)
     return experiment
 

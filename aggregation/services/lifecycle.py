@@ -13,6 +13,7 @@ import numpy as np
 from django.db import transaction
 from django.utils import timezone
 
+from audit import services as audit
 from clients.models import Dataset, Site
 from clients.policy import join_problems
 from fedhealth.ml.model import init_weights
@@ -90,6 +91,7 @@ def start_experiment(experiment_id: int) -> Experiment:
             "sites": sorted(experiment.participants.values_list("site__slug", flat=True)),
         })
         open_round(experiment, 1)
+        audit.record(audit.Kind.EXPERIMENT_START, target=f"experiment {experiment.pk}", details={"name": experiment.name})
     return experiment
 
 
@@ -149,6 +151,7 @@ def pause_experiment(experiment_id: int) -> Experiment:
             raise TransitionError(f"only a running experiment can pause (this one is {experiment.status})")
         experiment.status = Experiment.Status.PAUSED
         experiment.save(update_fields=["status"])
+        audit.record(audit.Kind.EXPERIMENT_PAUSE, target=f"experiment {experiment.pk}", details={"name": experiment.name})
     return experiment
 
 
@@ -163,12 +166,15 @@ def resume_experiment(experiment_id: int) -> Experiment:
         last = experiment.rounds.order_by("-number").first()
         if last is not None and last.status == Round.Status.COMPLETED:
             advance(experiment, last.number)
+        audit.record(audit.Kind.EXPERIMENT_RESUME, target=f"experiment {experiment.pk}", details={"name": experiment.name})
     return experiment
 
 
 def cancel_experiment(experiment_id: int, reason: str = "cancelled by the coordinator") -> Experiment:
     """Any unfinished experiment -> CANCELLED; its open round fails, pending work is dropped."""
-    return _finish(experiment_id, Experiment.Status.CANCELLED, reason)
+    experiment = _finish(experiment_id, Experiment.Status.CANCELLED, reason)
+    audit.record(audit.Kind.EXPERIMENT_CANCEL, target=f"experiment {experiment.pk}", details={"name": experiment.name})
+    return experiment
 
 
 def fail_experiment(experiment_id: int, reason: str, *, code: str = Reason.ROUND_FAILED) -> Experiment:

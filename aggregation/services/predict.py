@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from audit import services as audit
 from fedhealth.ml.inference import FieldError, Predictor, features_from_records
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.schema import Schema
@@ -62,4 +63,6 @@ def predict_records(version: ModelVersion, records: Sequence[Mapping[str, Any]])
     if X is None:
         return PredictionResult(errors=errors)
     prob, labels = _predictor(version).predict(X)
+    # Counts only: the inputs are patients' vitals and never enter the audit trail.
+    audit.record(audit.Kind.PREDICTION, target=f"model version {version.pk}", details={"records": len(records)})
     return PredictionResult(probabilities=prob.tolist(), labels=labels.tolist())

@@ -9,6 +9,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.text import slugify
 
+from audit import services as audit
 from fedhealth.files import read_bytes
 from fedhealth.ml.schema import Schema
 
@@ -90,6 +91,7 @@ def model_download(request, pk: int):
         return HttpResponse("The stored model file does not match its checksum.", status=409,
                             content_type="text/plain")
     name = f"{slugify(version.experiment.name) or 'experiment'}-v{version.version}.safetensors"
+    audit.record(audit.Kind.MODEL_DOWNLOAD, target=f"model version {version.pk}", details={"file": name})
     response = HttpResponse(data, content_type="application/octet-stream")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     response["X-Checksum-SHA256"] = version.sha256

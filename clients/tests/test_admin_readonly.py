@@ -27,10 +27,8 @@ DERIVED = [Round, ClientUpdate, ModelVersion, SiteEvaluation, EvaluationAttempt,
 
 def _derived_models():
     models = list(DERIVED)
-    try:  # the audit trail's events, once that model exists
-        from clients.models import AuditEvent
-    except ImportError:
-        return models
+    from audit.models import AuditEvent  # the audit trail's events
+
     return [*models, AuditEvent]
 
 

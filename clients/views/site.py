@@ -12,6 +12,7 @@ from aggregation.models import Experiment
 from aggregation.permissions import visible_experiments, visible_updates
 from aggregation.services import privacy
 from aggregation.views.progress import experiment_progress, site_figures
+from audit import services as audit
 from clients.forms import UploadForm
 from clients.models import Dataset
 from clients.permissions import downloadable_datasets, is_site_admin, site_of, visible_datasets
@@ -77,6 +78,7 @@ def dataset_detail(request, pk: int):
 def dataset_download(request, pk: int):
     dataset = get_object_or_404(downloadable_datasets(request.user), pk=pk)
     filename = dataset.name if dataset.name.lower().endswith(".csv") else f"{dataset.name}.csv"
+    audit.record(audit.Kind.DATASET_DOWNLOAD, site=dataset.site, target=f"dataset {dataset.pk}", details={"name": dataset.name})
     return FileResponse(dataset.file.open("rb"), as_attachment=True, filename=filename, content_type="text/csv")
 
 
