@@ -41,12 +41,14 @@ def build_world(make_site, make_dataset, make_experiment, make_user, drive):
 
 
 def describe_rows() -> dict[str, list]:
-    """Every backed-up row, as parsed JSON (so JSON fields compare by value)."""
+    """Every backed-up row, as parsed JSON (so JSON fields compare by value; NaN, which
+    a metric can be, kept as its text so that it equals itself)."""
     return {
         model._meta.label: json.loads(
             serializers.serialize(
                 "json", model._default_manager.order_by("pk"), use_natural_foreign_keys=True
-            )
+            ),
+            parse_constant=str,
         )
         for model in backed_up_models()
     }

@@ -62,7 +62,8 @@ def _contents(archive: Path) -> tuple[dict, dict, dict]:
     with tarfile.open(archive) as tar:
         manifest = json.loads(tar.extractfile("manifest.json").read())
         rows = {
-            m.name: json.loads(tar.extractfile(m).read())
+            # NaN (a metric can be) as its text, so that it equals itself.
+            m.name: json.loads(tar.extractfile(m).read(), parse_constant=str)
             for m in tar.getmembers()
             if m.name.startswith("data/")
         }
