@@ -25,15 +25,20 @@ def test_dashboard_lists_sites_with_sizes_and_label_balance(client, world):
     assert "Completed · 2 of 2 rounds" in page and "Failed in round 2 of 2" in page
 
 
-def test_dashboard_sums_only_ready_datasets(client, world, make_dataset):
-    make_dataset(world.site_b, rows=120, seed=9)
-    client.force_login(world.charlie)
+def test_dashboard_sums_only_ready_datasets_in_use(client, world, make_dataset, make_site):
+    make_dataset(world.site_b, rows=120, seed=9)  # ready, but no experiment uses it
+    newcomer = make_site("newcomer")
+    make_dataset(newcomer, rows=150, seed=10)  # a site in no experiment yet: its ready data counts
+    client.force_login(charlie := world.charlie)
 
-    sites = {s.name: s for s in client.get(reverse("dashboard")).context["sites"]}
+    context = client.get(reverse("dashboard")).context
+    sites = {s.name: s for s in context["sites"]}
 
-    assert sites[world.site_b.name].rows == world.ds_b.row_count + 120
+    assert charlie.is_authenticated
+    assert sites[world.site_b.name].rows == world.ds_b.row_count
     assert sites[world.site_a.name].rows == world.ds_a.row_count  # the rejected upload adds nothing
-    assert client.get(reverse("dashboard")).context["totals"]["rows"] == world.ds_a.row_count + world.ds_b.row_count + 120
+    assert sites[newcomer.name].rows == 150
+    assert context["totals"]["rows"] == world.ds_a.row_count + world.ds_b.row_count + 150
 
 
 def test_dashboard_shows_no_row_of_data(client, world):

@@ -97,3 +97,18 @@ def test_favicon_ico_is_served_to_anyone(client):
     response = client.get("/favicon.ico")
 
     assert response.status_code == 301 and response["Location"].endswith(".svg")
+
+
+def test_a_sites_row_total_counts_the_datasets_in_use(client, charlie, site_a, site_b, make_dataset,
+                                                      make_experiment):
+    """Once a site's dataset is chosen for an experiment, its other uploads (older
+    samples, test files) no longer add to its row total."""
+    used = make_dataset(site_a, rows=300, seed=1)
+    make_dataset(site_a, rows=200, seed=2)  # uploaded, never used
+    make_experiment([used, make_dataset(site_b, rows=250, seed=3)])
+    client.force_login(charlie)
+
+    html = client.get(reverse("dashboard")).content.decode()
+    row = html[html.index(site_a.name):html.index("</tr>", html.index(site_a.name))]
+
+    assert 'data-rows>300</td>' in row

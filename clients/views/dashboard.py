@@ -6,6 +6,7 @@ from django.db.models import Count, Max, Q
 from django.shortcuts import render
 
 from aggregation import policy
+from aggregation.models import Participant
 from aggregation.permissions import visible_experiments
 from aggregation.services import health
 from aggregation.views.progress import experiment_progress
@@ -54,11 +55,18 @@ def dashboard(request):
 
 
 def _distinct_ready(sites) -> dict[int, list[tuple[int, int]]]:
-    """Each site's ready datasets counted once per content: the same file uploaded
-    again (same SHA-256) adds no patients, so its rows are not added twice."""
+    """Each site's datasets in use, counted once per content.
+
+    In use: chosen by an experiment. A site that has not joined one yet counts its
+    ready datasets instead. Either way the same file uploaded again (same SHA-256)
+    adds no patients, so its rows are not added twice."""
+    in_use = set(Participant.objects.filter(site__in=sites, dataset__isnull=False).values_list("dataset_id", flat=True))
+    rows = list(Dataset.objects.filter(site__in=sites, status=Dataset.Status.READY).values_list(
+        "site_id", "pk", "sha256", "row_count", "positive_count"))
+    using = {site_id for site_id, pk, *_ in rows if pk in in_use}
     seen: dict[int, dict[str, tuple[int, int]]] = {}
-    rows = Dataset.objects.filter(site__in=sites, status=Dataset.Status.READY).values_list(
-        "site_id", "pk", "sha256", "row_count", "positive_count")
     for site_id, pk, sha, n, positives in rows:
+        if site_id in using and pk not in in_use:
+            continue
         seen.setdefault(site_id, {}).setdefault(sha or f"pk:{pk}", (n, positives))
     return {site_id: list(by_sha.values()) for site_id, by_sha in seen.items()}
