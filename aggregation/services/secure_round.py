@@ -180,7 +180,7 @@ def run_site_phase(round_id: int, site_id: int) -> str:
     secure = SecureRound.objects.select_related("round__experiment").get(round_id=round_id)
     site = Site.objects.get(pk=site_id)
     round_ = secure.round
-    if secure.phase in TERMINAL:
+    if secure.phase in TERMINAL or round_.status != Round.Status.AGGREGATING:  # done, failed or cancelled
         forget_at_site(site, round_)
         return "forgotten: round over"
     place = SecureSite.objects.get(secure_round=secure, site=site)
