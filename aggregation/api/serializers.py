@@ -65,6 +65,13 @@ class ExperimentSerializer(PolicySerializer, serializers.ModelSerializer):
     normalizer = ReadJSONField(allow_null=True, help_text="Global mean/std, fixed at start.")
     hidden_layers = serializers.ListField(child=serializers.IntegerField(), read_only=True)
     current_round = serializers.IntegerField(read_only=True, allow_null=True)
+    privacy = serializers.ListField(
+        child=serializers.DictField(),
+        read_only=True,
+        help_text="With record-level DP: each site's epsilon after each round (its rounds so far "
+        "composed, at delta), the noise multiplier and clip it trained with. A coordinator sees "
+        "every site's, a site its own.",
+    )
 
     class Meta:
         model = Experiment
@@ -81,6 +88,7 @@ class ExperimentSerializer(PolicySerializer, serializers.ModelSerializer):
             "num_sites",
             "normalizer",
             "current_round",
+            "privacy",
             "created_at",
             "started_at",
             "finished_at",

@@ -56,6 +56,7 @@ legacy row without a code reads as an internal error to everyone but the coordin
 """
 
 from .figures import VersionFigures, ending, min_sites, reason, round_metrics, version_figures
+from .privacy import guarantee, privacy_rounds
 from .represent import (
     CONFIG_FIELDS,
     evaluation,
@@ -73,6 +74,8 @@ from .represent import (
 from .viewer import AGENT, COORDINATOR, MEMBER, NOBODY, SITE_ADMIN, Viewer, viewer_of
 
 __all__ = [
+    "guarantee",
+    "privacy_rounds",
     "AGENT",
     "COORDINATOR",
     "MEMBER",

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Round, SecureRound, SiteEvaluation
 from .figures import VersionFigures, ending, reason, round_metrics, version_figures
+from .privacy import privacy_rounds
 from .viewer import Viewer
 
 # An experiment's training configuration (the API's read and create serializers list
@@ -73,6 +74,7 @@ def experiment(viewer: Viewer, obj: Experiment) -> dict[str, Any]:
         "num_sites": count,
         "normalizer": obj.normalizer,
         "current_round": max(numbers) if numbers else None,
+        "privacy": privacy_rounds(viewer, obj) if obj.dp_mode != Experiment.DPMode.OFF else [],
         "created_at": obj.created_at,
         "started_at": obj.started_at,
         "finished_at": obj.finished_at,

@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.utils import timezone
 
 from clients.models import Dataset
 from fedhealth.ml.privacy import RoundSpend, composed_epsilon
 
 from ..models import Experiment, PrivacyBudget, PrivacyLedgerEntry
 from ..reasons import Reason
+from . import artifacts
 
 # Float slack on the budget comparison (the accountant's figures are exact to ~1e-12).
 _SLACK = 1e-9
@@ -81,6 +83,12 @@ def reserve_round(
     Raises PrivacyBudgetExceeded (nothing recorded) when the ledger with this round,
     composed, would exceed the budget.
     """
+    entry = _reserve(dataset_id, experiment, spend, source)
+    _log_round(experiment, spend.round)
+    return entry
+
+
+def _reserve(dataset_id: int, experiment: Experiment, spend: RoundSpend, source: str) -> PrivacyLedgerEntry:
     with transaction.atomic():
         Dataset.objects.select_for_update().only("pk").get(pk=dataset_id)
         budget = PrivacyBudget.objects.filter(dataset_id=dataset_id).values_list("epsilon", flat=True).first()
@@ -94,6 +102,22 @@ def reserve_round(
             epsilon_total=spend.epsilon_total, delta=spend.delta, noise_multiplier=spend.noise_multiplier,
             sample_rate=spend.sample_rate, steps=spend.steps, clip_norm=spend.clip_norm, source=source,
         )
+
+
+def _log_round(experiment: Experiment, round_number: int) -> None:
+    """The experiment log's privacy line for a round: every site's spend so far (one line
+    per round, rewritten as sites reserve; a site's view of the log drops the figures)."""
+    entries = PrivacyLedgerEntry.objects.filter(experiment=experiment, round_number=round_number)
+    per_site = {
+        e.dataset.site.slug: {
+            "epsilon": e.epsilon_total, "delta": e.delta, "noise_multiplier": e.noise_multiplier,
+            "clip_norm": e.clip_norm,
+        }
+        for e in entries.select_related("dataset__site").order_by("created_at", "pk")
+    }
+    artifacts.write_log_event(experiment, {
+        "event": "privacy", "round": round_number, "at": timezone.now().isoformat(), "per_site": per_site,
+    })
 
 
 def set_budget(dataset: Dataset, epsilon: float | None, user=None) -> None:

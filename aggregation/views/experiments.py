@@ -53,6 +53,7 @@ def experiment_detail(request, pk: int):
         "problems": services.check_ready(experiment) if coordinator and experiment.status == "draft" else [],
         "user_is_coordinator": coordinator,
         "chart_titles": [("loss", "loss"), ("accuracy", "accuracy"), ("auroc", "AUROC")],
+        "privacy_guarantee": policy.guarantee(experiment),
         # "0.000001", not Python's "1e-06".
         "plain_numbers": {name: _plain(getattr(experiment, name)) for name in ("lr", "weight_decay")},
         **live_context(request, experiment),

@@ -22,6 +22,7 @@ from ..models import Experiment, Round
 from ..permissions import visible_experiments, visible_versions
 from ..services import health
 from . import charts
+from .privacy_chart import privacy_figure
 from .progress import (
     experiment_progress,
     participant_sites,
@@ -49,6 +50,8 @@ def live_payload(request, experiment: Experiment) -> dict:
         for r in experiment.rounds.filter(status=Round.Status.COMPLETED)
     }
     sites = site_figures(experiment, user)
+    # Each site's epsilon per round: the coordinator every site's, a site its own.
+    privacy = policy.privacy_rounds(viewer, experiment) if experiment.dp_mode != "off" else []
     numbers, grid = round_grid(experiment, user)
     fragment = {"experiment": experiment, "progress": progress, "user_is_coordinator": viewer.is_coordinator,
                 # "No worker has taken X's work": about the viewer's own visible sites only.
@@ -69,7 +72,9 @@ def live_payload(request, experiment: Experiment) -> dict:
                 experiment.num_rounds, [(n, m["mean"]) for n, m in means], train_loss
             ),
             "sites": charts.site_comparison_figures([(s.site.name, s.local, s.global_) for s in sites]),
+            "privacy": {"epsilon": privacy_figure(experiment.num_rounds, privacy)},
         },
+        "privacy": privacy,
         "html": html,
         "done": _done(experiment, progress.finished, figures.values(), viewer),
     })
