@@ -61,7 +61,7 @@ def test_the_stored_file_is_the_canonical_csv_of_the_rows_used(site_a):
     assert "looks like a patient identifier" not in messages["ward"]
 
 
-def test_no_download_page_or_api_response_carries_the_identifier(client, alice, charlie, client_for):
+def test_no_download_page_or_api_response_carries_the_identifier(client, alice, charlie, client_for, make_experiment):
     client.force_login(alice)
     response = client.post(reverse("dataset_upload"), {
         "name": "ward.csv", "policy": "drop-invalid-rows",
@@ -80,3 +80,9 @@ def test_no_download_page_or_api_response_carries_the_identifier(client, alice, 
     coordinator = client.__class__()
     coordinator.force_login(charlie)
     assert MRN not in coordinator.get(reverse("dataset_detail", args=[dataset.pk])).content.decode()
+    experiment = make_experiment([dataset], name="ward study")
+    for name in ("experiment_export_json", "experiment_export_metrics", "experiment_export_log",
+                 "experiment_detail"):
+        for viewer in (client, coordinator):
+            body = viewer.get(reverse(name, args=[experiment.pk])).content.decode()
+            assert MRN not in body and "Patient 3" not in body, name
