@@ -6,24 +6,26 @@ from django.utils import timezone
 
 
 def healthz(request):
-    """Health for load balancers and docker-compose: the database, the broker (a
-    connection check that gives up after FEDHEALTH_BROKER_TIMEOUT seconds) and how
-    fresh the workers' heartbeats are. 503 when the database or the broker is
-    unreachable: work could not be queued. Workers being away is reported, not a 503
-    (the web process itself is fine); no queue names, which would name sites."""
+    """Liveness: 200 whenever this process can answer, so a restart policy never
+    restarts web processes during a Redis or database outage that a restart cannot fix.
+
+    The body still says what is wrong, so an outage is never invisible: the database,
+    the broker (a connection check that gives up after FEDHEALTH_BROKER_TIMEOUT
+    seconds) and how fresh the workers' heartbeats are ("degraded" when the database
+    or the broker is unreachable). /readyz answers 503 for those (fedhealth/ops/ready.py).
+    No queue names: they would name sites."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception:  # any database failure means "unhealthy", whatever the driver
-        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
+    except Exception:  # any database failure, whatever the driver
+        return JsonResponse({"status": "degraded", "database": "unavailable"})
     broker = _broker_reachable()
-    body = {
-        "status": "ok" if broker else "error",
+    return JsonResponse({
+        "status": "ok" if broker else "degraded",
         "database": "ok",
         "broker": "ok" if broker else "unreachable",
         "workers": _heartbeats(),
-    }
-    return JsonResponse(body, status=200 if broker else 503)
+    })
 
 
 def _broker_reachable() -> bool:

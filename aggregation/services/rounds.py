@@ -336,7 +336,7 @@ def fail_aggregation(round_id: int, code: str, detail: str = "") -> bool:
     from .lifecycle import TransitionError, fail_experiment
 
     with contextlib.suppress(TransitionError):  # cancelled or failed meanwhile
-        fail_experiment(round_.experiment_id, f"round {round_.number} failed: {reason}")
+        fail_experiment(round_.experiment_id, f"round {round_.number} failed: {reason}", code=code)
     return True
 
 

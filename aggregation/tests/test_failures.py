@@ -399,3 +399,15 @@ def test_services_never_import_the_tasks():
             elif isinstance(node, ast.Import) and any(a.name.endswith(".tasks") for a in node.names):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+@pytest.mark.django_db
+def test_healthz_stays_up_and_says_the_broker_is_unreachable_while_readyz_fails(unreachable_broker, client):
+    """Liveness is not readiness: a restart cannot fix Redis, so /healthz stays 200, but
+    its body names the outage; /readyz answers 503 naming the broker."""
+    health = client.get("/healthz")
+    ready = client.get("/readyz")
+
+    assert health.status_code == 200
+    assert health.json()["status"] == "degraded" and health.json()["broker"] == "unreachable"
+    assert ready.status_code == 503 and "broker" in ready.content.decode()
