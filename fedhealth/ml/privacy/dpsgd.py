@@ -71,14 +71,15 @@ def dp_optimizer(
 
 def private_gradients(
     private: GradSampleModule, optimizer: DPOptimizer, x: torch.Tensor, y: torch.Tensor
-) -> float:
+) -> torch.Tensor:
     """Leave the privatised mean gradient of the rows ``x, y`` in each parameter's ``.grad``.
 
     ``(sum_i clip(g_i) + N(0, (sigma * C)^2 I)) / expected_batch``, with ``g_i`` each row's
-    gradient of its BCE. Returns the summed BCE of the rows (0.0 for an empty batch).
+    gradient of its BCE. Returns the summed BCE of the rows, a 0-d tensor (0 for an empty
+    batch; no ``.item()``, which would sync every step).
     """
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total = torch.zeros(())
     if len(x):
         loss = F.binary_cross_entropy_with_logits(private(x), y, reduction="sum")
         with warnings.catch_warnings():
@@ -88,7 +89,7 @@ def private_gradients(
                 "ignore", message="Full backward hook is firing", category=UserWarning
             )
             loss.backward()
-        total = float(loss.detach())
+        total = loss.detach()
     else:
         # An empty batch still releases noise: the accountant counted this step.
         for p in optimizer.params:
@@ -154,7 +155,7 @@ def train_local_dp(
     per_epoch = steps_per_round(1, train.batch_size, n)
     lrs = _learning_rates(train, per_epoch * train.epochs)
     step = 0
-    last_loss, last_rows = 0.0, 0
+    last_loss, last_rows = torch.zeros(()), 0
     for epoch in range(train.epochs):
         for idx in poisson_batches(n, q, per_epoch, generator):
             group["lr"] = lrs[step]
@@ -179,5 +180,5 @@ def train_local_dp(
         metrics = _evaluate_model(model, x_eval, _labels(evaluate_on[1], x_eval.shape[0]))
     else:
         metrics = _evaluate_model(model, x_all, y_all)
-    mean_loss = last_loss / last_rows if last_rows else math.nan
+    mean_loss = float(last_loss) / last_rows if last_rows else math.nan
     return TrainResult(weights=get_weights(model), num_samples=n, loss=mean_loss, metrics=metrics)
