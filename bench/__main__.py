@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 QUICK_ARGS = {
     "csv": ["--rows", "100000"],
+    "dp": ["--rows", "5000", "--repeats", "2", "--no-utility"],
     "fedavg": ["--updates", "20"],
     "orchestration": ["--sites", "4", "--rows", "2000", "--rounds", "3"],
     "predict": ["--repeats", "5", "--requests", "500"],
