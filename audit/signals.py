@@ -15,6 +15,11 @@ def _signed_in(sender, request, user, **kwargs) -> None:
 
 @receiver(user_login_failed, dispatch_uid="audit_sign_in_failed")
 def _sign_in_failed(sender, credentials, request=None, **kwargs) -> None:
-    # Django masks the password in ``credentials``; only the name tried is kept.
+    # Django masks the password in ``credentials``; only the name tried is kept. When it is a
+    # member's name, the event is their site's, so its site admin sees attempts on it.
+    from clients.models import Membership
+
     tried = str(credentials.get("username", ""))[:150]
-    record(Kind.SIGN_IN_FAILED, actor=tried or "(no name)", request=request, details={"username": tried})
+    membership = Membership.objects.filter(user__username=tried).select_related("site").first() if tried else None
+    record(Kind.SIGN_IN_FAILED, actor=tried or "(no name)", request=request, details={"username": tried},
+           site=getattr(membership, "site", None))

@@ -11,7 +11,12 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from aggregation.services import cancel_experiment, pause_experiment, resume_experiment, start_experiment
+from aggregation.services import (
+    cancel_experiment,
+    pause_experiment,
+    resume_experiment,
+    start_experiment,
+)
 from aggregation.services.creation import create_experiment
 from audit.models import AuditEvent, AuditHead
 from audit.services import Kind, record, verify
@@ -45,6 +50,7 @@ def test_sign_ins_and_failures_are_recorded_with_the_address(client, alice):
     failed, signed_in = AuditEvent.objects.order_by("seq")
     assert (failed.kind, failed.actor, failed.client_address) == (K.SIGN_IN_FAILED, "alice", "10.1.2.3")
     assert "wrong" not in json.dumps(failed.details)  # never the password tried
+    assert failed.site_id == alice.membership.site_id  # alice's site admin sees attempts on her account
     assert (signed_in.kind, signed_in.actor, signed_in.actor_id) == (K.SIGN_IN, "alice", alice.pk)
     assert signed_in.site_id == alice.membership.site_id and signed_in.client_address == "10.1.2.4"
 
@@ -227,3 +233,14 @@ def test_concurrent_writers_keep_the_chain_linear():
     assert errors == []
     assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == list(range(1, 33))
     assert verify().ok
+
+
+def test_an_agents_registration_is_attributed_to_its_site_token(agent, agent_site, csv_bytes, summary_of):
+    response = agent.post("/api/v1/agent/datasets/", summary_of(csv_bytes(160, seed=3)), format="json",
+                          REMOTE_ADDR="10.9.8.7")
+    assert response.status_code == 201, response.content
+
+    event = AuditEvent.objects.get(kind=K.AGENT_REGISTER)
+    assert (event.actor, event.site_id, event.client_address) == (
+        f"site token ({agent_site.slug})", agent_site.pk, "10.9.8.7")
+    assert event.details == {"name": "local.csv", "rows": 160}
