@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from .models import Dataset, Membership, Site
+from .policy import dataset_summary
 
 
 @admin.register(Site)
@@ -38,10 +39,20 @@ class DatasetAdmin(admin.ModelAdmin):
     search_fields = ["name", "site__name", "sha256"]
     readonly_fields = [
         "site", "name", "schema", "policy", "sha256", "size_bytes", "row_count", "positive_count",
-        "rows_dropped", "stats", "summary", "validation_counts", "status", "uploaded_by", "created_at",
+        "rows_dropped", "shared_summary", "validation_counts", "status", "uploaded_by", "created_at",
     ]
-    # The report's examples quote cell values from the file: only counts are shown here.
-    exclude = ["file", "validation_report"]
+    # The report's examples quote cell values from the file: only counts are shown here. The
+    # stored summary has per-feature minima and maxima (one patient's values on a small site)
+    # and the exact sufficient statistics: the admin shows what clients/policy.py shows a
+    # coordinator instead.
+    exclude = ["file", "validation_report", "stats", "summary"]
+
+    @admin.display(description="Summary (as the coordinator sees it)")
+    def shared_summary(self, obj: Dataset) -> str:
+        shown = dataset_summary(None, obj)
+        if shown.withheld:
+            return shown.withheld
+        return "; ".join(f"{name}: mean {f['mean']}, SD {f['std']}" for name, f in shown.features) or "-"
 
     @admin.display(description="Validation problems")
     def validation_counts(self, obj: Dataset) -> str:

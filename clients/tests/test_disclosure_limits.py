@@ -149,3 +149,15 @@ def test_no_coordinator_api_response_carries_a_min_or_max(world, small, client_f
     detail = api.get(f"/api/v1/{resource}/{items[0]['id']}/").json()
     _no_min_max(detail, f"{resource}/{items[0]['id']}")
     assert "91.37" not in json.dumps(detail) and "158.63" not in json.dumps(listing.json())
+
+
+def test_the_django_admin_shows_a_dataset_as_the_coordinator_sees_it(client, world, small, django_user_model):
+    big = _dataset(world.site_b, 30, 10, "extremes.csv")
+    client.force_login(django_user_model.objects.create_superuser("root", password="pw"))
+    for dataset in (big, small["rows"]):
+        page = client.get(reverse("admin:clients_dataset_change", args=[dataset.pk])).content.decode()
+        assert "91.37" not in page and "158.63" not in page and "sumsq" not in page
+    page = client.get(reverse("admin:clients_dataset_change", args=[big.pk])).content.decode()
+    assert "systolic_bp: mean" in page
+    tiny = client.get(reverse("admin:clients_dataset_change", args=[small["rows"].pk])).content.decode()
+    assert "fewer than 20 rows" in tiny
