@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = ("clients", "aggregation")
+APPS = ("clients", "aggregation", "audit")
 # The URL configuration wires the apps' views in; nothing else in the package may.
 ALLOWED = {"fedhealth/urls.py", "fedhealth/api_urls.py", "fedhealth/web_urls.py"}
 
