@@ -118,15 +118,15 @@ class DatasetSerializer(serializers.ModelSerializer):
             cache[obj.pk] = dataset_summary(getattr(request, "user", None), obj)
         return cache[obj.pk]
 
-    @extend_schema_field(OpenApiTypes.INT)
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_positive_count(self, obj: Dataset) -> int | None:
         return self._shown(obj).positive_count
 
-    @extend_schema_field(OpenApiTypes.FLOAT)
+    @extend_schema_field(serializers.FloatField(allow_null=True))
     def get_label_balance(self, obj: Dataset) -> float | None:
         return self._shown(obj).label_balance
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": {}})
     def get_stats(self, obj: Dataset) -> dict | None:
         stats = self._shown(obj).stats
         return finite(stats) if stats is not None else None
