@@ -75,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Validate the CSV, then register and poll until stopped (SIGTERM/SIGINT)."""
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        # Opacus calls logging.basicConfig when imported, which would make ours a no-op.
+        force=True,
     )
     log = logging.getLogger("fedhealth.agent")
     token = args.token or os.environ.get(TOKEN_ENV, "")

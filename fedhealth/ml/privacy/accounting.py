@@ -23,9 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-
 __all__ = [
     "ALPHAS",
     "DEFAULT_CLIP_NORM",
@@ -53,6 +50,11 @@ ALPHAS: tuple[float, ...] = (
 )
 # get_noise_multiplier's binary search stops within this of the target, from below.
 _EPSILON_TOLERANCE = 0.01
+
+
+# Opacus is imported inside the functions that use it: importing it configures the root
+# logger (logging.basicConfig in opacus.utils.module_utils) and costs start-up time, and
+# most processes that import the site-work contract never train with DP.
 
 
 def _number(name: str, value: Any) -> float:
@@ -170,6 +172,8 @@ def epsilon_for(history: Iterable[tuple[float, float, int]], delta: float) -> fl
     entries = [(float(s), float(q), int(k)) for s, q, k in history if k > 0]
     if not entries:
         return 0.0
+    from opacus.accountants import RDPAccountant  # lazily: see the note on Opacus above
+
     accountant = RDPAccountant()
     accountant.history = entries
     with warnings.catch_warnings():
@@ -204,6 +208,10 @@ def derive_noise(settings: PrivacySettings, *, rows: int, epochs: int, batch_siz
 
 @functools.lru_cache(maxsize=256)
 def _noise_for(epsilon: float, delta: float, q: float, steps: int) -> float:
+    from opacus.accountants.utils import (
+        get_noise_multiplier,  # lazily: see the note on Opacus above
+    )
+
     # A binary search of ~20 accountant calls (about a second): cached, since every round
     # of an experiment at a site asks for the same figure.
     with warnings.catch_warnings():

@@ -19,12 +19,11 @@ import math
 import secrets
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 
 from fedhealth.ml.model import ModelConfig, build_model, get_weights, set_weights
 from fedhealth.ml.training import (
@@ -38,6 +37,10 @@ from fedhealth.ml.training import (
 from fedhealth.ml.types import Weights
 
 from .accounting import sample_rate, steps_per_round
+
+if TYPE_CHECKING:  # imported lazily at run time: see fedhealth/ml/privacy/accounting.py
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
 
 __all__ = ["dp_optimizer", "poisson_batches", "private_gradients", "train_local_dp"]
 
@@ -59,6 +62,8 @@ def dp_optimizer(
     generator: torch.Generator,
 ) -> DPOptimizer:
     """Opacus's ``DPOptimizer`` around ``optimizer``: clip, noise from ``generator``, mean."""
+    from opacus.optimizers import DPOptimizer
+
     return DPOptimizer(
         optimizer,
         noise_multiplier=noise_multiplier,
@@ -142,6 +147,8 @@ def train_local_dp(
     set_weights(model, global_weights)
     model.generator = generator
     model.train()
+    from opacus import GradSampleModule
+
     private = GradSampleModule(model, loss_reduction="sum")
     params = list(model.parameters())
     mu = train.proximal_mu
