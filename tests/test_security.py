@@ -253,7 +253,7 @@ def test_a_site_named_with_a_link_is_text_in_every_figure(client, world):
 
     live = client.get(reverse("experiment_live", args=[world.shared.pk])).json()
     models = client.get(
-        reverse("model_list", args=[world.shared.pk]), {"version": world.version.pk}
+        reverse("model_list", args=[world.shared.pk]), {"version": world.version.version}
     )
 
     escaped = charts.plain(EVIL_LINK)

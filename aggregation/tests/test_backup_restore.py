@@ -63,6 +63,25 @@ def test_backup_wipe_restore_brings_everything_back(world, tmp_path, drive):
     assert status["archive"] == str(archive) and not status["encrypted"]
 
 
+def test_timestamps_come_back_to_the_microsecond(make_site, tmp_path):
+    """Django's JSON encoder keeps milliseconds only: a row written at .000123 s came
+    back as .000 (seen on PostgreSQL, where timestamps carry microseconds)."""
+    import datetime
+
+    from clients.models import Site
+
+    site = make_site("exact")
+    stamp = datetime.datetime(2026, 1, 2, 3, 4, 5, 123, tzinfo=datetime.UTC)
+    Site.objects.filter(pk=site.pk).update(created_at=stamp)
+    archive = tmp_path / "exact.tar"
+
+    call_command("backup", "--out", str(archive), verbosity=0)
+    wipe()
+    call_command("restore", str(archive), verbosity=0)
+
+    assert Site.objects.get(pk=site.pk).created_at == stamp
+
+
 def test_restore_refuses_a_non_empty_instance_unless_forced(world, tmp_path):
     archive = tmp_path / "full.tar"
     call_command("backup", "--out", str(archive), verbosity=0)

@@ -13,6 +13,7 @@ copied as found.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import tempfile
@@ -25,6 +26,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core import serializers
 from django.core.files.storage import default_storage
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
@@ -197,6 +199,17 @@ def create_backup(out: Path, *, key: bytes | None = None) -> BackupSummary:
     return BackupSummary(out, rows, len(manifest["files"]), size, bool(key))
 
 
+class ExactJSONEncoder(DjangoJSONEncoder):
+    """Django's encoder cuts datetimes to milliseconds; a backup must give back the
+    microseconds it was given (a restored row equals the original, to the digit)."""
+
+    def default(self, o):
+        if isinstance(o, (datetime.datetime, datetime.time)):
+            text = o.isoformat()
+            return text[:-6] + "Z" if text.endswith("+00:00") else text
+        return super().default(o)
+
+
 def _write(writer: ArchiveWriter, work: Path) -> dict:
     models = backed_up_models()
     rows: dict[str, int] = {}
@@ -214,6 +227,7 @@ def _write(writer: ArchiveWriter, work: Path) -> dict:
                     queryset.iterator(chunk_size=500),
                     stream=_TextSink(spool),
                     use_natural_foreign_keys=True,
+                    cls=ExactJSONEncoder,
                 )
                 rows[label] = queryset.count()  # same snapshot as the rows written
                 size = spool.tell()
