@@ -178,9 +178,15 @@ def fetch(client, method: str, url: str) -> tuple[int, str]:
     return response.status_code, VOLATILE.sub(r"\1…", body(response))
 
 
+# Database ids are not figures: on PostgreSQL the sequences run on across tests, so an
+# object's own id (a JSON "id" or a /datasets/283/ path) can equal another site's row count.
+IDS = re.compile(r'"(?:id|pk|\w+_id)":\s*\d+|/\d+/|[?&]\w+=\d+')
+
+
 def found(secret: str, text: str) -> bool:
     # A number must stand alone: "283" inside a token or a longer figure is no leak.
     if re.fullmatch(r"[\d.]+", secret):
+        text = IDS.sub("", text)
         return re.search(rf"(?<![\w.]){re.escape(secret)}(?![\w])", text) is not None
     return secret.lower() in text.lower()
 
