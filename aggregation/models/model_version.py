@@ -72,6 +72,9 @@ class EvaluationAttempt(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["version", "site"], name="one_evaluation_attempt_per_site")]
 
+    def __str__(self) -> str:
+        return f"{self.site} on {self.version}: {self.status} after {self.attempts}"
+
 
 class WorkerHeartbeat(models.Model):
     """The last time a worker consuming ``queue`` said it was alive. Lets pages say

@@ -19,7 +19,13 @@ from clients.services import DatasetFileChanged, load_dataset_arrays, verify_dat
 from fedhealth.ml.federation import SiteSplit, split_site
 from fedhealth.ml.metrics import mean_metrics
 from fedhealth.ml.model import ModelConfig
-from fedhealth.ml.sitework import SitePlan, evaluate_at_site, plan_site_round, privacy_spend, train_at_site
+from fedhealth.ml.sitework import (
+    SitePlan,
+    evaluate_at_site,
+    plan_site_round,
+    privacy_spend,
+    train_at_site,
+)
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.strategies import get_strategy
 from fedhealth.ml.types import Metrics

@@ -6,7 +6,14 @@ def drive():
     """Run an experiment's work in this process, in the order Celery would: hosted
     training, aggregation, evaluation; until nothing is left to do."""
     from aggregation import services, tasks
-    from aggregation.models import ClientUpdate, EvaluationAttempt, Experiment, ModelVersion, Round, SiteEvaluation
+    from aggregation.models import (
+        ClientUpdate,
+        EvaluationAttempt,
+        Experiment,
+        ModelVersion,
+        Round,
+        SiteEvaluation,
+    )
 
     def run(experiment_id: int, *, max_steps: int = 500) -> Experiment:
         for _ in range(max_steps):
