@@ -89,13 +89,9 @@ def sample_limit(experiment_id: int, site_id: int) -> int:
 
 def _check_sample_count(update: ClientUpdate, num_samples: int) -> None:
     # FedAvg weights each update by its sample count, so an inflated count is a
-    # single site taking over the global model: never taken on faith.
+    # single site taking over the global model: never taken on faith. (That it is a
+    # positive integer, update_problem has checked already.)
     limit = sample_limit(update.round.experiment_id, update.site_id)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise UpdateRefused(
-            f"update rejected: num_samples must be a positive integer, got {num_samples!r}",
-            code=Reason.UPDATE_INVALID, bad_input=True,
-        )
     if num_samples > limit:
         raise UpdateRefused(
             f"update rejected: num_samples {num_samples} is more than the {limit} rows "
@@ -127,10 +123,10 @@ def submit_update(
             "this experiment uses secure aggregation: a site's update is sent only masked, "
             "through the protocol's steps, never in the clear", code=Reason.UPDATE_INVALID,
         )
-    _check_sample_count(update, num_samples)
     problem = update_problem(Update(weights, num_samples, update.site.slug), reference_weights(experiment))
     if problem:
         raise UpdateRefused(f"update rejected: {problem.reason}", code=reason_for(problem.code), bad_input=True)
+    _check_sample_count(update, num_samples)
     # The file goes first, outside any transaction: its name carries the checksum, so a
     # retry rewrites identical bytes and an unclaimed file is merely garbage.
     data = weights_to_bytes(weights)

@@ -1,13 +1,27 @@
 import pytest
 
 
+def train_pending(experiment_id: int) -> bool:
+    """Train every hosted site's pending update of the experiment's open rounds, in this
+    process; True when there was any (the first step of every in-process driver)."""
+    from aggregation import services
+    from aggregation.models import ClientUpdate, Round
+
+    pending = ClientUpdate.objects.filter(
+        round__experiment_id=experiment_id, round__status=Round.Status.OPEN,
+        status=ClientUpdate.Status.PENDING, site__mode="hosted",
+    ).values_list("pk", flat=True)
+    for update_id in pending:
+        services.train_hosted_update(update_id)
+    return bool(pending)
+
+
 @pytest.fixture
 def drive():
     """Run an experiment's work in this process, in the order Celery would: hosted
     training, aggregation, evaluation; until nothing is left to do."""
     from aggregation import services, tasks
     from aggregation.models import (
-        ClientUpdate,
         EvaluationAttempt,
         Experiment,
         ModelVersion,
@@ -17,13 +31,7 @@ def drive():
 
     def run(experiment_id: int, *, max_steps: int = 500) -> Experiment:
         for _ in range(max_steps):
-            progressed = False
-            for update_id in ClientUpdate.objects.filter(
-                round__experiment_id=experiment_id, round__status=Round.Status.OPEN,
-                status=ClientUpdate.Status.PENDING, site__mode="hosted",
-            ).values_list("pk", flat=True):
-                services.train_hosted_update(update_id)
-                progressed = True
+            progressed = train_pending(experiment_id)
             for round_id in Round.objects.filter(
                 experiment_id=experiment_id, status=Round.Status.AGGREGATING
             ).values_list("pk", flat=True):

@@ -32,6 +32,8 @@ from fedhealth.ml.secagg import ProtocolViolation, wire
 from fedhealth.ml.strategies import FedAvg
 from fedhealth.ml.types import Update
 
+from .conftest import train_pending
+
 pytestmark = pytest.mark.django_db
 
 PHASES = ("advertise", "share", "masked", "unmask")
@@ -79,13 +81,7 @@ def drive_secure():
         silent = silent or {}
         finished: set[int] = set()
         for _ in range(max_steps):
-            progressed = False
-            for update_id in ClientUpdate.objects.filter(
-                round__experiment_id=experiment_id, round__status=Round.Status.OPEN,
-                status=ClientUpdate.Status.PENDING, site__mode="hosted",
-            ).values_list("pk", flat=True):
-                services.train_hosted_update(update_id)
-                progressed = True
+            progressed = train_pending(experiment_id)
             for secure in SecureRound.objects.filter(
                 round__experiment_id=experiment_id, round__status=Round.Status.AGGREGATING
             ):
