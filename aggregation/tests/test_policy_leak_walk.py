@@ -179,8 +179,10 @@ def fetch(client, method: str, url: str) -> tuple[int, str]:
 
 
 # Database ids are not figures: on PostgreSQL the sequences run on across tests, so an
-# object's own id (a JSON "id" or a /datasets/283/ path) can equal another site's row count.
-IDS = re.compile(r'"(?:id|pk|\w+_id)":\s*\d+|/\d+/|[?&]\w+=\d+')
+# object's own id (a JSON "id", a reference such as "dataset": 283 to A's own dataset, or a
+# /datasets/283/ path) can equal another site's row count.
+REFERENCES = r"id|pk|\w+_id|dataset|experiment|round|model|model_version|version"
+IDS = re.compile(rf'"(?:{REFERENCES})":\s*\d+|/\d+/|[?&]\w+=\d+')
 
 
 def found(secret: str, text: str) -> bool:
