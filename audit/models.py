@@ -32,6 +32,14 @@ class AuditEvent(models.Model):
         TOKEN_CREATE = "token_create", "API token created"
         TOKEN_REVOKE = "token_revoke", "API token revoked"
         AGENT_REGISTER = "agent_register", "Agent registered a dataset"
+        SITE_CREATE = "site_create", "Site created"
+        INVITATION_CREATE = "invitation_create", "Invitation created"
+        INVITATION_ACCEPT = "invitation_accept", "Invitation accepted"
+        INVITATION_REVOKE = "invitation_revoke", "Invitation revoked"
+        MEMBER_ROLE = "member_role", "Member's role changed"
+        MEMBER_REMOVE = "member_remove", "Member removed"
+        DATASET_DELETE = "dataset_delete", "Dataset deleted"
+        RETENTION_PURGE = "retention_purge", "Rejected uploads removed"
 
     seq = models.PositiveBigIntegerField(unique=True, editable=False)
     created_at = models.DateTimeField(editable=False, db_index=True)

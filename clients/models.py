@@ -86,6 +86,9 @@ class Dataset(models.Model):
         VALIDATING = "validating", "Validating"
         READY = "ready", "Ready"
         REJECTED = "rejected", "Rejected"
+        # Deleted by its site (clients/deletion.py): the file is gone, the row keeps the
+        # summary and who deleted it when, and no code path makes it usable again.
+        DELETED = "deleted", "Deleted"
 
     site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="datasets")
     name = models.CharField(max_length=255)
@@ -108,9 +111,23 @@ class Dataset(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, editable=False,
+        related_name="+",
+    )
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # A deletion record and the deleted status go together, and a deleted
+            # dataset points at no file.
+            models.CheckConstraint(
+                condition=(Q(deleted_at__isnull=True) & ~Q(status="deleted"))
+                | (Q(deleted_at__isnull=False) & Q(status="deleted") & Q(file="")),
+                name="dataset_deleted_has_record_and_no_file",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.site.slug}/{self.name}"
@@ -227,3 +244,45 @@ class ApiToken(models.Model):
 
                 audit.record(audit.Kind.TOKEN_REVOKE, site=self.site, target=f"token {self.prefix}",
                              details={"kind": self.kind, "name": self.name})
+
+
+class Invitation(models.Model):
+    """A single-use link that lets its holder create an account and join one site.
+
+    Only the SHA-256 of the link's secret is stored (as for ApiToken: ~256 random bits,
+    so an unsalted hash suffices); the link is shown once, to whoever created it.
+    Accepting is a conditional UPDATE on ``accepted_at IS NULL`` (clients/invitations.py),
+    so two tabs racing on one link make one account.
+    """
+
+    class Role(models.TextChoices):
+        MEMBER = Membership.Role.MEMBER.value, Membership.Role.MEMBER.label
+        SITE_ADMIN = Membership.Role.SITE_ADMIN.value, Membership.Role.SITE_ADMIN.label
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=20, choices=Role.choices)
+    note = models.CharField(max_length=200, blank=True, help_text="Who it is for.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(role__in=["member", "site_admin"]), name="invitation_site_role")
+        ]
+
+    def __str__(self) -> str:
+        return f"invitation to {self.site} as {self.get_role_display()}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > timezone.now()
