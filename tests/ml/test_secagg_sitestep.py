@@ -114,3 +114,33 @@ def test_steps_out_of_order_are_refused():
     }
     with pytest.raises(ProtocolViolation, match="unmasking is not allowed at stage 'advertised'"):
         site_step(state, request, site="s0")
+
+
+def test_a_site_answers_one_unmask_request_and_refuses_a_different_second_one():
+    """Bonawitz's consistency rule: a server that lists s3 as a survivor to get its seed
+    share, then as dropped to get its mask-key share, is refused the second time."""
+    ref, ups, server = setup()
+    masked: dict = {}
+
+    def on_masked(u, states, task):
+        masked[u.site] = saved(states[u.site])  # s0's state after its masked input
+
+    run_round(ref, ups, server, on_masked=on_masked)
+    full = {
+        "phase": "unmask",
+        "request": {
+            "kind": "unmask_request",
+            "ctx": wire.encode_ctx(CTX),
+            "survivors": ["s0", "s1", "s2", "s3"],
+        },
+    }
+    state, reply = site_step(masked["s0"], full, site="s0")
+    assert set(wire.decode(reply).seed_shares) == {"s0", "s1", "s2", "s3"}
+    assert wire.decode(reply).key_shares == {}
+    # the same request again (a restart): the saved reply, byte for byte
+    assert site_step(saved(state), full, site="s0")[1] == reply
+    # s3 now listed as dropped: answering would reveal its mask-key share too
+    lying = {"phase": "unmask", "request": {**full["request"], "survivors": ["s0", "s1", "s2"]}}
+    with pytest.raises(ProtocolViolation, match=r"lists \['s3'\] differently is refused") as err:
+        site_step(saved(state), lying, site="s0")
+    assert err.value.code == "secagg_inconsistent"

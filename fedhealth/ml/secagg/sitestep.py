@@ -11,6 +11,13 @@ saved, byte for byte. Computing it again would be unsafe: a second masked vector
 different update under the same masks would show the server the difference of the two.
 The server refuses the resent copy as a replay if the first arrived; either way it counts once.
 
+Consistency rule (Bonawitz et al. 2017, section 4): a site answers one task per phase. The
+same task again gets the saved message; a *different* task for a phase already answered is
+refused (``ProtocolViolation``, code ``secagg_inconsistent``). This is what stops a server
+from asking a survivor first for a site's self-mask share (listing it as a survivor) and
+then for its mask-key share (listing it as dropped): with both, that site's update is
+unmasked.
+
 Tasks (JSON, from the server):
 ``{"phase": "advertise", "ctx": {...}}``, ``{"phase": "share", "roster": {...}}``,
 ``{"phase": "masked", "ctx": {...}, "inbox": {sender: base64}}``,
@@ -19,6 +26,8 @@ Tasks (JSON, from the server):
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from fedhealth.ml.types import Weights
@@ -51,8 +60,11 @@ def site_step(
             f"field 'phase': expected one of {list(PHASES)}, got {phase!r}", code="secagg_malformed"
         )
     done: dict[str, Any] = {} if state is None else dict(state.get("outbox", {}))
+    asked: dict[str, Any] = {} if state is None else dict(state.get("asked", {}))
     if phase in done:  # taken before a restart: the same bytes again, never a new computation
         assert state is not None
+        if phase in asked and asked[phase]["digest"] != _digest(task):
+            raise _inconsistent(site, phase, asked[phase], task)
         return state, done[phase]
     if phase == "advertise":
         if state is not None:
@@ -88,4 +100,36 @@ def site_step(
                 )
             message = wire.encode(session.unmask(request))
     done[phase] = message
-    return {"session": session.export_state(), "outbox": done}, message
+    asked[phase] = {"digest": _digest(task)}
+    if phase == "unmask":
+        asked[phase]["survivors"] = sorted(task["request"]["survivors"])
+    return {"session": session.export_state(), "outbox": done, "asked": asked}, message
+
+
+def _digest(task: dict[str, Any]) -> str:
+    """SHA-256 of a task's canonical JSON: the same task asked again has the same digest."""
+    return hashlib.sha256(
+        json.dumps(task, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def _inconsistent(
+    site: str, phase: str, answered: dict[str, Any], task: dict[str, Any]
+) -> ProtocolViolation:
+    if phase == "unmask" and "survivors" in answered:
+        request = task.get("request")
+        now = request.get("survivors") if isinstance(request, dict) else None
+        before = set(answered["survivors"])
+        now_set = set(now) if isinstance(now, list) else set()
+        moved = sorted(before ^ now_set, key=str)
+        return ProtocolViolation(
+            f"site {site!r} already revealed shares for survivors {sorted(before)}; a second "
+            f"unmask request that lists {moved} differently is refused: answering it could "
+            "reveal both a site's self-mask share and its mask-key share",
+            code="secagg_inconsistent",
+        )
+    return ProtocolViolation(
+        f"site {site!r} already answered a different {phase} task this round; it answers "
+        "one task per phase",
+        code="secagg_inconsistent",
+    )
