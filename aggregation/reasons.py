@@ -34,6 +34,9 @@ class Reason(models.TextChoices):
     PRIVACY_BUDGET = "privacy_budget", "Another round would exceed the site's privacy budget for this dataset; the site did not train."
     PRIVACY_SETTINGS = "privacy_settings", "The experiment's privacy settings cannot be met at this site (delta must be below 1 / its training rows)."
     SECAGG_DROPPED = "secagg_dropped", "The site did not take its step of the secure-aggregation protocol before the phase's deadline; it was counted as dropped."
+    WITHDRAWN = "withdrawn", "The site withdrew from the experiment (or withdrew the dataset it took part with); it is not asked again."
+    NO_CONSENT = "no_consent", "The site has not accepted the experiment's current terms, so it was not trained on."
+    SITE_POLICY = "site_policy", "The site's own policy refused this experiment's terms."
     # A round or an experiment
     QUORUM = "quorum", "Too few sites' updates were usable to meet the experiment's quorum."
     AGGREGATE_INVALID = "aggregate_invalid", "The combined model was not finite or not plausible; the previous global model is kept."

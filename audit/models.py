@@ -40,6 +40,10 @@ class AuditEvent(models.Model):
         MEMBER_REMOVE = "member_remove", "Member removed"
         DATASET_DELETE = "dataset_delete", "Dataset deleted"
         RETENTION_PURGE = "retention_purge", "Rejected uploads removed"
+        CONSENT_ACCEPT = "consent_accept", "Experiment accepted by a site"
+        CONSENT_DECLINE = "consent_decline", "Experiment declined by a site"
+        CONSENT_WITHDRAW = "consent_withdraw", "Site withdrew from an experiment"
+        DATASET_WITHDRAW = "dataset_withdraw", "Dataset withdrawn"
 
     seq = models.PositiveBigIntegerField(unique=True, editable=False)
     created_at = models.DateTimeField(editable=False, db_index=True)

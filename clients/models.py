@@ -116,6 +116,9 @@ class Dataset(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, editable=False,
         related_name="+",
     )
+    # Withdrawn by its site admin: it joins no new experiment, and running experiments
+    # stop using it from their next round (aggregation/services/consent.py).
+    withdrawn_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

@@ -147,12 +147,33 @@ class Experiment(models.Model):
 
 
 class Participant(models.Model):
-    """A site taking part in an experiment, with the dataset it trains on."""
+    """A site invited to an experiment, its consent, and the dataset it chose to train on.
+
+    Only a site that accepted the experiment's current terms (``terms_hash`` equal to
+    the hash of what it is asked now, aggregation/services/consent.py) is ever trained
+    on; a withdrawal applies from round ``withdrawn_from_round``.
+    """
+
+    class Consent(models.TextChoices):
+        INVITED = "invited", "Invited"
+        ACCEPTED = "accepted", "Accepted"
+        DECLINED = "declined", "Declined"
+        WITHDRAWN = "withdrawn", "Withdrawn"
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="participants")
     site = models.ForeignKey("clients.Site", on_delete=models.CASCADE, related_name="participations")
+    # Proposed by the coordinator (or empty) when inviting; the site's own choice on acceptance.
     dataset = models.ForeignKey("clients.Dataset", on_delete=models.PROTECT, null=True, blank=True)
     joined_at = models.DateTimeField(auto_now_add=True)
+    consent = models.CharField(max_length=10, choices=Consent.choices, default=Consent.INVITED)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decline_reason = models.CharField(max_length=500, blank=True)
+    terms_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the terms accepted.")
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_from_round = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["experiment", "site"], name="one_participation_per_site")]
