@@ -15,13 +15,20 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from .metrics import mean_metrics
 from .model import ModelConfig, init_weights
+from .personalize import (
+    PERSONALIZE_MODES,
+    fit_early_stopping,
+    validation_loss,
+    validation_split,
+    with_head,
+)
 from .privacy import PrivacySettings, plan_round_spend, train_local_dp
 from .secagg import RoundContext
 from .secagg.federated import SecureOptions, incompatibility, secure_aggregate
+from .split import split_indices
 from .stats import Normalizer, compute_stats, merge_stats
 from .strategies import get_strategy
 from .training import TrainConfig, evaluate, train_local
@@ -43,12 +50,8 @@ def split_site(
     name: str, X: np.ndarray, y: np.ndarray, *, test_fraction: float, seed: int
 ) -> SiteSplit:
     """Hold out a stratified, seeded ``test_fraction`` of a site's rows for evaluation."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
-    X_tr, X_te, y_tr, y_te = train_test_split(
-        X, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
-    return SiteSplit(name, X_tr, y_tr, X_te, y_te)
+    train, test = split_indices(y, test=test_fraction, seed=seed)
+    return SiteSplit(name, X[train], y[train], X[test], y[test])
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,25 @@ class FederatedConfig:
     seed: int = 0
     # Record-level DP at each site (DP-SGD); None: off. ``rounds`` must match.
     privacy: PrivacySettings | None = None
+    # Share of each site's training rows held out to select the best round (0: off,
+    # the last round is the model) and, with ``early_stopping`` (rounds without
+    # improvement), to stop the experiment early.
+    validation_fraction: float = 0.0
+    early_stopping: int | None = None
+    # One model per site built from the federation (``personalize.PERSONALIZE_MODES``).
+    personalize: str | None = None
+    ditto_lambda: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.early_stopping is not None:
+            if self.early_stopping < 1:
+                raise ValueError(f"early stopping must be at least 1 round, got {self.early_stopping}")
+            if self.validation_fraction == 0.0:
+                raise ValueError("early stopping needs a validation fraction above 0")
+        if self.personalize is not None and self.personalize not in PERSONALIZE_MODES:
+            raise ValueError(f"personalize must be one of {PERSONALIZE_MODES}, got {self.personalize!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +95,9 @@ class FederatedConfig:
             "train": self.train.to_dict(),
             "seed": self.seed,
             "privacy": None if self.privacy is None else self.privacy.to_dict(),
+            "validation_fraction": self.validation_fraction,
+            "early_stopping": self.early_stopping,
+            "personalize": self.personalize,
         }
 
 
@@ -90,9 +115,36 @@ class RoundRecord:
     refused: str | None = None  # why no new model this round (the previous one stays)
     # With DP: each site's spend after this round (``RoundSpend.to_dict()``), by site.
     privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The global model's mean BCE on the sites' validation slices, weighted by their
+    # rows (None without a validation fraction).
+    validation_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class FederatedRun:
+    """What ``run_experiment`` produced.
+
+    ``weights`` is the selected global version: the round with the lowest validation
+    loss (``selected_round``), or the last round without validation. ``personal`` holds
+    each site's personalised model (empty unless ``config.personalize``).
+    """
+
+    weights: Weights
+    normalizer: Normalizer
+    history: list[RoundRecord]
+    selected_round: int
+    personal: dict[str, Weights] = field(default_factory=dict)
+
+
+def best_round(history: Sequence[RoundRecord]) -> int:
+    """The round with the lowest validation loss (the earliest on ties), else the last."""
+    scored = [(h.validation_loss, h.round) for h in history if h.validation_loss is not None]
+    if not scored:
+        return history[-1].round if history else 0
+    return min(scored)[1]
 
 
 def round_seed(seed: int, round_number: int, site: str) -> int:
@@ -126,7 +178,27 @@ def run_federated(
     on_round: Callable[[RoundRecord], None] | None = None,
     secure: SecureOptions | None = None,
 ) -> tuple[Weights, Normalizer, list[RoundRecord]]:
-    """Run ``config.rounds`` rounds with every site; return final weights, normaliser, history.
+    """``run_experiment`` as ``(selected weights, normaliser, history)``."""
+    run = run_experiment(sites, config, on_round=on_round, secure=secure)
+    return run.weights, run.normalizer, run.history
+
+
+def site_slices(site: SiteSplit, config: FederatedConfig) -> tuple[np.ndarray, ...]:
+    """``(X_fit, y_fit, X_val, y_val)`` of a site's training rows (raw), seeded by the
+    experiment's seed: the same slice every round and in every door."""
+    return validation_split(
+        site.X_train, site.y_train, fraction=config.validation_fraction, seed=config.seed
+    )
+
+
+def run_experiment(
+    sites: Sequence[SiteSplit],
+    config: FederatedConfig,
+    *,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    secure: SecureOptions | None = None,
+) -> FederatedRun:
+    """Run up to ``config.rounds`` rounds with every site (fewer with early stopping).
 
     ``secure``: aggregate each round with secure aggregation (``fedhealth.ml.secagg``), the
     same protocol the platform runs, with simulated dropouts; a round below the threshold
@@ -145,37 +217,53 @@ def run_federated(
         for site in sites:
             config.privacy.delta_for(len(site.y_train))  # a clear error before any training
     normalizer = global_normalizer(sites)
-    train_sets = [(s, normalizer.transform(s.X_train)) for s in sites]
+    work = []
+    for s in sites:
+        X_fit, y_fit, X_val, y_val = site_slices(s, config)
+        work.append((s, normalizer.transform(X_fit), y_fit, normalizer.transform(X_val), y_val))
     strategy = get_strategy(config.strategy, **config.strategy_params)
     weights = init_weights(config.model, config.seed)
     history: list[RoundRecord] = []
+    versions: dict[int, Weights] = {}
+    mode = config.personalize
+    personal = {s.name: weights for s in sites}  # Ditto's personal models, FedPer's heads
+    best_personal: dict[str, tuple[float, Weights]] = {}
     # The site-work contract every door uses (imported here: sitework builds on this module).
     from .sitework import plan_site_round
 
     for r in range(1, config.rounds + 1):
         updates: list[Update] = []
         spends: dict[str, dict[str, Any]] = {}
-        for site, X in train_sets:
+        round_start = weights
+        for site, X, y, _, _ in work:
             plan = plan_site_round(
                 site=site.name, round_number=r, experiment_seed=config.seed, model=config.model,
                 train=config.train, strategy=strategy, normalizer=normalizer,
                 test_fraction=len(site.y_test) / (len(site.y_test) + len(site.y_train)),
             )
+            start = with_head(round_start, personal[site.name]) if mode == "fedper" else round_start
             if config.privacy is None:
-                result = train_local(config.model, weights, X, site.y_train, plan.train)
+                result = train_local(config.model, start, X, y, plan.train)
             else:
                 spend = plan_round_spend(
-                    config.privacy, round_number=r, rows=len(site.y_train),
+                    config.privacy, round_number=r, rows=len(y),
                     epochs=plan.train.epochs, batch_size=plan.train.batch_size,
                 )
                 spends[site.name] = spend.to_dict()
                 # In one process there is no server to hide the seed from: the round seed
                 # keeps simulate reproducible (a real site draws a secret one).
                 result = train_local_dp(
-                    config.model, weights, X, site.y_train, plan.train,
+                    config.model, start, X, y, plan.train,
                     noise_multiplier=spend.noise_multiplier, clip_norm=spend.clip_norm,
                     secret_seed=plan.train.seed,
                 )
+            if mode == "fedper":
+                personal[site.name] = result.weights  # the head stays here
+            elif mode == "ditto":
+                ditto = replace(plan.train, proximal_mu=config.ditto_lambda)
+                personal[site.name] = train_local(
+                    config.model, personal[site.name], X, y, ditto, anchor=round_start
+                ).weights
             updates.append(Update(result.weights, result.num_samples, site.name, result.metrics | {"loss": result.loss}))
         if secure is None:
             outcome = strategy.aggregate(weights, updates)
@@ -184,6 +272,7 @@ def run_federated(
             outcome, _ = secure_aggregate(strategy, weights, updates, secure, ctx, seed=config.seed)
         if outcome.weights is not None:
             weights = outcome.weights
+        versions[r] = weights
         evaluation = evaluate_sites(config.model, weights, normalizer, sites)["mean"]
         total = sum(u.num_samples for u in updates)
         record = RoundRecord(
@@ -196,11 +285,57 @@ def run_federated(
             rejected=[{"site": x.site, "reason": x.reason} for x in outcome.rejected],
             refused=outcome.refused,
             privacy=spends,
+            validation_loss=_weighted_validation_loss(config, weights, work),
         )
         history.append(record)
+        if mode in ("ditto", "fedper"):
+            for site, _, _, X_val, y_val in work:
+                candidate = with_head(weights, personal[site.name]) if mode == "fedper" else personal[site.name]
+                loss = validation_loss(config.model, candidate, X_val, y_val)
+                if site.name not in best_personal or loss < best_personal[site.name][0]:
+                    best_personal[site.name] = (loss, candidate)
         if on_round is not None:
             on_round(record)
-    return weights, normalizer, history
+        selected = best_round(history)
+        if config.early_stopping is not None and r - selected >= config.early_stopping:
+            break
+    selected = best_round(history)
+    run = FederatedRun(versions[selected], normalizer, history, selected)
+    if mode is not None:
+        run.personal = {
+            site.name: _personal_model(config, mode, run.weights, best_personal.get(site.name), w)
+            for site, *w in work
+        }
+    return run
+
+
+def _weighted_validation_loss(config: FederatedConfig, weights: Weights, work: list) -> float | None:
+    rows = sum(len(w[4]) for w in work)
+    if rows == 0:
+        return None
+    return float(
+        sum(validation_loss(config.model, weights, w[3], w[4]) * len(w[4]) for w in work if len(w[4])) / rows
+    )
+
+
+def _personal_model(
+    config: FederatedConfig, mode: str, global_weights: Weights,
+    best: tuple[float, Weights] | None, arrays: list,
+) -> Weights:
+    """A site's personalised model: the mode's candidate, or the selected global model
+    when that does better on the site's validation slice."""
+    X, y, X_val, y_val = arrays
+    if mode == "finetune":
+        train = replace(config.train, seed=config.seed)
+        tuned, _ = fit_early_stopping(
+            config.model, global_weights, X, y, X_val, y_val, train,
+            max_epochs=config.rounds * config.train.epochs,
+        )
+        return tuned  # epoch 0 (the global model) is one of fit_early_stopping's candidates
+    assert best is not None
+    if len(y_val) and validation_loss(config.model, global_weights, X_val, y_val) < best[0]:
+        return global_weights
+    return best[1]
 
 
 def _pooled_budget(config: FederatedConfig) -> TrainConfig:
@@ -211,10 +346,18 @@ def _pooled_budget(config: FederatedConfig) -> TrainConfig:
 def run_centralized(
     sites: Sequence[SiteSplit], config: FederatedConfig
 ) -> tuple[Weights, Normalizer]:
-    """The upper reference: one model trained on all sites' training rows pooled."""
+    """The upper reference: one model trained on all sites' training rows pooled.
+
+    With a validation fraction: on the pooled fit rows, early-stopped on the pooled
+    validation slices (the same rows the federation selects on).
+    """
     X = np.concatenate([s.X_train for s in sites])
     y = np.concatenate([s.y_train for s in sites])
     normalizer = Normalizer.from_stats(compute_stats(X))
+    if config.validation_fraction > 0:
+        parts = [site_slices(s, config) for s in sites]
+        X_fit, y_fit, X_val, y_val = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        return _early_stopped(config, normalizer, X_fit, y_fit, X_val, y_val), normalizer
     result = train_local(
         config.model, init_weights(config.model, config.seed), normalizer.transform(X), y,
         _pooled_budget(config),
@@ -223,13 +366,25 @@ def run_centralized(
 
 
 def run_local(site: SiteSplit, config: FederatedConfig) -> tuple[Weights, Normalizer]:
-    """The lower reference: a site training alone on its own rows, same budget."""
+    """The lower reference: a site training alone on its own rows, same budget
+    (early-stopped on its validation slice when the experiment has one)."""
     normalizer = Normalizer.from_stats(compute_stats(site.X_train))
+    if config.validation_fraction > 0:
+        return _early_stopped(config, normalizer, *site_slices(site, config)), normalizer
     result = train_local(
         config.model, init_weights(config.model, config.seed),
         normalizer.transform(site.X_train), site.y_train, _pooled_budget(config),
     )
     return result.weights, normalizer
+
+
+def _early_stopped(config: FederatedConfig, normalizer: Normalizer, X, y, X_val, y_val) -> Weights:
+    weights, _ = fit_early_stopping(
+        config.model, init_weights(config.model, config.seed), normalizer.transform(X), y,
+        normalizer.transform(X_val), y_val, _pooled_budget(config),
+        max_epochs=config.rounds * config.train.epochs,
+    )
+    return weights
 
 
 def summarise(results: dict[str, Metrics]) -> dict[str, Any]:

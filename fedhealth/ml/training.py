@@ -179,6 +179,7 @@ def train_local(
     *,
     progress: Callable[[int, int], None] | None = None,
     evaluate_on: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    anchor: Weights | None = None,
 ) -> TrainResult:
     """Train from ``global_weights`` on one site's data and return the new weights.
 
@@ -192,6 +193,9 @@ def train_local(
         evaluate_on: ``(X_test, y_test)``, normalised like X: ``TrainResult.metrics`` are
             then measured there instead of on the training rows (saves a second pass
             when the caller wants the local model's test figures anyway).
+        anchor: The point ``proximal_mu``'s penalty pulls toward (default: the starting
+            ``global_weights``, FedProx). Ditto starts from the site's personal model and
+            pulls toward the round's global model.
 
     Each epoch shuffles the rows with one ``randperm`` and slices contiguous mini-batches
     of ``batch_size`` (the last one may be smaller; ``n < batch_size`` gives a single
@@ -213,7 +217,13 @@ def train_local(
     model.train()
     params = list(model.parameters())
     mu = train.proximal_mu
-    anchors = [p.detach().clone() for p in params] if mu > 0 else []
+    if mu > 0 and anchor is not None:
+        anchors = [
+            torch.from_numpy(np.array(anchor[name], dtype=np.float32))
+            for name, _ in model.named_parameters()
+        ]
+    else:
+        anchors = [p.detach().clone() for p in params] if mu > 0 else []
     # fused=True: the single-kernel CPU Adam, ~3.5x cheaper per step than the default
     # per-parameter loop for a model this small (same update rule).
     optimizer = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
@@ -241,8 +251,8 @@ def train_local(
                 # FedProx: add the gradient of mu/2 * ||w - w_global||^2, i.e. mu * (w - w_global),
                 # directly instead of building the penalty into the graph (same update, fewer ops).
                 with torch.no_grad():
-                    for p, anchor in zip(params, anchors, strict=True):
-                        p.grad.add_(p - anchor, alpha=mu)  # type: ignore[union-attr]
+                    for p, a in zip(params, anchors, strict=True):
+                        p.grad.add_(p - a, alpha=mu)  # type: ignore[union-attr]
             optimizer.step()
             if last_epoch:
                 last_losses.append(loss.detach())  # no .item(): avoid a per-step sync

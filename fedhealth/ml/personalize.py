@@ -1,0 +1,160 @@
+"""Validation slices, early stopping and per-site personalisation.
+
+A site holds out a seeded *validation slice* of its training rows: the federation
+selects the global version with the lowest validation loss (weighted by the sites'
+validation rows), may stop early, and each site picks its personalised model on it.
+
+Personalisation modes (``PERSONALIZE_MODES``), each producing one model per site that
+stays at the site:
+
+* ``finetune``: continue training the selected global model on the site's rows, one
+  epoch at a time, keeping the epoch with the lowest validation loss (epoch 0, the
+  global model itself, is a candidate, so fine-tuning never makes the site's
+  validation loss worse).
+* ``ditto`` (Li et al. 2021, "Ditto: Fair and Robust Federated Learning Through
+  Personalization"): besides the global model's local update, each site trains its own
+  model every round on the same rows with a proximal pull ``lambda/2 ||v - w||^2``
+  toward the round's global weights; only the global update is sent. As FL4Health's
+  ``DittoClient``, both are trained for the same steps, and the personal model starts
+  from the initial global weights.
+* ``fedper`` (Arivazhagan et al. 2019, "Federated Learning with Personalization
+  Layers"): the output layer (``out.*``, the head) stays at the site; only the body
+  is shared (FL4Health's ``FixedLayerExchanger`` over the body's layers).
+
+Every mode ends with the same choice at the site, on its validation slice: the
+candidate with the lowest validation loss among the personal model and the global
+one (docs/quality.md measures the modes against each other).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from .model import ModelConfig, build_model, get_weights, set_weights
+from .training import TrainConfig, evaluate
+from .types import Weights
+
+__all__ = [
+    "DEFAULT_PERSONALIZE",
+    "HEAD_PREFIX",
+    "PERSONALIZE_MODES",
+    "fit_early_stopping",
+    "validation_loss",
+    "validation_split",
+    "with_head",
+]
+
+PERSONALIZE_MODES = ("finetune", "ditto", "fedper")
+#: The default mode, chosen by measurement on the cases in docs/quality.md.
+DEFAULT_PERSONALIZE = "finetune"
+#: FedPer's site-kept layer: the output layer of ``HealthNet``.
+HEAD_PREFIX = "out."
+
+
+def validation_split(
+    X: npt.ArrayLike, y: npt.ArrayLike, *, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(X_fit, y_fit, X_val, y_val)``: a seeded ``fraction`` of the rows held out.
+
+    Stratified when each class present has at least two rows (a single-class site is
+    split at random: its slice has that one class). ``fraction == 0`` gives an empty
+    slice; at least one row is always left to fit and, when ``fraction > 0``, at least
+    one held out. Raises ValueError for a fraction outside [0, 1) or too few rows.
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    n = len(y)
+    if fraction == 0.0:
+        return X, y, X[:0], y[:0]
+    if n < 2:
+        raise ValueError(f"a validation slice needs at least 2 training rows, got {n}")
+    n_val = min(max(1, round(fraction * n)), n - 1)
+    counts = np.bincount(y.astype(np.int64), minlength=2)
+    present = counts[counts > 0]
+    stratify = y if (present >= 2).all() and len(present) <= n_val <= n - len(present) else None
+    X_fit, X_val, y_fit, y_val = train_test_split(
+        X, y, test_size=n_val, random_state=seed, stratify=stratify
+    )
+    return X_fit, y_fit, X_val, y_val
+
+
+def validation_loss(
+    cfg: ModelConfig, weights: Weights, X_val: npt.ArrayLike, y_val: npt.ArrayLike
+) -> float:
+    """Mean BCE per row on a (normalised) validation slice; NaN when it is empty."""
+    if len(np.asarray(y_val)) == 0:
+        return math.nan
+    return float(evaluate(cfg, weights, X_val, y_val)["loss"])
+
+
+def with_head(body: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> Weights:
+    """``body``'s weights with the output layer (``HEAD_PREFIX``) taken from ``head``."""
+    return {
+        name: np.array(head[name] if name.startswith(HEAD_PREFIX) else value, dtype=np.float32)
+        for name, value in body.items()
+    }
+
+
+def fit_early_stopping(
+    cfg: ModelConfig,
+    start: Weights,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    X_val: npt.ArrayLike,
+    y_val: npt.ArrayLike,
+    train: TrainConfig,
+    *,
+    max_epochs: int,
+    patience: int = 5,
+) -> tuple[Weights, int]:
+    """Train from ``start`` epoch by epoch; return the best weights and their epoch.
+
+    One Adam optimiser at ``train.lr`` (constant) runs across epochs; after each epoch
+    the validation loss is measured and the best weights kept, ``start`` (epoch 0)
+    included. Stops after ``patience`` epochs without improvement or ``max_epochs``.
+    With an empty validation slice it trains ``max_epochs`` and returns the last
+    weights. Inputs are normalised; deterministic for ``train.seed``.
+    """
+    x = torch.from_numpy(np.array(X, dtype=np.float32))
+    t = torch.from_numpy(np.asarray(y, dtype=np.float32))
+    n = len(t)
+    if n == 0:
+        raise ValueError("cannot train on an empty dataset (n == 0)")
+    has_val = len(np.asarray(y_val)) > 0
+    best = {k: v.copy() for k, v in start.items()}
+    best_loss = validation_loss(cfg, start, X_val, y_val) if has_val else math.inf
+    best_epoch = 0
+    model = build_model(cfg)
+    set_weights(model, start)
+    generator = torch.Generator().manual_seed(train.seed)
+    model.generator = generator
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    batch = min(train.batch_size, n)
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=generator)
+        for start_row in range(0, n, batch):
+            idx = perm[start_row : start_row + batch]
+            optimizer.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(model(x[idx]), t[idx]).backward()
+            optimizer.step()
+        current = get_weights(model)
+        if not has_val:
+            best, best_epoch = current, epoch
+            continue
+        loss = validation_loss(cfg, current, X_val, y_val)
+        if loss < best_loss - 1e-6:
+            best, best_loss, best_epoch = current, loss, epoch
+        elif epoch - best_epoch >= patience:
+            break
+    model.generator = None
+    return best, best_epoch
