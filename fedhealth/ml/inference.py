@@ -32,7 +32,12 @@ class FieldError:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"record": self.record, "field": self.field, "value": self.value, "message": self.message}
+        return {
+            "record": self.record,
+            "field": self.field,
+            "value": self.value,
+            "message": self.message,
+        }
 
 
 def _number(value: Any) -> float | None:
@@ -92,7 +97,9 @@ def _checked_features(
     X = np.empty((len(records), len(schema.features)), dtype=np.float32)
     for i, record in enumerate(records):
         if not isinstance(record, Mapping):
-            errors.append(FieldError(i, "", None, "each record must be an object of feature values"))
+            errors.append(
+                FieldError(i, "", None, "each record must be an object of feature values")
+            )
             continue
         for j, feature in enumerate(schema.features):
             raw = record.get(feature.name)
@@ -100,17 +107,27 @@ def _checked_features(
             if feature.name not in record or raw in (None, ""):
                 errors.append(FieldError(i, feature.name, raw, f"{feature.name} is required"))
             elif value is None or not math.isfinite(value):
-                errors.append(FieldError(i, feature.name, raw, f"{feature.name} must be a number, got {raw!r}"))
-            elif (feature.min is not None and value < feature.min) or (
-                feature.max is not None and value > feature.max
+                errors.append(
+                    FieldError(
+                        i, feature.name, raw, f"{feature.name} must be a number, got {raw!r}"
+                    )
+                )
+            elif (feature.hard_min is not None and value < feature.hard_min) or (
+                feature.hard_max is not None and value > feature.hard_max
             ):
+                # The hard limits, as for training rows: outside them the value is a typo
+                # or a unit mistake. A value outside the expected range is predicted on.
                 unit = f" {feature.unit}" if feature.unit else ""
-                errors.append(FieldError(
-                    i, feature.name, raw,
-                    f"{feature.name} must be between {feature.min:g} and {feature.max:g}{unit}, got {value:g}"
-                    if feature.min is not None and feature.max is not None
-                    else f"{feature.name} is out of range: {value:g}",
-                ))
+                lo = "-inf" if feature.hard_min is None else f"{feature.hard_min:g}"
+                hi = "inf" if feature.hard_max is None else f"{feature.hard_max:g}"
+                errors.append(
+                    FieldError(
+                        i,
+                        feature.name,
+                        raw,
+                        f"{feature.name} must be between {lo} and {hi}{unit} (hard limits), got {value:g}",
+                    )
+                )
             else:
                 X[i, j] = value
             if len(errors) >= max_errors:
@@ -131,7 +148,9 @@ class Predictor:
         set_weights(self.model, weights)
         self.model.eval()
 
-    def predict(self, X_raw: np.ndarray, *, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, X_raw: np.ndarray, *, threshold: float = 0.5
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (n,) of label 1 and labels (n,) 0/1 for raw X (n, d)."""
         x = torch.from_numpy(self.normalizer.transform(X_raw))
         with torch.inference_mode():

@@ -18,6 +18,7 @@ from sklearn.metrics import (
     f1_score,
     precision_score,
     recall_score,
+    roc_auc_score,
     roc_curve,
 )
 
@@ -26,6 +27,7 @@ from fedhealth.ml.metrics import (
     calibration_points,
     compute_metrics,
     confusion,
+    defined_counts,
     mean_metrics,
     roc_points,
 )
@@ -101,8 +103,55 @@ def test_single_class_gives_nan_auroc_without_warning(label: int) -> None:
     present, missing = ("sensitivity", "specificity") if label else ("specificity", "sensitivity")
     assert math.isnan(m[missing])
     np.testing.assert_allclose(m[present], 0.5)
-    np.testing.assert_allclose(m["balanced_accuracy"], 0.5)
+    # Balanced accuracy needs both classes: with one it would be plain accuracy.
+    assert math.isnan(m["balanced_accuracy"])
+    # Without positive-class rows, precision and F1 are undefined too.
+    assert math.isnan(m["precision"]) == math.isnan(m["f1"]) == (label == 0)
+    np.testing.assert_allclose(m["accuracy"], 0.5)
     assert math.isfinite(m["log_loss"]) and math.isfinite(m["brier"])
+
+
+def test_positive_class_zero_turns_the_threshold_metrics_around() -> None:
+    # Prepare: label 0 is the condition to detect (the default vitals: healthy = 0);
+    # the model outputs the probability of label 1
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.8, 0.3, 0.6, 0.7, 0.9])
+    pred = (p >= 0.5).astype(int)
+
+    # Execute
+    m = compute_metrics(y, p, positive=0)
+    c = confusion(y, p, positive=0)
+    roc = roc_points(y, p, positive=0)
+    cal = calibration_points(y, p, n_bins=2, positive=0)
+
+    # Assert: every figure is the label-0 class's, as sklearn's pos_label=0 computes it
+    np.testing.assert_allclose(m["sensitivity"], recall_score(y, pred, pos_label=0))
+    np.testing.assert_allclose(m["specificity"], recall_score(y, pred, pos_label=1))
+    np.testing.assert_allclose(m["precision"], precision_score(y, pred, pos_label=0))
+    np.testing.assert_allclose(m["f1"], f1_score(y, pred, pos_label=0))
+    np.testing.assert_allclose(m["auroc"], roc_auc_score(y, p))  # symmetric
+    assert c == {"tp": 2, "fn": 1, "fp": 1, "tn": 3}  # tp: label 0 predicted 0
+    fpr, tpr, _ = roc_curve(y, 1 - p, pos_label=0)
+    np.testing.assert_allclose(roc["fpr"], fpr) and np.testing.assert_allclose(roc["tpr"], tpr)
+    np.testing.assert_allclose(cal["fraction_positive"], [1 / 4, 2 / 3])
+    with pytest.raises(ValueError, match="positive"):
+        compute_metrics(y, p, positive=2)
+
+
+def test_mean_metrics_counts_only_the_sites_where_a_metric_is_defined() -> None:
+    # Prepare: the second site holds one class (stored as null, or NaN in memory)
+    sites = [
+        {"auroc": 0.8, "accuracy": 0.7},
+        {"auroc": None, "accuracy": 0.9},
+        {"auroc": 0.6, "accuracy": 0.8},
+    ]
+
+    # Execute
+    mean, counts = mean_metrics(sites), defined_counts(sites)
+
+    # Assert
+    np.testing.assert_allclose(mean["auroc"], 0.7)
+    assert counts == {"auroc": 2, "accuracy": 3}
 
 
 def test_no_positive_predictions_gives_zero_precision_and_f1() -> None:
@@ -247,7 +296,12 @@ def test_closed_forms_match_sklearn(seed) -> None:
 def test_json_safe_turns_nan_and_numpy_values_into_plain_json() -> None:
     from fedhealth.ml.metrics import json_safe
 
-    value = {"auroc": float("nan"), "n": np.float32(3.0), "curve": np.array([0.5, np.inf]), "k": (1, "a")}
+    value = {
+        "auroc": float("nan"),
+        "n": np.float32(3.0),
+        "curve": np.array([0.5, np.inf]),
+        "k": (1, "a"),
+    }
 
     safe = json_safe(value)
 

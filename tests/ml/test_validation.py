@@ -118,7 +118,7 @@ def test_wider_schemas_from_columns_need_no_code_change(n_features: int) -> None
         ("72,120,80,98,", v.EMPTY_VALUE, "healthy", ""),
         ("72,120,80,98", v.EMPTY_VALUE, "healthy", ""),
         ("72,120,80,101,1", v.OUT_OF_RANGE, "spo2", "101"),
-        ("49.9,120,80,98,1", v.OUT_OF_RANGE, "heart_rate", "49.9"),
+        ("0,120,80,98,1", v.OUT_OF_RANGE, "heart_rate", "0"),
         ("72,120,80,98,2", v.INVALID_LABEL, "healthy", "2"),
         ("72,120,80,98,0.5", v.INVALID_LABEL, "healthy", "0.5"),
         ("72,120,80,98,yes", v.INVALID_LABEL, "healthy", "yes"),
@@ -285,7 +285,9 @@ def test_unexpected_columns_warn_but_pass() -> None:
 
 def test_reject_fails_on_any_bad_cell_and_reports_every_kind() -> None:
     # Prepare
-    data = csv(GOOD_ROWS[0], "72,120,80,abc,1", "72,120,80,101,0", "72,,80,98,2", GOOD_ROWS[1])
+    data = csv(
+        GOOD_ROWS[0], "72,120,80,abc,1", "72,120,80,101,0", "72,,80,98,2", GOOD_ROWS[1]
+    )  # 101: impossible SpO2
 
     # Execute
     result = validate_csv(data, policy=Policy.REJECT)
@@ -332,14 +334,17 @@ def test_policy_accepts_its_string_value() -> None:
 
 
 @pytest.mark.parametrize("policy", list(Policy))
-def test_single_class_fails_under_both_policies(policy: Policy) -> None:
-    # Execute
+def test_single_class_is_a_warning_and_the_rows_load(policy: Policy) -> None:
+    # Execute: a referral centre where every patient carries the same label
     result = validate_csv(csv(GOOD_ROWS[0], GOOD_ROWS[2]), policy=policy)
 
-    # Assert
-    problem = only(result.report.problems, v.SINGLE_CLASS)
-    assert (problem.line, problem.column) == (None, "healthy")
-    assert not result.report.ok and result.data is None
+    # Assert: the site takes part; the report says which metrics will be n/a
+    warning = only(result.report.warnings, v.SINGLE_CLASS)
+    assert (warning.line, warning.column, warning.value) == (None, "healthy", "1")
+    assert "n/a" in warning.message and "AUROC" in warning.message
+    assert result.report.ok and result.data is not None
+    assert result.report.counts == {v.SINGLE_CLASS: 1} and result.report.file_errors == []
+    np.testing.assert_array_equal(result.data.y, [1, 1])
 
 
 def test_single_class_is_judged_after_dropping_rows() -> None:
@@ -351,7 +356,82 @@ def test_single_class_is_judged_after_dropping_rows() -> None:
 
     # Assert
     assert result.report.counts == {v.NON_NUMERIC: 1, v.SINGLE_CLASS: 1}
-    assert result.report.file_errors == [v.SINGLE_CLASS]
+    assert result.report.ok and result.report.file_errors == []
+
+
+@pytest.mark.parametrize("source_kind", ["bytes", "path"])
+def test_values_outside_the_expected_range_are_kept_and_flagged(
+    source_kind: str, tmp_path: Path
+) -> None:
+    # Prepare: heart rate 130 and SpO2 88 are real patients (the seed's ranges refused them);
+    # a blank line before them checks the line numbers of the fast path
+    data = csv(GOOD_ROWS[0], "", "130,120,80,88,0", GOOD_ROWS[2])
+
+    # Execute
+    result = validate_csv(as_source(source_kind, data, tmp_path))
+
+    # Assert
+    report = result.report
+    assert report.ok and result.data is not None and report.rows_valid == 3
+    assert report.counts == {v.OUTSIDE_EXPECTED: 2}
+    assert [(w.kind, w.line, w.column, w.value) for w in report.warnings] == [
+        (v.OUTSIDE_EXPECTED, 4, "heart_rate", "130"),
+        (v.OUTSIDE_EXPECTED, 4, "spo2", "88"),
+    ]
+    assert "expected range [50, 120] bpm; kept" in report.warnings[0].message
+    np.testing.assert_array_equal(result.data.X[1], [130, 120, 80, 88])
+
+
+@pytest.mark.parametrize(
+    "row, column, value",
+    [
+        ("0,120,80,98,1", "heart_rate", "0"),
+        ("72,120,80,101,1", "spo2", "101"),
+        ("72,120,80,30,1", "spo2", "30"),
+        ("350,120,80,98,1", "heart_rate", "350"),
+    ],
+)
+def test_a_value_outside_the_hard_limits_rejects_the_row_naming_it(
+    row: str, column: str, value: str
+) -> None:
+    # Execute
+    result = validate_csv(csv(GOOD_ROWS[0], GOOD_ROWS[1], row))
+
+    # Assert
+    assert not result.report.ok and result.data is None
+    problem = only(result.report.problems, v.OUT_OF_RANGE)
+    assert (problem.line, problem.column, problem.value) == (4, column, value)
+    assert (
+        f"line 4, column {column!r}: value {value!r} is outside the hard limits" in problem.message
+    )
+
+
+def test_hard_limits_and_flags_under_drop_invalid_rows() -> None:
+    # Execute: one impossible row dropped, one unusual row kept and flagged
+    result = validate_csv(
+        csv(GOOD_ROWS[0], "0,120,80,98,0", "130,120,80,98,0"), policy=Policy.DROP_INVALID_ROWS
+    )
+
+    # Assert
+    report = result.report
+    assert report.ok and (report.rows_valid, report.rows_dropped) == (2, 1)
+    assert report.counts == {v.OUT_OF_RANGE: 1, v.OUTSIDE_EXPECTED: 1}
+    assert [(w.line, w.column) for w in report.warnings] == [(4, "heart_rate")]
+
+
+def test_a_stored_schema_with_only_min_max_reads_them_as_the_expected_range() -> None:
+    # Prepare: a schema stored before hard limits existed
+    old = Schema.from_dict(
+        {"features": [{"name": "a", "unit": "", "min": 0, "max": 1}], "label": "y"}
+    )
+
+    # Execute
+    result = validate_csv(b"a,y\n5,1\n0.5,0\n", old)
+
+    # Assert: kept and flagged, not refused; the positive class stays y = 1
+    assert result.report.ok and result.report.counts == {v.OUTSIDE_EXPECTED: 1}
+    assert (old.features[0].hard_min, old.features[0].hard_max) == (None, None)
+    assert old.positive_value == 1 and old.positive_name == "y = 1"
 
 
 def test_no_valid_rows_when_every_row_is_dropped() -> None:

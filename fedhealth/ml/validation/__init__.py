@@ -42,6 +42,7 @@ from fedhealth.ml.validation.reader import (
     _bounds,
     _check_header,
     _chunks,
+    _expected_flags,
     _first_rows,
     _load,
     _pack,
@@ -66,6 +67,7 @@ from fedhealth.ml.validation.report import (
     NON_NUMERIC,
     NOT_UTF8,
     OUT_OF_RANGE,
+    OUTSIDE_EXPECTED,
     SINGLE_CLASS,
     UNEXPECTED_COLUMN,
     WARNING_KINDS,
@@ -95,6 +97,7 @@ __all__ = [
     "NOT_UTF8",
     "NO_VALID_ROWS",
     "OUT_OF_RANGE",
+    "OUTSIDE_EXPECTED",
     "SINGLE_CLASS",
     "UNEXPECTED_COLUMN",
     "WARNING_KINDS",
@@ -162,8 +165,18 @@ def validate_csv(
             bounds = [_bounds(f) for f in schema.features]
             loaded = _pack(columns, frame[schema.label].to_numpy(), bounds)
             if loaded is not None:
+                counts: dict[str, int] = {}
+                flagged, flags = _expected_flags(
+                    columns,
+                    schema,
+                    lambda: _data_lines(data if data is not None else _read(path), len(frame)),
+                    max_examples,
+                )
+                if flagged:
+                    counts[OUTSIDE_EXPECTED] = flagged
+                    warnings = [*warnings, *flags]
                 return _finish(
-                    policy, schema.label, len(frame), loaded.y, [], {}, warnings, lambda: loaded
+                    policy, schema.label, len(frame), loaded.y, [], counts, warnings, lambda: loaded
                 )
         del frame
     return _diagnose(

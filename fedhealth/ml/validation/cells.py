@@ -12,13 +12,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from fedhealth.ml.schema import Feature, Schema
-from fedhealth.ml.validation.reader import _bounds, _pack
+from fedhealth.ml.validation.reader import _bounds, _expected_flags, _pack
 from fedhealth.ml.validation.report import (
     CELL_KINDS,
     EMPTY_VALUE,
     INVALID_LABEL,
     NON_NUMERIC,
     OUT_OF_RANGE,
+    OUTSIDE_EXPECTED,
     Policy,
     Problem,
     ValidationResult,
@@ -69,7 +70,10 @@ def _cell_message(kind: str, where: str, value: str, num: float, feature: Featur
     if kind == OUT_OF_RANGE and feature is not None:
         lo, hi = _bounds(feature)
         unit = f" {feature.unit}" if feature.unit else ""
-        return f"{where}: value {value!r} is outside the allowed range [{lo:g}, {hi:g}]{unit}"
+        return (
+            f"{where}: value {value!r} is outside the hard limits [{lo:g}, {hi:g}]{unit}: "
+            "impossible, or a unit mistake"
+        )
     return f"{where}: value {value!r} is not a {'finite ' if np.isinf(num) else ''}number"
 
 
@@ -150,6 +154,12 @@ def _judge(
             problems.append(Problem(kind, message, int(lines[row]), name, value))
     keep = ~bad_row if bad_row.any() else None
     rows = [cells.values[n] if keep is None else cells.values[n][keep] for n in schema.columns]
+    if not (policy is Policy.REJECT and bad_row.any()):  # flags describe the rows kept
+        kept_lines = lines if keep is None else lines[keep]
+        flagged, flags = _expected_flags(rows[:-1], schema, lambda: kept_lines, max_examples)
+        if flagged:
+            counts[OUTSIDE_EXPECTED] = flagged
+            warnings = [*warnings, *flags]
     return _finish(
         policy,
         schema.label,

@@ -11,7 +11,7 @@ import io
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -26,6 +26,7 @@ from fedhealth.ml.validation.report import (
     MALFORMED_ROW,
     MISSING_COLUMN,
     NOT_UTF8,
+    OUTSIDE_EXPECTED,
     UNEXPECTED_COLUMN,
     WRONG_DELIMITER,
     Dataset,
@@ -187,8 +188,56 @@ def _read_numeric(
 
 
 def _bounds(feature: Feature) -> tuple[float, float]:
+    """The hard limits: a value outside them rejects its row."""
+    lo = -np.inf if feature.hard_min is None else feature.hard_min
+    return lo, np.inf if feature.hard_max is None else feature.hard_max
+
+
+def _expected(feature: Feature) -> tuple[float, float]:
+    """The expected range: a value outside it is flagged and kept."""
     lo = -np.inf if feature.min is None else feature.min
     return lo, np.inf if feature.max is None else feature.max
+
+
+def _expected_flags(
+    columns: list[npt.NDArray[np.float64]],
+    schema: Schema,
+    lines: Callable[[], npt.NDArray[np.int64]],
+    max_examples: int,
+) -> tuple[int, list[Problem]]:
+    """Count the kept values outside their feature's expected range; the first
+    ``max_examples`` (by line) become warnings naming line, column and value.
+
+    ``lines`` maps the kept rows to file lines; it is only called when something is flagged.
+    """
+    masks = []
+    for column, feature in zip(columns, schema.features, strict=True):
+        lo, hi = _expected(feature)
+        masks.append((column < lo) | (column > hi))
+    total = int(sum(int(m.sum()) for m in masks))
+    if not total:
+        return 0, []
+    at = lines()
+    examples = sorted(
+        (int(row), j) for j, m in enumerate(masks) for row in np.flatnonzero(m)[:max_examples]
+    )[:max_examples]
+    flags = []
+    for row, j in examples:
+        feature, value = schema.features[j], float(columns[j][row])
+        lo, hi = _expected(feature)
+        unit = f" {feature.unit}" if feature.unit else ""
+        line = int(at[row])
+        flags.append(
+            Problem(
+                OUTSIDE_EXPECTED,
+                f"line {line}, column {feature.name!r}: value {value:g}{unit} is outside the expected "
+                f"range [{lo:g}, {hi:g}]{unit}; kept",
+                line,
+                feature.name,
+                f"{value:g}",
+            )
+        )
+    return total, flags
 
 
 def _pack(

@@ -31,6 +31,7 @@ OUT_OF_RANGE = "out_of_range"
 INVALID_LABEL = "invalid_label"
 SINGLE_CLASS = "single_class"
 NO_VALID_ROWS = "no_valid_rows"
+OUTSIDE_EXPECTED = "outside_expected"
 
 FILE_KINDS = frozenset(
     {
@@ -42,12 +43,15 @@ FILE_KINDS = frozenset(
         DUPLICATE_HEADER,
         MISSING_COLUMN,
         MALFORMED_ROW,
-        SINGLE_CLASS,
         NO_VALID_ROWS,
     }
 )
+# OUT_OF_RANGE: outside a feature's hard limits (impossible, or a unit mistake).
 CELL_KINDS = (NON_NUMERIC, EMPTY_VALUE, OUT_OF_RANGE, INVALID_LABEL)
-WARNING_KINDS = frozenset({UNEXPECTED_COLUMN})
+# Findings that keep the rows: an extra column (dropped, not stored), a value outside the
+# expected range (kept, flagged), every row with one label (the site takes part; metrics
+# that need both classes are n/a for it). The last two are also counted in ``counts``.
+WARNING_KINDS = frozenset({UNEXPECTED_COLUMN, OUTSIDE_EXPECTED, SINGLE_CLASS})
 
 
 class Policy(StrEnum):
@@ -90,7 +94,9 @@ class ValidationReport:
     @property
     def columns_dropped(self) -> list[str]:
         """Columns of the file that are not in the schema: never loaded, never stored."""
-        return [w.column for w in self.warnings if w.kind == UNEXPECTED_COLUMN and w.column is not None]
+        return [
+            w.column for w in self.warnings if w.kind == UNEXPECTED_COLUMN and w.column is not None
+        ]
 
     @property
     def identifier_columns(self) -> list[str]:
@@ -125,14 +131,15 @@ class ValidationReport:
             f"{self.rows_valid} valid, {self.rows_dropped} dropped"
         ]
         for kind, count in self.counts.items():
-            examples = [p for p in self.problems if p.kind == kind]
-            out.append(f"{kind}: {count}")
+            examples = [p for p in (*self.problems, *self.warnings) if p.kind == kind]
+            out.append(f"{kind}: {count}{' (kept)' if kind in WARNING_KINDS else ''}")
             out.extend(f"  {p.message}" for p in examples)
             if count > len(examples):
                 out.append(f"  ... and {count - len(examples)} more")
-        if self.warnings:
-            out.append(f"warnings: {len(self.warnings)}")
-            out.extend(f"  {w.kind}: {w.message}" for w in self.warnings)
+        uncounted = [w for w in self.warnings if w.kind not in self.counts]
+        if uncounted:
+            out.append(f"warnings: {len(uncounted)}")
+            out.extend(f"  {w.kind}: {w.message}" for w in uncounted)
         return "\n".join(out)
 
 
@@ -179,8 +186,14 @@ def _finish(
         problems.append(Problem(NO_VALID_ROWS, f"none of the {total} rows is valid"))
         counts[NO_VALID_ROWS] = 1
     elif not rejected and y.min() == y.max():
-        msg = f"all {valid} valid rows have label {int(y[0])}; training needs both 0 and 1"
-        problems.append(Problem(SINGLE_CLASS, msg, column=label))
+        # A referral centre where every patient has the condition is a good participant:
+        # it trains like any site; only figures that need both classes are undefined there.
+        msg = (
+            f"all {valid} valid rows have label {int(y[0])}: the site takes part, but metrics that "
+            "need both classes (AUROC, balanced accuracy, and the recall of the missing class) "
+            "will be n/a for it"
+        )
+        warnings.append(Problem(SINGLE_CLASS, msg, column=label, value=str(int(y[0]))))
         counts[SINGLE_CLASS] = 1
     ok = not rejected and not any(kind in FILE_KINDS for kind in counts)
     dropped = total - valid if policy is Policy.DROP_INVALID_ROWS else 0
