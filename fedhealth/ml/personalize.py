@@ -35,9 +35,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from .model import ModelConfig, build_model, get_weights, set_weights
+from .split import split_indices
 from .training import TrainConfig, evaluate
 from .types import Weights
 
@@ -81,10 +81,8 @@ def validation_split(
     counts = np.bincount(y.astype(np.int64), minlength=2)
     present = counts[counts > 0]
     stratify = y if (present >= 2).all() and len(present) <= n_val <= n - len(present) else None
-    X_fit, X_val, y_fit, y_val = train_test_split(
-        X, y, test_size=n_val, random_state=seed, stratify=stratify
-    )
-    return X_fit, y_fit, X_val, y_val
+    fit, val = split_indices(y, test=n_val, seed=seed, stratify=stratify is not None)
+    return X[fit], y[fit], X[val], y[val]
 
 
 def validation_loss(
