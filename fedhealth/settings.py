@@ -236,6 +236,19 @@ if FEDHEALTH_BACKUP_INTERVAL_HOURS <= 0 or FEDHEALTH_BACKUP_KEEP < 1:
         f"{FEDHEALTH_BACKUP_INTERVAL_HOURS} and {FEDHEALTH_BACKUP_KEEP}"
     )
 
+# SITES, INVITATIONS AND RETENTION (clients/people.py, clients/deletion.py; docs/sites.md)
+# ------------------------------------------------------------------------------
+# An invitation link works once, for this many days. A rejected upload's report (which
+# quotes cells of the file) is kept this many days for the site to read, then removed by
+# Celery beat's daily `clients.purge_rejected_uploads` (or `manage.py purge_rejected_uploads`).
+FEDHEALTH_INVITATION_DAYS = env.float("FEDHEALTH_INVITATION_DAYS", default=7.0)
+FEDHEALTH_REJECTED_UPLOAD_RETENTION_DAYS = env.float("FEDHEALTH_REJECTED_UPLOAD_RETENTION_DAYS", default=30.0)
+if FEDHEALTH_INVITATION_DAYS <= 0 or FEDHEALTH_REJECTED_UPLOAD_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured(
+        "FEDHEALTH_INVITATION_DAYS must be above 0 and FEDHEALTH_REJECTED_UPLOAD_RETENTION_DAYS at least 0, not "
+        f"{FEDHEALTH_INVITATION_DAYS} and {FEDHEALTH_REJECTED_UPLOAD_RETENTION_DAYS}"
+    )
+
 # UPLOADS
 # ------------------------------------------------------------------------------
 FEDHEALTH_MAX_UPLOAD_BYTES = env.int("FEDHEALTH_MAX_UPLOAD_BYTES", default=50 * 1024 * 1024)
@@ -526,6 +539,13 @@ FEDHEALTH_STALE_SECONDS = env.int("FEDHEALTH_STALE_SECONDS", default=300)
 FEDHEALTH_SWEEP_SECONDS = env.float("FEDHEALTH_SWEEP_SECONDS", default=30.0)
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "aggregation.sweep", "schedule": FEDHEALTH_SWEEP_SECONDS},
+    # Rejected uploads past FEDHEALTH_REJECTED_UPLOAD_RETENTION_DAYS (clients/deletion.py);
+    # daily is fine-grained enough for a retention counted in days.
+    "purge-rejected-uploads": {
+        "task": "clients.purge_rejected_uploads",
+        "schedule": 24 * 3600,
+        "options": {"queue": FEDHEALTH_SERVER_QUEUE, "expires": 24 * 3600},
+    },
 }
 if FEDHEALTH_BACKUP_DIR:
     # Full backups (fedhealth/ops/scheduled.py) on the server queue. A run not started

@@ -6,6 +6,10 @@ from django.urls import path
 from aggregation import views as experiments
 from audit import views as audit
 from clients import views as sites
+from clients.views import deletion as dataset_deletion
+from clients.views import invitation as invitations
+from clients.views import people as people_views
+from clients.views import sites as site_admin
 
 urlpatterns = [
     # Signing in; settings.LOGIN_URL / LOGIN_REDIRECT_URL name "login" and "home".
@@ -23,8 +27,22 @@ urlpatterns = [
     path("datasets/<int:pk>/", sites.dataset_detail, name="dataset_detail"),
     path("datasets/<int:pk>/download/", sites.dataset_download, name="dataset_download"),
     path("datasets/<int:pk>/privacy-budget/", sites.dataset_privacy_budget, name="dataset_privacy_budget"),
+    path("datasets/<int:pk>/delete/", dataset_deletion.dataset_delete, name="dataset_delete"),
+    # A site admin's people and site tokens (clients/views/people.py).
+    path("site/people/", people_views.site_people, name="site_people"),
+    path("site/people/invite/", people_views.site_invite, name="site_invite"),
+    path("site/people/<int:pk>/role/", people_views.member_role, name="member_role"),
+    path("site/people/<int:pk>/remove/", people_views.member_remove, name="member_remove"),
+    path("site/invitations/<int:pk>/revoke/", people_views.invitation_revoke, name="invitation_revoke"),
+    path("site/tokens/", people_views.site_token_create, name="site_token_create"),
+    path("site/tokens/<int:pk>/revoke/", people_views.site_token_revoke, name="site_token_revoke"),
+    # An invitation link (anyone holding it; clients/views/invitation.py).
+    path("invite/<str:key>/", invitations.invitation_accept, name="invitation_accept"),
     # The coordinator's overview.
     path("coordinator/", sites.dashboard, name="dashboard"),
+    path("coordinator/sites/new/", site_admin.site_create, name="site_create"),
+    path("coordinator/sites/<int:pk>/", site_admin.site_detail, name="site_detail"),
+    path("coordinator/sites/<int:pk>/invite/", site_admin.site_invite_admin, name="site_invite_admin"),
     # Experiments.
     path("experiments/", experiments.experiment_list, name="experiment_list"),
     path("experiments/new/", experiments.experiment_create, name="experiment_create"),

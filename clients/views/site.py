@@ -70,6 +70,7 @@ def dataset_detail(request, pk: int):
         "min_rows": settings.FEDHEALTH_MIN_DATASET_ROWS,
         "own": own,
         "can_download": own and bool(dataset.file),
+        "can_delete": own and is_site_admin(request.user) and dataset.status != Dataset.Status.DELETED,
         "report": describe_report(dataset.validation_report if own else _counts_only(dataset.validation_report)),
     })
 
