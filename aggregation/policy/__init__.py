@@ -56,7 +56,7 @@ legacy row without a code reads as an internal error to everyone but the coordin
 """
 
 from .figures import VersionFigures, ending, min_sites, reason, round_metrics, version_figures
-from .privacy import guarantee, privacy_rounds
+from .privacy import guarantee, guarantee_text, privacy_rounds, version_privacy
 from .represent import (
     CONFIG_FIELDS,
     evaluation,
@@ -75,7 +75,9 @@ from .viewer import AGENT, COORDINATOR, MEMBER, NOBODY, SITE_ADMIN, Viewer, view
 
 __all__ = [
     "guarantee",
+    "guarantee_text",
     "privacy_rounds",
+    "version_privacy",
     "AGENT",
     "COORDINATOR",
     "MEMBER",

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Round, SecureRound, SiteEvaluation
 from .figures import VersionFigures, ending, reason, round_metrics, version_figures
-from .privacy import privacy_rounds
+from .privacy import privacy_rounds, version_privacy
 from .viewer import Viewer
 
 # An experiment's training configuration (the API's read and create serializers list
@@ -168,7 +168,10 @@ def version_metrics(viewer: Viewer, obj: ModelVersion, figures: VersionFigures) 
 
 
 def version(
-    viewer: Viewer, obj: ModelVersion, figures: VersionFigures | None = None
+    viewer: Viewer,
+    obj: ModelVersion,
+    figures: VersionFigures | None = None,
+    privacy: dict[int, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     if figures is None:
         figures = version_figures([obj])[obj.pk]
@@ -183,8 +186,11 @@ def version(
         "schema": obj.schema,
         "metrics": version_metrics(viewer, obj, figures),
         "created_at": obj.created_at,
+    """``figures`` and ``privacy`` (by version pk, ``version_privacy``) save queries in lists."""
     }
 
+    if privacy is None or obj.pk not in privacy:
+        privacy = version_privacy(viewer, [obj])
 
 def evaluation(viewer: Viewer, obj: SiteEvaluation) -> dict[str, Any] | None:
     if not viewer.sees_site(obj.site_id):
@@ -195,6 +201,7 @@ def evaluation(viewer: Viewer, obj: SiteEvaluation) -> dict[str, Any] | None:
 # Written when the last site evaluates a version: a site would learn from the line's
 # appearance when another site reported (its own evaluations and the published mean
 # are in the export's other parts).
+        "privacy": privacy[obj.pk],
 _COORDINATOR_ONLY_EVENTS = ("evaluated",)
 
 

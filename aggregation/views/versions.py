@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
@@ -12,6 +13,7 @@ from django.utils.text import slugify
 from audit import services as audit
 from fedhealth.files import read_bytes
 from fedhealth.ml.schema import Schema
+from fedhealth.ml.weights_io import read_metadata, sha256_hex, weights_from_bytes, weights_to_bytes
 
 from .. import policy
 from ..models import ModelVersion
@@ -28,7 +30,12 @@ SITE_METRICS = ["accuracy", "auroc", "sensitivity", "specificity", "f1", "brier"
 @login_required
 def model_list(request, pk: int):
     experiment = get_object_or_404(visible_experiments(request.user), pk=pk)
-    versions = list(visible_versions(request.user).filter(experiment=experiment).select_related("round").order_by("-version"))
+    versions = list(
+        visible_versions(request.user)
+        .filter(experiment=experiment)
+        .select_related("round")
+        .order_by("-version")
+    )
     selected = None
     if versions:
         wanted = request.GET.get("version")
@@ -42,10 +49,21 @@ def model_list(request, pk: int):
     viewer = policy.viewer_of(request.user)
     figures = policy.version_figures(versions)
     shown = {v.pk: policy.version_metrics(viewer, v, figures[v.pk]) for v in versions}
+    privacy = policy.version_privacy(viewer, versions)
     context = {
         "experiment": experiment,
         "versions": versions,
-        "rows": [(v, _values(shown[v.pk]["mean"], VERSION_METRICS), shown[v.pk]) for v in versions],
+        "rows": [
+            (
+                v,
+                _values(shown[v.pk]["mean"], VERSION_METRICS),
+                shown[v.pk],
+                privacy[v.pk],
+                policy.guarantee_text(privacy[v.pk]),
+            )
+            for v in versions
+        ],
+        "private": experiment.privacy_settings is not None,
         "selected": selected,
         "recommended": recommended_version(experiment, versions),
         "version_metrics": VERSION_METRICS,
@@ -65,16 +83,26 @@ def _analytics(user, version: ModelVersion) -> dict | None:
     if not evaluations:
         return None
     named = [(e.site.name, e.curves or {}) for e in evaluations]
-    confusion = {k: sum(int((c.get("confusion") or {}).get(k, 0)) for _, c in named) for k in ("tn", "fp", "fn", "tp")}
+    confusion = {
+        k: sum(int((c.get("confusion") or {}).get(k, 0)) for _, c in named)
+        for k in ("tn", "fp", "fn", "tp")
+    }
     label = Schema.from_dict(version.schema).label
     return {
-        "figures": charts.clean({
-            "roc": charts.roc_figure([(n, c.get("roc") or {}) for n, c in named]),
-            "calibration": charts.calibration_figure([(n, c.get("calibration") or {}) for n, c in named]),
-            "confusion": charts.confusion_figure(confusion, label),
-        }),
+        "figures": charts.clean(
+            {
+                "roc": charts.roc_figure([(n, c.get("roc") or {}) for n, c in named]),
+                "calibration": charts.calibration_figure(
+                    [(n, c.get("calibration") or {}) for n, c in named]
+                ),
+                "confusion": charts.confusion_figure(confusion, label),
+            }
+        ),
         "sites": [n for n, _ in named],
-        "per_site": [(e.site.name, _values(e.metrics, SITE_METRICS), charts.num(e.metrics.get("n"))) for e in evaluations],
+        "per_site": [
+            (e.site.name, _values(e.metrics, SITE_METRICS), charts.num(e.metrics.get("n")))
+            for e in evaluations
+        ],
     }
 
 
@@ -88,11 +116,33 @@ def model_download(request, pk: int):
     data = read_bytes(version.weights_file)
     if hashlib.sha256(data).hexdigest() != version.sha256:
         # Never hand out a file that is not the one recorded; the operator must look.
-        return HttpResponse("The stored model file does not match its checksum.", status=409,
-                            content_type="text/plain")
+        return HttpResponse(
+            "The stored model file does not match its checksum.",
+            status=409,
+            content_type="text/plain",
+        )
     name = f"{slugify(version.experiment.name) or 'experiment'}-v{version.version}.safetensors"
-    audit.record(audit.Kind.MODEL_DOWNLOAD, target=f"model version {version.pk}", details={"file": name})
+    details = {"file": name}
+    shown = policy.version_privacy(policy.viewer_of(request.user), [version])[version.pk]
+    if shown is not None:
+        data = with_guarantee(data, version.sha256, shown)
+        details["guarantee"] = policy.guarantee_text(shown)
+    audit.record(audit.Kind.MODEL_DOWNLOAD, target=f"model version {version.pk}", details=details)
     response = HttpResponse(data, content_type="application/octet-stream")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
-    response["X-Checksum-SHA256"] = version.sha256
+    response["X-Checksum-SHA256"] = sha256_hex(data)
+    response["X-Stored-SHA256"] = version.sha256
     return response
+
+
+def with_guarantee(data: bytes, sha256: str, shown: dict) -> bytes:
+    """The stored file with the viewer's guarantee in its safetensors header metadata
+    (``fedhealth.privacy``: the figures as JSON; ``fedhealth.privacy_guarantee``: in
+    words). The tensors are unchanged; the file's SHA-256 changes with the header, so the
+    stored file's is kept in ``fedhealth.stored_sha256``."""
+    meta = read_metadata(data) | {
+        "fedhealth.privacy": json.dumps(shown, sort_keys=True),
+        "fedhealth.privacy_guarantee": policy.guarantee_text(shown),
+        "fedhealth.stored_sha256": sha256,
+    }
+    return weights_to_bytes(weights_from_bytes(data, expected_sha256=sha256), meta)
