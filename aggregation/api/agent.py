@@ -9,6 +9,7 @@ with the same bytes is acknowledged, and a second evaluation is ignored.
 from __future__ import annotations
 
 from django.conf import settings
+from django.db.models import F
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -17,7 +18,15 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aggregation.models import ClientUpdate, Experiment, ModelVersion, Participant, Round
+from aggregation.models import (
+    ClientUpdate,
+    Experiment,
+    ModelVersion,
+    Participant,
+    Round,
+    SecureRound,
+    SecureSite,
+)
 from aggregation.permissions import visible_rounds, visible_versions
 from aggregation.reasons import Reason
 from aggregation.services import UpdateRefused, fail_update, record_evaluation, submit_update
@@ -35,6 +44,7 @@ from fedhealth.ml.weights_io import (
 )
 
 from . import agent_serializers as s
+from .agent_secure import SecureStepsMixin
 from .records import BINARY, FirstRenderer, weights_response
 from .serializers import UpdateSerializer
 
@@ -69,12 +79,32 @@ class AssignmentsView(APIView):
                 "update": u.pk,
                 "status": u.status,
                 "deadline": u.round.deadline,
+                "secure": u.round.experiment.secure_aggregation,
             }
             for u in ClientUpdate.objects.filter(
                 site=site, status__in=OPEN_UPDATE, round__status=Round.Status.OPEN
             )
-            .select_related("round")
+            .select_related("round__experiment")
             .order_by("round_id")
+        ]
+        # Secure rounds owing this site a protocol step (its task: rounds/<id>/secure/).
+        secure = [
+            {
+                "round": p.secure_round.round_id,
+                "experiment": p.secure_round.round.experiment_id,
+                "number": p.secure_round.round.number,
+                "phase": p.secure_round.phase,
+                "deadline": p.secure_round.phase_deadline,
+            }
+            for p in SecureSite.objects.filter(
+                site=site,
+                status=SecureSite.Status.ACTIVE,
+                secure_round__round__status=Round.Status.AGGREGATING,
+            )
+            .exclude(secure_round__phase__in=[SecureRound.Phase.DONE, SecureRound.Phase.FAILED])
+            .exclude(last_phase=F("secure_round__phase"))
+            .select_related("secure_round__round")
+            .order_by("secure_round__round_id")
         ]
         versions = list(
             ModelVersion.objects.filter(
@@ -103,13 +133,18 @@ class AssignmentsView(APIView):
         ]
         return Response(
             s.AssignmentsSerializer(
-                {"site": site.slug, "training": training, "evaluations": evaluations}
+                {
+                    "site": site.slug,
+                    "training": training,
+                    "secure": secure,
+                    "evaluations": evaluations,
+                }
             ).data
         )
 
 
-class AgentRoundViewSet(AgentBase):
-    """A round as seen by one selected agent site."""
+class AgentRoundViewSet(SecureStepsMixin, AgentBase):
+    """A round as seen by one selected agent site (secure-aggregation steps: agent_secure)."""
 
     queryset = Round.objects.none()  # the model, for the schema; get_queryset() scopes
     serializer_class = s.FailureSerializer  # for OPTIONS; each action documents its own
@@ -166,6 +201,7 @@ class AgentRoundViewSet(AgentBase):
                     "normalizer": plan["normalizer"],
                     "split": plan["split"],
                     "privacy": plan.get("privacy"),
+                    "secure_aggregation": experiment.secure_aggregation,
                 }
             ).data
         )

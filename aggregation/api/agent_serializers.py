@@ -49,6 +49,17 @@ class TrainingItemSerializer(serializers.Serializer):
     update = serializers.IntegerField()
     status = serializers.CharField()
     deadline = serializers.DateTimeField()
+    secure = serializers.BooleanField(
+        help_text="Secure aggregation: report with rounds/<id>/trained/ and keep the weights."
+    )
+
+
+class SecureItemSerializer(serializers.Serializer):
+    round = serializers.IntegerField()
+    experiment = serializers.IntegerField()
+    number = serializers.IntegerField()
+    phase = serializers.CharField()
+    deadline = serializers.DateTimeField()
 
 
 class EvaluationItemSerializer(serializers.Serializer):
@@ -64,6 +75,7 @@ class EvaluationItemSerializer(serializers.Serializer):
 class AssignmentsSerializer(serializers.Serializer):
     site = serializers.CharField()
     training = TrainingItemSerializer(many=True)
+    secure = SecureItemSerializer(many=True, help_text="Secure rounds owing this site a protocol step.")
     evaluations = EvaluationItemSerializer(many=True)
 
 
@@ -96,6 +108,9 @@ class TrainingTaskSerializer(serializers.Serializer):
         allow_null=True,
         help_text="Record-level DP request (epsilon, delta, clip_norm, rounds), or null: the "
         "agent derives its own noise and enforces its own budget.",
+    )
+    secure_aggregation = serializers.BooleanField(
+        help_text="True: never upload the weights; report with trained/ and take the protocol's steps."
     )
 
 
@@ -250,3 +265,52 @@ class EvaluationResultSerializer(serializers.Serializer):
     recorded = serializers.BooleanField(
         help_text="False when this site had already reported (the first stands)."
     )
+
+
+# -- secure aggregation (docs/secure-aggregation.md) ------------------------------------
+
+
+class TrainedSerializer(serializers.Serializer):
+    """A secure round's report that the site trained: figures only, the weights stay home."""
+
+    num_samples = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    loss = FiniteFloatField(required=False, allow_null=True)
+    metrics = serializers.DictField(required=False, help_text="Local model on the site's test split.")
+
+    def validate_metrics(self, value):
+        return metrics_from(value)
+
+
+class SecureTaskSerializer(serializers.Serializer):
+    round = serializers.IntegerField()
+    phase = serializers.CharField(
+        help_text="training (not open yet), advertise, share, masked, unmask, done, failed, or "
+        "over (this site has no part: forget the round)."
+    )
+    deadline = serializers.DateTimeField(
+        allow_null=True, help_text="The open phase closes then; who has not posted is dropped."
+    )
+    threshold = serializers.IntegerField(allow_null=True)
+    status = serializers.CharField(help_text="active or dropped.")
+    last_phase = serializers.CharField(help_text="The last phase whose message from this site counted.")
+    dropped_in = serializers.CharField()
+    task = serializers.DictField(
+        allow_null=True,
+        help_text="This site's step now (the core's site_step input: the round's context, the "
+        "roster, the ciphertexts addressed to this site, or the unmask request), or null.",
+    )
+
+
+class SecureMessageSerializer(serializers.Serializer):
+    """A protocol message as the core's wire format writes it (``fedhealth.ml.secagg.wire``):
+    ``kind``, ``ctx`` and the step's fields, bytes as standard base64. Checked strictly by
+    the protocol (kind, fields, types, base64, round, sender, length) before it counts."""
+
+    kind = serializers.CharField()
+    ctx = serializers.DictField()
+    site = serializers.CharField()
+
+
+class SecurePostedSerializer(serializers.Serializer):
+    round = serializers.IntegerField()
+    result = serializers.CharField(help_text="posted, or replay (already counted: nothing changed).")

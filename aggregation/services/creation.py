@@ -349,13 +349,6 @@ def _secure_aggregation(config: Mapping[str, Any], clean: dict[str, Any], rows: 
     reason = incompatibility(strategy)
     if reason:
         fail("strategy", f"secure aggregation is on, and {reason}.")
-    agents = sorted({ds.site.slug for ds in rows if ds.site.mode == Site.Mode.AGENT})
-    if agents:
-        fail(
-            "secure_aggregation",
-            "secure aggregation runs on hosted sites only for now; these sites run an agent: "
-            + ", ".join(agents) + ".",
-        )
     n = len(rows)
     if rows and n < 2:
         fail("secure_aggregation", f"secure aggregation needs at least 2 sites; {n} takes part.")

@@ -120,12 +120,20 @@ def keep_at_site(update_id: int, weights: Weights, *, num_samples: int, loss: fl
         raise UpdateRefused(f"update rejected: {problem.reason}", code=reason_for(problem.code), bad_input=True)
     write_bytes(_update_name(update.site, update.round), weights_to_bytes(weights))
     write_bytes(_state_name(update.site, update.round), json.dumps({"num_samples": num_samples, "protocol": None}).encode())
+    mark_kept(update_id, num_samples=num_samples, loss=loss, metrics=metrics, source="hosted")
+
+
+def mark_kept(update_id: int, *, num_samples: int, loss: float | None, metrics: Metrics, source: str) -> bool:
+    """The site trained and keeps its update for the protocol: its figures count, its
+    weights stay at the site (hosted storage or the agent's folder). False if the update
+    was no longer open (a replay or a closed round)."""
     changed = ClientUpdate.objects.filter(pk=update_id, status__in=OPEN_UPDATE, round__status=Round.Status.OPEN).update(
         status=ClientUpdate.Status.RECEIVED, num_samples=num_samples, loss=loss, metrics=metrics,
-        source="hosted", received_at=timezone.now(), error="",
+        source=source, received_at=timezone.now(), error="",
     )
     if changed:
-        maybe_close_round(update.round_id)
+        maybe_close_round(ClientUpdate.objects.values_list("round_id", flat=True).get(pk=update_id))
+    return bool(changed)
 
 
 # -- opening the protocol -------------------------------------------------------------------

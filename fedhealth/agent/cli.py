@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=None,
-        help="the agent's own state folder, where its privacy ledger lives "
+        help="the agent's own state folder, where its privacy ledger and its secure-aggregation "
+        "round secrets live "
         "(default: a .fedhealth-agent folder beside the CSV)",
     )
     parser.add_argument(
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name or args.data.name,
         poll_interval=args.poll_interval,
         ledger=ledger,
+        state_dir=state_dir,
     )
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():

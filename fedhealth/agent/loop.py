@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from fedhealth.ml.model import ModelConfig
@@ -24,6 +25,7 @@ from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_b
 from .client import ApiClient, ApiError, Unavailable
 from .data import LocalData
 from .ledger import AgentLedger, BudgetExceeded, fingerprint
+from .secure import SecureSteps, SecureStore
 
 log = logging.getLogger("fedhealth.agent")
 
@@ -44,6 +46,7 @@ class SiteAgent:
         name: str = "local.csv",
         poll_interval: float = 5.0,
         ledger: AgentLedger | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.client, self.data, self.name = client, data, name
         self.poll_interval = poll_interval
@@ -54,6 +57,8 @@ class SiteAgent:
         self.dataset_id: int | None = None
         self.site = ""
         self._skipped: set[tuple[str, int]] = set()
+        # Secure aggregation: round secrets and kept updates in the agent's own folder only.
+        self.secure = SecureSteps(client, None if state_dir is None else SecureStore(state_dir))
 
     # -- registration ------------------------------------------------------------------
 
@@ -99,6 +104,15 @@ class SiteAgent:
             done += self._guard(
                 self.train, item, f"round {item['number']} of experiment {item['experiment']}"
             )
+        for item in work.get("secure", []):
+            done += self._guard(
+                lambda it: self.secure.step(it, self.site),
+                item,
+                f"secure aggregation of round {item['number']} of experiment {item['experiment']}",
+            )
+        self.secure.forget_finished(
+            {int(i["round"]) for i in [*work["training"], *work.get("secure", [])]}
+        )
         for item in work["evaluations"]:
             key = ("eval", item["model"])
             if key not in self._skipped:
@@ -182,6 +196,15 @@ class SiteAgent:
             result.loss,
             local["accuracy"],
         )
+        if task.get("secure_aggregation"):  # the weights stay here until they leave masked
+            refusal = self.secure.keep(rid, self.site, result, weights, task["number"])
+            if refusal is not None:
+                code, note = refusal
+                self.client.post_json(
+                    f"/agent/rounds/{rid}/failure/", {"reason": note, "code": code}
+                )
+                log.error("round %d: %s; reported as a failure", task["number"], note)
+            return
         body = weights_to_bytes(result.weights)
         sha = sha256_hex(body)
         fields = {
