@@ -123,7 +123,8 @@ class Experiment(models.Model):
     def train_config(self, seed: int, **extra: Any) -> TrainConfig:
         return TrainConfig(
             epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
-            weight_decay=self.weight_decay, seed=seed, **extra,
+            weight_decay=self.weight_decay, seed=seed,
+            positive=self.schema_obj.positive_value, **extra,
         )
 
     @property

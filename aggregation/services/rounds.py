@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from fedhealth.files import write_bytes
+from fedhealth.ml.metrics import json_safe
 from fedhealth.ml.model import weight_spec
 from fedhealth.ml.robust import find_outliers, update_distance
 from fedhealth.ml.strategies import Rejected, get_strategy
@@ -142,7 +143,8 @@ def submit_update(
             pk=update_id, status__in=OPEN_UPDATE, round__status=Round.Status.OPEN
         ).update(
             status=ClientUpdate.Status.RECEIVED, weights_file=name, sha256=sha,
-            num_samples=num_samples, loss=loss, metrics=metrics, source=source,
+            # An undefined metric (NaN) is stored as null, never as 0 or NaN.
+            num_samples=num_samples, loss=loss, metrics=json_safe(metrics), source=source,
             received_at=timezone.now(), error="",
         )
     update.refresh_from_db()

@@ -55,6 +55,8 @@ class TrainConfig:
       (0.001-0.1 typical for heterogeneous sites).
     * ``seed``: vary it per round and site (e.g. ``hash((experiment, round, site))``) so
       rounds do not replay the same shuffles.
+    * ``positive``: not a hyper-parameter but how ``TrainResult.metrics`` are read: the
+      label value of the schema's positive class (sensitivity, precision and F1 are its).
     """
 
     epochs: int = 2
@@ -64,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     proximal_mu: float = 0.0
     lr_schedule: str = "cosine"
+    positive: int = 1
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "seed"):
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed accepts
             raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
+        if isinstance(self.positive, bool) or self.positive not in (0, 1):
+            raise ValueError(f"positive must be the label value 0 or 1, got {self.positive!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
@@ -160,10 +165,10 @@ def _logits(model: HealthNet, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([model(chunk) for chunk in x.split(_PREDICT_BATCH)])
 
 
-def _evaluate_model(model: HealthNet, x: torch.Tensor, y: torch.Tensor) -> Metrics:
+def _evaluate_model(model: HealthNet, x: torch.Tensor, y: torch.Tensor, positive: int = 1) -> Metrics:
     logits = _logits(model, x)
     prob = torch.sigmoid(logits).numpy()
-    metrics = compute_metrics(y.numpy(), prob)
+    metrics = compute_metrics(y.numpy(), prob, positive=positive)
     with torch.inference_mode():
         bce = F.binary_cross_entropy_with_logits(logits, y) if len(y) else torch.tensor(math.nan)
     metrics["loss"] = float(bce)
@@ -264,9 +269,9 @@ def train_local(
     model.generator = None
     if evaluate_on is not None:
         x_eval = _features(cfg, evaluate_on[0])
-        metrics = _evaluate_model(model, x_eval, _labels(evaluate_on[1], x_eval.shape[0]))
+        metrics = _evaluate_model(model, x_eval, _labels(evaluate_on[1], x_eval.shape[0]), train.positive)
     else:
-        metrics = _evaluate_model(model, x_all, y_all)
+        metrics = _evaluate_model(model, x_all, y_all, train.positive)
     return TrainResult(weights=get_weights(model), num_samples=n, loss=mean_loss, metrics=metrics)
 
 
@@ -278,9 +283,15 @@ def predict_proba(cfg: ModelConfig, weights: Weights, X_normalised: npt.ArrayLik
 
 
 def evaluate(
-    cfg: ModelConfig, weights: Weights, X_normalised: npt.ArrayLike, y: npt.ArrayLike
+    cfg: ModelConfig,
+    weights: Weights,
+    X_normalised: npt.ArrayLike,
+    y: npt.ArrayLike,
+    *,
+    positive: int = 1,
 ) -> Metrics:
     """``compute_metrics`` of ``predict_proba`` against ``y``, plus "loss" (mean BCE per row).
+    ``positive``: the label value of the schema's positive class.
 
     "loss" is computed from the logits (exact), "log_loss" from clipped probabilities;
     they agree except for extreme predictions. With n == 0 every value is NaN and n is 0.
@@ -288,4 +299,4 @@ def evaluate(
     model = build_model(cfg)
     set_weights(model, weights)
     x = _features(cfg, X_normalised)
-    return _evaluate_model(model, x, _labels(y, x.shape[0]))
+    return _evaluate_model(model, x, _labels(y, x.shape[0]), positive)

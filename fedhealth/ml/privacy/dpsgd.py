@@ -184,8 +184,8 @@ def train_local_dp(
     model.generator = None
     if evaluate_on is not None:
         x_eval = _features(cfg, evaluate_on[0])
-        metrics = _evaluate_model(model, x_eval, _labels(evaluate_on[1], x_eval.shape[0]))
+        metrics = _evaluate_model(model, x_eval, _labels(evaluate_on[1], x_eval.shape[0]), train.positive)
     else:
-        metrics = _evaluate_model(model, x_all, y_all)
+        metrics = _evaluate_model(model, x_all, y_all, train.positive)
     mean_loss = float(last_loss) / last_rows if last_rows else math.nan
     return TrainResult(weights=get_weights(model), num_samples=n, loss=mean_loss, metrics=metrics)
