@@ -272,6 +272,9 @@ class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
     round = serializers.IntegerField(source="round.number", read_only=True)
     normalizer = ReadJSONField(help_text="{mean, std} per feature: scale inputs with these.")
     model_config = ReadJSONField()
+        request = self.context.get("request")
+        viewer = policy.viewer_of(request.user) if request is not None else policy.Viewer(policy.NOBODY)
+        self.child.context["privacy"] = policy.version_privacy(viewer, items)
     schema = ReadJSONField()
     metrics = ReadJSONField(
         help_text="mean, sites_reported, final. A coordinator follows the running mean of the "
@@ -286,6 +289,13 @@ class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
             "id",
             "experiment",
             "version",
+    privacy = ReadJSONField(
+        allow_null=True,
+        help_text="The version's formal guarantee (null without DP): for a site, its own "
+        "(epsilon, delta) after rounds 1..round composed; for the coordinator the worst case "
+        "over the sites (scope worst_site), how many sites it covers and how many sent updates "
+        "without a recorded spend (unaccounted_sites).",
+    )
             "round",
             "sha256",
             "normalizer",
@@ -298,7 +308,10 @@ class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
         list_serializer_class = VersionListSerializer
 
     def show(self, viewer: policy.Viewer, instance) -> dict:
-        return policy.version(viewer, instance, self.context.get("figures", {}).get(instance.pk))
+        return policy.version(
+            viewer, instance, self.context.get("figures", {}).get(instance.pk), self.context.get("privacy")
+        )
+            "privacy",
 
 
 @extend_schema_field(
