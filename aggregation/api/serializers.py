@@ -265,6 +265,9 @@ class VersionListSerializer(serializers.ListSerializer):
     def to_representation(self, data):
         items = list(data.all() if hasattr(data, "all") else data)
         self.child.context["figures"] = policy.version_figures(items)
+        request = self.context.get("request")
+        viewer = policy.viewer_of(request.user) if request is not None else policy.Viewer(policy.NOBODY)
+        self.child.context["privacy"] = policy.version_privacy(viewer, items)
         return super().to_representation(items)
 
 
@@ -272,15 +275,19 @@ class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
     round = serializers.IntegerField(source="round.number", read_only=True)
     normalizer = ReadJSONField(help_text="{mean, std} per feature: scale inputs with these.")
     model_config = ReadJSONField()
-        request = self.context.get("request")
-        viewer = policy.viewer_of(request.user) if request is not None else policy.Viewer(policy.NOBODY)
-        self.child.context["privacy"] = policy.version_privacy(viewer, items)
     schema = ReadJSONField()
     metrics = ReadJSONField(
         help_text="mean, sites_reported, final. A coordinator follows the running mean of the "
         "sites' evaluations; a site sees the mean only once it is final (every site reported or "
         "the evaluation deadline passed) and at least FEDHEALTH_MIN_FIGURE_SITES sites stand "
         "behind it, and an empty mean before."
+    )
+    privacy = ReadJSONField(
+        allow_null=True,
+        help_text="The version's formal guarantee (null without DP): for a site, its own "
+        "(epsilon, delta) after rounds 1..round composed; for the coordinator the worst case "
+        "over the sites (scope worst_site), how many sites it covers and how many sent updates "
+        "without a recorded spend (unaccounted_sites).",
     )
 
     class Meta:
@@ -289,19 +296,13 @@ class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
             "id",
             "experiment",
             "version",
-    privacy = ReadJSONField(
-        allow_null=True,
-        help_text="The version's formal guarantee (null without DP): for a site, its own "
-        "(epsilon, delta) after rounds 1..round composed; for the coordinator the worst case "
-        "over the sites (scope worst_site), how many sites it covers and how many sent updates "
-        "without a recorded spend (unaccounted_sites).",
-    )
             "round",
             "sha256",
             "normalizer",
             "model_config",
             "schema",
             "metrics",
+            "privacy",
             "created_at",
         ]
         read_only_fields = fields
@@ -311,7 +312,6 @@ class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
         return policy.version(
             viewer, instance, self.context.get("figures", {}).get(instance.pk), self.context.get("privacy")
         )
-            "privacy",
 
 
 @extend_schema_field(

@@ -173,8 +173,11 @@ def version(
     figures: VersionFigures | None = None,
     privacy: dict[int, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
+    """``figures`` and ``privacy`` (by version pk, ``version_privacy``) save queries in lists."""
     if figures is None:
         figures = version_figures([obj])[obj.pk]
+    if privacy is None or obj.pk not in privacy:
+        privacy = version_privacy(viewer, [obj])
     return {
         "id": obj.pk,
         "experiment": obj.experiment_id,
@@ -185,12 +188,10 @@ def version(
         "model_config": obj.model_config,
         "schema": obj.schema,
         "metrics": version_metrics(viewer, obj, figures),
+        "privacy": privacy[obj.pk],
         "created_at": obj.created_at,
-    """``figures`` and ``privacy`` (by version pk, ``version_privacy``) save queries in lists."""
     }
 
-    if privacy is None or obj.pk not in privacy:
-        privacy = version_privacy(viewer, [obj])
 
 def evaluation(viewer: Viewer, obj: SiteEvaluation) -> dict[str, Any] | None:
     if not viewer.sees_site(obj.site_id):
@@ -201,7 +202,6 @@ def evaluation(viewer: Viewer, obj: SiteEvaluation) -> dict[str, Any] | None:
 # Written when the last site evaluates a version: a site would learn from the line's
 # appearance when another site reported (its own evaluations and the published mean
 # are in the export's other parts).
-        "privacy": privacy[obj.pk],
 _COORDINATOR_ONLY_EVENTS = ("evaluated",)
 
 
