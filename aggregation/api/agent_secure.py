@@ -29,7 +29,9 @@ from . import agent_serializers as s
 from .serializers import UpdateSerializer
 
 ENVELOPE = 4096  # the JSON around a message's bytes: kind, ctx, site, keys
-PER_SITE = 2 * 4 * (2 * SHARE_BYTES + 64)  # one site's ciphertext or revealed share, base64, with its key
+PER_SITE = (
+    2 * 4 * (2 * SHARE_BYTES + 64)
+)  # one site's ciphertext or revealed share, base64, with its key
 
 
 class ProtocolRefused(exceptions.APIException):
@@ -56,7 +58,8 @@ class SecureStepsMixin:
     """Actions of ``AgentRoundViewSet`` (which provides ``selected()`` and ``site``)."""
 
     @extend_schema(
-        request=s.TrainedSerializer, responses={201: UpdateSerializer, 200: UpdateSerializer, 409: ErrorSerializer}
+        request=s.TrainedSerializer,
+        responses={201: UpdateSerializer, 200: UpdateSerializer, 409: ErrorSerializer},
     )
     @action(detail=True, methods=["post"])
     def trained(self, request, pk=None):
@@ -68,7 +71,10 @@ class SecureStepsMixin:
         data = form.validated_data
         try:
             counted = service.report_trained(
-                update, num_samples=data["num_samples"], loss=data.get("loss"), metrics=data.get("metrics", {})
+                update,
+                num_samples=data["num_samples"],
+                loss=data.get("loss"),
+                metrics=data.get("metrics", {}),
             )
         except UpdateRefused as exc:
             if exc.bad_input:
@@ -103,8 +109,13 @@ class SecureStepsMixin:
 
     _STEP_SCHEMA = extend_schema(
         request=s.SecureMessageSerializer,
-        responses={201: s.SecurePostedSerializer, 200: s.SecurePostedSerializer, 400: ErrorSerializer,
-                   409: ErrorSerializer, 413: ErrorSerializer},
+        responses={
+            201: s.SecurePostedSerializer,
+            200: s.SecurePostedSerializer,
+            400: ErrorSerializer,
+            409: ErrorSerializer,
+            413: ErrorSerializer,
+        },
     )
 
     @_STEP_SCHEMA

@@ -35,21 +35,28 @@ class NotInProtocol(Exception):
     """The site has no part in this round's protocol (not selected, or it did not train)."""
 
 
-def report_trained(update: ClientUpdate, *, num_samples: int, loss: float | None, metrics: Metrics) -> bool:
+def report_trained(
+    update: ClientUpdate, *, num_samples: int, loss: float | None, metrics: Metrics
+) -> bool:
     """An agent trained its update for a secure round and keeps it. True when it counted,
     False when it had already (a retried request). UpdateRefused otherwise."""
     round_ = update.round
     if not round_.experiment.secure_aggregation:
         raise UpdateRefused(
             "this experiment does not use secure aggregation: upload the weights to "
-            f"/agent/rounds/{round_.pk}/update/", code=Reason.UPDATE_INVALID,
+            f"/agent/rounds/{round_.pk}/update/",
+            code=Reason.UPDATE_INVALID,
         )
     if update.status == ClientUpdate.Status.RECEIVED:
         return False
     if update.status not in OPEN_UPDATE or round_.status != Round.Status.OPEN:
-        raise UpdateRefused(f"round {round_.number} is {round_.status} and this site's update is {update.status}")
+        raise UpdateRefused(
+            f"round {round_.number} is {round_.status} and this site's update is {update.status}"
+        )
     _check_sample_count(update, num_samples)
-    if not mark_kept(update.pk, num_samples=num_samples, loss=loss, metrics=metrics, source="agent"):
+    if not mark_kept(
+        update.pk, num_samples=num_samples, loss=loss, metrics=metrics, source="agent"
+    ):
         update.refresh_from_db()
         if update.status != ClientUpdate.Status.RECEIVED:
             raise UpdateRefused(f"round {round_.number} closed before this site's report arrived")
@@ -59,12 +66,19 @@ def report_trained(update: ClientUpdate, *, num_samples: int, loss: float | None
 
 def _place(round_: Round, site: Site) -> tuple[SecureRound, SecureSite]:
     secure = SecureRound.objects.filter(round=round_).first()
-    place = None if secure is None else SecureSite.objects.filter(secure_round=secure, site=site).first()
+    place = (
+        None
+        if secure is None
+        else SecureSite.objects.filter(secure_round=secure, site=site).first()
+    )
     if place is None:
         raise NotInProtocol(
             f"site {site.slug} has no part in the secure protocol of round {round_.number}"
-            + (" (it has not opened: the round is still training, or failed before it)" if secure is None else
-               " (only the sites that trained take part)")
+            + (
+                " (it has not opened: the round is still training, or failed before it)"
+                if secure is None
+                else " (only the sites that trained take part)"
+            )
         )
     return secure, place
 
@@ -77,9 +91,20 @@ def task_for(round_: Round, site: Site) -> dict[str, Any]:
     try:
         secure, place = _place(round_, site)
     except NotInProtocol:
-        waiting = round_.status == Round.Status.OPEN and not SecureRound.objects.filter(round=round_).exists()
-        return {"round": round_.pk, "phase": "training" if waiting else "over", "deadline": None,
-                "threshold": None, "status": "", "last_phase": "", "dropped_in": "", "task": None}
+        waiting = (
+            round_.status == Round.Status.OPEN
+            and not SecureRound.objects.filter(round=round_).exists()
+        )
+        return {
+            "round": round_.pk,
+            "phase": "training" if waiting else "over",
+            "deadline": None,
+            "threshold": None,
+            "status": "",
+            "last_phase": "",
+            "dropped_in": "",
+            "task": None,
+        }
     task = None
     if (
         secure.phase not in TERMINAL
@@ -109,11 +134,14 @@ def post_for(round_: Round, site: Site, kind: str, message: Any) -> str:
     got = message.get("kind") if isinstance(message, dict) else None
     if got != expected:
         raise ProtocolViolation(
-            f"field 'kind': this endpoint takes {expected!r} messages, got {got!r}", code="secagg_malformed"
+            f"field 'kind': this endpoint takes {expected!r} messages, got {got!r}",
+            code="secagg_malformed",
         )
     secure, place = _place(round_, site)
     if secure.phase in TERMINAL or round_.status != Round.Status.AGGREGATING:
-        raise PhaseClosed(f"the secure protocol of round {round_.number} is over ({secure.get_phase_display()})")
+        raise PhaseClosed(
+            f"the secure protocol of round {round_.number} is over ({secure.get_phase_display()})"
+        )
     if place.status == SecureSite.Status.DROPPED and place.last_phase != _phase_of(kind):
         raise PhaseClosed(
             f"site {site.slug} was counted as dropped in the {place.dropped_in} phase of round {round_.number}"
@@ -132,4 +160,6 @@ class PhaseClosed(Exception):
 
 
 def _phase_of(kind: str) -> str:
-    return {"advertise": "advertise", "shares": "share", "masked": "masked", "unmask": "unmask"}[kind]
+    return {"advertise": "advertise", "shares": "share", "masked": "masked", "unmask": "unmask"}[
+        kind
+    ]

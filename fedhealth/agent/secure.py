@@ -99,7 +99,10 @@ class SecureSteps:
         """After training: check the update here, keep it, report the figures only.
         Returns ``(code, note)`` to report as a failure instead."""
         if self.store is None:
-            return ("site_reported", "secure aggregation needs the agent's state folder (--state-dir)")
+            return (
+                "site_reported",
+                "secure aggregation needs the agent's state folder (--state-dir)",
+            )
         problem = update_problem(Update(result.weights, result.num_samples, site), reference)
         if problem is not None:
             return ("site_reported", f"the trained update is not valid: {problem.reason}")
@@ -111,7 +114,9 @@ class SecureSteps:
         self.client.post_json(f"/agent/rounds/{round_id}/trained/", body)
         log.info(
             "round %d: trained for secure aggregation; the update stays here (%s), only its "
-            "figures were reported", number, self.store.folder,
+            "figures were reported",
+            number,
+            self.store.folder,
         )
         return None
 
@@ -127,7 +132,10 @@ class SecureSteps:
             return
         saved = self.store.load(rid)
         if saved is None:
-            log.error("round %d: no saved secure-aggregation state here; this site will count as dropped", rid)
+            log.error(
+                "round %d: no saved secure-aggregation state here; this site will count as dropped",
+                rid,
+            )
             self._refused.add((rid, phase))
             return
         extra: dict[str, Any] = {}
@@ -145,7 +153,9 @@ class SecureSteps:
             return
         self.store.save(rid, {**saved, "protocol": state})  # before posting: a restart resends it
         try:
-            answer = self.client.post_json(f"/agent/rounds/{rid}/secure/{ENDPOINT[phase]}/", message)
+            answer = self.client.post_json(
+                f"/agent/rounds/{rid}/secure/{ENDPOINT[phase]}/", message
+            )
         except ApiError as exc:
             self._refused.add((rid, phase))
             raise exc
@@ -166,4 +176,8 @@ class SecureSteps:
                 info = {"phase": "over"}
             if info["phase"] in OVER or info.get("status") == "dropped":
                 self.store.forget(rid)
-                log.info("round %d: secure aggregation %s; this site's round secrets deleted", rid, info["phase"])
+                log.info(
+                    "round %d: secure aggregation %s; this site's round secrets deleted",
+                    rid,
+                    info["phase"],
+                )

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+import requests
 
 from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round, SecureRound
 from aggregation.services import artifacts, secure_round
@@ -54,7 +55,9 @@ def kept(monkeypatch):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
         slug = folder.parent.name  # each agent's state folder is named after its site
-        seen[(Round.objects.get(pk=round_id).number, slug)] = Update(dict(weights), num_samples, slug)
+        seen[(Round.objects.get(pk=round_id).number, slug)] = Update(
+            dict(weights), num_samples, slug
+        )
 
     monkeypatch.setattr(secure_round, "keep_at_site", hosted)
     monkeypatch.setattr(SecureStore, "keep", agent)
@@ -63,7 +66,9 @@ def kept(monkeypatch):
 
 def make_agent(server, token, path, state) -> SiteAgent:
     return SiteAgent(
-        ApiClient(server, token, retries=1, backoff=0.01), LocalData.from_source(path), state_dir=state
+        ApiClient(server, token, retries=1, backoff=0.01),
+        LocalData.from_source(path),
+        state_dir=state,
     )
 
 
@@ -109,12 +114,19 @@ def mixed(make_site, make_dataset, agent_csv, tmp_path, live_server, proxy):
     """Two hosted sites and two agents (through the recording proxy), with datasets."""
     from clients.models import ApiToken
 
-    hosted = [make_dataset(make_site(f"hosted-{i}"), rows=260 + 20 * i, seed=40 + i) for i in range(2)]
+    hosted = [
+        make_dataset(make_site(f"hosted-{i}"), rows=260 + 20 * i, seed=40 + i) for i in range(2)
+    ]
     agents, datasets = [], list(hosted)
     for i in range(2):
         site = make_site(f"remote-{i}", mode="agent")
         token = ApiToken.issue(site=site, name="agent")[1]
-        agent = make_agent(proxy.url, token, agent_csv(site.slug, rows=240 + 30 * i, seed=50 + i), tmp_path / site.slug)
+        agent = make_agent(
+            proxy.url,
+            token,
+            agent_csv(site.slug, rows=240 + 30 * i, seed=50 + i),
+            tmp_path / site.slug,
+        )
         datasets.append(Dataset.objects.get(pk=agent.register()))
         agents.append(agent)
     return agents, datasets
@@ -133,10 +145,26 @@ def test_a_mixed_secure_round_equals_fedavg_and_no_agent_request_holds_its_updat
     for number in (1, 2):
         round_ = Round.objects.get(experiment=experiment, number=number)
         assert round_.secure.phase == SecureRound.Phase.DONE
-        assert sorted(round_.metrics["accepted"]) == ["hosted-0", "hosted-1", "remote-0", "remote-1"]
-        assert sorted(round_.updates.values_list("source", flat=True)) == ["agent", "agent", "hosted", "hosted"]
-        _assert_version_is_fedavg(experiment, number, [kept[(number, d.site.slug)] for d in datasets])
-    assert not ClientUpdate.objects.filter(round__experiment=experiment).exclude(weights_file="").exists()
+        assert sorted(round_.metrics["accepted"]) == [
+            "hosted-0",
+            "hosted-1",
+            "remote-0",
+            "remote-1",
+        ]
+        assert sorted(round_.updates.values_list("source", flat=True)) == [
+            "agent",
+            "agent",
+            "hosted",
+            "hosted",
+        ]
+        _assert_version_is_fedavg(
+            experiment, number, [kept[(number, d.site.slug)] for d in datasets]
+        )
+    assert (
+        not ClientUpdate.objects.filter(round__experiment=experiment)
+        .exclude(weights_file="")
+        .exists()
+    )
     # each agent took every step of both rounds, and deleted its round secrets afterwards
     sent = proxy.requests
     for step in ("trained", "secure/advertise", "secure/shares", "secure/masked", "secure/unmask"):
@@ -148,7 +176,9 @@ def test_a_mixed_secure_round_equals_fedavg_and_no_agent_request_holds_its_updat
     # No request body decodes to an agent's update, its change, or a scaled copy of either.
     checked = 0
     for number in (1, 2):
-        previous, _ = artifacts.global_weights_for(Round.objects.get(experiment=experiment, number=number))
+        previous, _ = artifacts.global_weights_for(
+            Round.objects.get(experiment=experiment, number=number)
+        )
         flat_prev = np.concatenate([v.reshape(-1) for v in previous.values()]).astype(np.float64)
         n = len(flat_prev)
         limit = 7 / np.sqrt(n)  # ~7 sigma for n independent values; any scaled copy gives ~1
@@ -166,7 +196,185 @@ def test_a_mixed_secure_round_equals_fedavg_and_no_agent_request_holds_its_updat
                     assert t.astype(np.float32).tobytes()[:64] not in blob
                 if len(blob) >= 4 * n and len(set(blob)) > 1:
                     checked += 1
-                    for view in (np.frombuffer(blob[: 4 * n], "<i4"), np.frombuffer(blob[: 4 * n], "<u4")):
+                    for view in (
+                        np.frombuffer(blob[: 4 * n], "<i4"),
+                        np.frombuffer(blob[: 4 * n], "<u4"),
+                    ):
                         for t in targets:
                             assert abs(np.corrcoef(view.astype(np.float64), t)[0, 1]) < limit
     assert checked >= 4  # the agents' masked vectors at least were examined
+
+
+class LyingServer(ApiClient):
+    """The real client, except that a test can make the server's answer to GET
+    rounds/<id>/secure/ a forged one (what a malicious server could send)."""
+
+    forged: dict | None = None
+
+    def get_json(self, path, **params):
+        if self.forged is not None and path.endswith("/secure/"):
+            return self.forged
+        return super().get_json(path, **params)
+
+
+@pytest.fixture
+def three_agents(make_site, agent_csv, tmp_path, live_server):
+    from clients.models import ApiToken
+
+    agents, tokens, datasets = [], [], []
+    for i in range(3):
+        site = make_site(f"remote-{i}", mode="agent")
+        token = ApiToken.issue(site=site, name="agent")[1]
+        client = LyingServer(live_server.url, token, retries=1, backoff=0.01)
+        agent = SiteAgent(
+            client,
+            LocalData.from_source(agent_csv(site.slug, rows=200, seed=60 + i)),
+            state_dir=tmp_path / site.slug,
+        )
+        datasets.append(Dataset.objects.get(pk=agent.register()))
+        agents.append(agent)
+        tokens.append(token)
+    outsider = make_site("outsider", mode="agent")
+    return agents, tokens, datasets, ApiToken.issue(site=outsider, name="agent")[1]
+
+
+def _until(agents, predicate, steps=30):
+    for _ in range(steps):
+        if predicate():
+            return
+        for a in agents:
+            a.run_once()
+    assert predicate()
+
+
+def _secure(experiment_id, number):
+    return SecureRound.objects.filter(
+        round__experiment_id=experiment_id, round__number=number
+    ).first()
+
+
+def test_hostile_messages_are_refused_with_a_reason_and_the_round_still_completes(
+    three_agents, make_experiment, eager_celery, live_server, caplog
+):
+    agents, tokens, datasets, outsider = three_agents
+    experiment = make_experiment(datasets, num_rounds=2, min_sites=2, secure_aggregation=True)
+    start_experiment(experiment.pk)
+    sent: list[dict] = []  # remote-0's honest messages, to replay later
+    real_post = agents[0].client.post_json
+
+    def record(path, body=None):
+        if "/secure/" in path:
+            sent.append(json.loads(json.dumps(body)))
+        return real_post(path, body)
+
+    agents[0].client.post_json = record
+    _until(agents, lambda: Round.objects.filter(experiment=experiment, number=2).exists())
+    round1 = {m["kind"]: m for m in sent}
+    rid = Round.objects.get(experiment=experiment, number=2).pk
+    # the others train round 2 first: remote-0's report opens the protocol, and its
+    # own pass had fetched its work before, so it has not advertised yet
+    for a in [*agents[1:], agents[0]]:
+        a.run_once()
+
+    def advance(phase):  # remote-0 takes its step, then the others close the phase
+        for a in agents:
+            a.run_once()
+        assert _secure(experiment.pk, 2).phase == phase
+
+    def post(kind, body, token=tokens[0], raw=None):
+        return requests.post(
+            f"{live_server.url}/api/v1/agent/rounds/{rid}/secure/{kind}/",
+            json=None if raw is not None else body,
+            data=raw,
+            headers={
+                "Authorization": f"Bearer {token}",
+                **({"Content-Type": "application/json"} if raw else {}),
+            },
+            timeout=30,
+        )
+
+    def refused(response, status, *words):
+        assert response.status_code == status, response.text
+        detail = response.json()["detail"]
+        for w in words:
+            assert w in detail, detail
+        return response.json()
+
+    # advertise phase, remote-0 has not advertised yet
+    assert _secure(experiment.pk, 2).phase == "advertise"
+    replay = round1["advertise"]
+    refused(post("advertise", replay), 400, "round 1", "this is", "round 2")
+    refused(post("masked", replay), 400, "this endpoint takes 'masked' messages, got 'advertise'")
+    for_another = {**replay, "ctx": {**replay["ctx"], "round": 2}, "site": "remote-1"}
+    refused(
+        post("advertise", for_another), 400, "site 'remote-0' posted a message for site 'remote-1'"
+    )
+    assert post("advertise", replay, token=outsider).status_code == 404  # not its round
+    refused(
+        post("advertise", None, raw=b'{"kind": "advertise", "pad": "' + b"x" * 5000 + b'"}'),
+        413,
+        "at most",
+    )
+    # nothing counted: remote-0 still owes its advertisement
+    assert _secure(experiment.pk, 2).sites.get(site__slug="remote-0").last_phase == ""
+
+    advance("share")
+    shares = round1["shares"]
+    ghost = {
+        **shares,
+        "ctx": {**shares["ctx"], "round": 2},
+        "ciphertexts": {
+            **shares["ciphertexts"],
+            "ghost-site": next(iter(shares["ciphertexts"].values())),
+        },
+    }
+    refused(post("shares", ghost), 400, "sent shares for", "'ghost-site'", "expected")
+
+    advance("masked")
+    masked = {**round1["masked"], "ctx": {**round1["masked"]["ctx"], "round": 2}}
+    length = len(wire.unb64(masked["vector"], "vector"))
+    short = {**masked, "vector": wire.b64(bytes(length - 4))}
+    refused(post("masked", short), 400, f"masked vector of {length - 4} bytes, expected {length}")
+    refused(
+        post("masked", {**masked, "vector": [2**40, -1]}),
+        400,
+        "field 'vector': expected base64 text",
+    )
+    refused(post("masked", round1["masked"]), 400, "round 1")
+
+    advance("unmask")
+    task = agents[0].client.get_json(f"/agent/rounds/{rid}/secure/")
+    assert task["task"]["phase"] == "unmask"
+    reply = {**round1["unmask_reply"], "ctx": {**round1["unmask_reply"]["ctx"], "round": 2}}
+    wrong = {
+        **reply,
+        "seed_shares": {"ghost-site": next(iter(reply["seed_shares"].values()))},
+        "key_shares": {},
+    }
+    refused(post("unmask", wrong), 400, "revealed shares for the wrong sites")
+
+    # remote-0 answers honestly; then a lying server asks it again, listing remote-2 as dropped
+    sent.clear()
+    agents[0].run_once()
+    assert [m["kind"] for m in sent] == ["unmask_reply"]
+    request = task["task"]["request"]
+    agents[0].client.forged = {
+        **task,
+        "task": {
+            **task["task"],
+            "request": {
+                **request,
+                "survivors": [s for s in request["survivors"] if s != "remote-2"],
+            },
+        },
+    }
+    agents[0].secure.step({"round": rid}, "remote-0")
+    agents[0].client.forged = None
+    assert [m["kind"] for m in sent] == ["unmask_reply"]  # nothing more revealed
+    assert "lists ['remote-2'] differently is refused" in caplog.text
+
+    experiment = drive(agents, experiment.pk)
+    assert experiment.status == Experiment.Status.COMPLETED, experiment.failure_reason
+    round2 = Round.objects.get(pk=rid)
+    assert sorted(round2.metrics["accepted"]) == ["remote-0", "remote-1", "remote-2"]
+    assert round2.metrics["secure"]["dropped"] == []
