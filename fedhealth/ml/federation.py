@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import mean_metrics
+from .metrics import defined_counts, mean_metrics
 from .model import ModelConfig, init_weights
 from .personalize import (
     PERSONALIZE_MODES,
@@ -74,6 +74,7 @@ class FederatedConfig:
     # One model per site built from the federation (``personalize.PERSONALIZE_MODES``).
     personalize: str | None = None
     ditto_lambda: float = 0.1
+    finetune_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -163,12 +164,16 @@ def evaluate_sites(
     weights: Weights,
     normalizer: Normalizer,
     sites: Sequence[SiteSplit],
+    *,
+    positive: int = 1,
 ) -> dict[str, Any]:
-    """``{"per_site": {SITE: METRICS}, "mean": METRICS}`` on every site's test set."""
+    """``{"per_site": {SITE: METRICS}, "mean": METRICS}`` on every site's test set;
+    ``positive``: the schema's positive class (``TrainConfig.positive``)."""
     per_site = {
-        s.name: evaluate(model, weights, normalizer.transform(s.X_test), s.y_test) for s in sites
+        s.name: evaluate(model, weights, normalizer.transform(s.X_test), s.y_test, positive=positive)
+        for s in sites
     }
-    return {"per_site": per_site, "mean": mean_metrics(list(per_site.values()))}
+    return summarise(per_site)
 
 
 def run_federated(
@@ -273,7 +278,7 @@ def run_experiment(
         if outcome.weights is not None:
             weights = outcome.weights
         versions[r] = weights
-        evaluation = evaluate_sites(config.model, weights, normalizer, sites)["mean"]
+        evaluation = evaluate_sites(config.model, weights, normalizer, sites, positive=config.train.positive)["mean"]
         total = sum(u.num_samples for u in updates)
         record = RoundRecord(
             round=r,
@@ -326,7 +331,7 @@ def _personal_model(
     when that does better on the site's validation slice."""
     X, y, X_val, y_val = arrays
     if mode == "finetune":
-        train = replace(config.train, seed=config.seed)
+        train = replace(config.train, seed=config.seed, lr=config.finetune_lr)
         tuned, _ = fit_early_stopping(
             config.model, global_weights, X, y, X_val, y_val, train,
             max_epochs=config.rounds * config.train.epochs,
@@ -388,5 +393,7 @@ def _early_stopped(config: FederatedConfig, normalizer: Normalizer, X, y, X_val,
 
 
 def summarise(results: dict[str, Metrics]) -> dict[str, Any]:
-    """``{"per_site": results, "mean": unweighted mean}``."""
-    return {"per_site": results, "mean": mean_metrics(list(results.values()))}
+    """``{"per_site": results, "mean": unweighted mean, "defined": sites per metric}``:
+    each mean is over the sites where its metric is defined (``defined`` of them)."""
+    values = list(results.values())
+    return {"per_site": results, "mean": mean_metrics(values), "defined": defined_counts(values)}

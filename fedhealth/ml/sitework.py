@@ -22,6 +22,7 @@ import numpy as np
 from .federation import SiteSplit, round_seed
 from .metrics import calibration_points, compute_metrics, confusion, roc_points
 from .model import ModelConfig
+from .personalize import validation_loss, validation_split
 from .privacy import PrivacySettings, RoundSpend, plan_round_spend, train_local_dp
 from .stats import Normalizer
 from .strategies import Strategy
@@ -45,6 +46,8 @@ class SitePlan:
             rounds, so held-out rows are never trained on).
         privacy: record-level DP requested for the experiment (``None``: off). A request:
             the site derives its own noise from it and its own rows (``privacy_spend``).
+        validation_fraction: the share of the site's training rows held out (seeded with
+            ``split_seed``) to score each global version's validation loss; 0: none.
     """
 
     round: int
@@ -55,6 +58,7 @@ class SitePlan:
     test_fraction: float
     split_seed: int
     privacy: PrivacySettings | None = None
+    validation_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -67,6 +71,8 @@ class SitePlan:
         }
         if self.privacy is not None:  # absent without DP: plans read by older agents stay valid
             data["privacy"] = self.privacy.to_dict()
+        if self.validation_fraction > 0:  # likewise absent without a validation slice
+            data["split"]["validation_fraction"] = self.validation_fraction
         return data
 
     @classmethod
@@ -82,6 +88,7 @@ class SitePlan:
             privacy=(
                 PrivacySettings.from_dict(data["privacy"]) if data.get("privacy") is not None else None
             ),
+            validation_fraction=float(data["split"].get("validation_fraction", 0.0)),
         )
 
 
@@ -96,6 +103,7 @@ def plan_site_round(
     normalizer: Normalizer,
     test_fraction: float,
     privacy: PrivacySettings | None = None,
+    validation_fraction: float = 0.0,
 ) -> SitePlan:
     """The plan for ``site`` in round ``round_number`` (1-based).
 
@@ -114,7 +122,16 @@ def plan_site_round(
         test_fraction=test_fraction,
         split_seed=experiment_seed,
         privacy=privacy,
+        validation_fraction=validation_fraction,
     )
+
+
+def fit_rows(plan: SitePlan, split: SiteSplit) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows a site fits on: its training rows less the validation slice."""
+    X, y, _, _ = validation_split(
+        split.X_train, split.y_train, fraction=plan.validation_fraction, seed=plan.split_seed
+    )
+    return X, y
 
 
 def privacy_spend(plan: SitePlan, split: SiteSplit) -> RoundSpend | None:
@@ -129,7 +146,7 @@ def privacy_spend(plan: SitePlan, split: SiteSplit) -> RoundSpend | None:
     return plan_round_spend(
         plan.privacy,
         round_number=plan.round,
-        rows=len(split.y_train),
+        rows=len(fit_rows(plan, split)[1]),
         epochs=plan.train.epochs,
         batch_size=plan.train.batch_size,
     )
@@ -151,14 +168,15 @@ def train_at_site(
     and a sampling/noise seed drawn at the site (``secret_seed`` only in tests).
     Raises ValueError when the rows or weights do not fit the plan.
     """
+    X_fit, y_fit = fit_rows(plan, split)
     if plan.privacy is not None:
         spend = spend or privacy_spend(plan, split)
         assert spend is not None
         return train_local_dp(
             plan.model,
             global_weights,
-            plan.normalizer.transform(split.X_train),
-            split.y_train,
+            plan.normalizer.transform(X_fit),
+            y_fit,
             plan.train,
             noise_multiplier=spend.noise_multiplier,
             clip_norm=spend.clip_norm,
@@ -168,17 +186,31 @@ def train_at_site(
     return train_local(
         plan.model,
         global_weights,
-        plan.normalizer.transform(split.X_train),
-        split.y_train,
+        plan.normalizer.transform(X_fit),
+        y_fit,
         plan.train,
         evaluate_on=(plan.normalizer.transform(split.X_test), split.y_test),
     )
 
 
 def evaluate_at_site(
-    model: ModelConfig, weights: Weights, normalizer: Normalizer, split: SiteSplit
+    model: ModelConfig,
+    weights: Weights,
+    normalizer: Normalizer,
+    split: SiteSplit,
+    *,
+    validation_fraction: float = 0.0,
+    split_seed: int = 0,
+    positive: int = 1,
 ) -> tuple[Metrics, dict[str, Any]]:
     """A global model's metrics and curves on the held-out rows, from one forward pass.
+
+    ``positive``: the label value of the schema's positive class; sensitivity, precision,
+    F1, the ROC curve, calibration and confusion counts are that class's.
+
+    With ``validation_fraction`` (the plan's, and its ``split_seed``), ``metrics`` also
+    hold ``validation_loss`` (mean BCE on the site's validation slice) and
+    ``validation_n`` (its rows): what the server selects the best version by.
 
     Returns ``(metrics, curves)``: ``metrics`` from ``compute_metrics`` with ``loss`` =
     the mean log loss per row; ``curves`` holds ``roc`` points, ``calibration`` bins and
@@ -187,11 +219,17 @@ def evaluate_at_site(
     X = normalizer.transform(split.X_test)
     y = np.asarray(split.y_test)
     prob = predict_proba(model, weights, X)
-    metrics = compute_metrics(y, prob)
+    metrics = compute_metrics(y, prob, positive=positive)
     metrics["loss"] = metrics["log_loss"]
     curves = {
-        "roc": roc_points(y, prob),
-        "calibration": calibration_points(y, prob),
-        "confusion": confusion(y, prob),
+        "roc": roc_points(y, prob, positive=positive),
+        "calibration": calibration_points(y, prob, positive=positive),
+        "confusion": confusion(y, prob, positive=positive),
     }
+    if validation_fraction > 0:
+        _, _, X_val, y_val = validation_split(
+            split.X_train, split.y_train, fraction=validation_fraction, seed=split_seed
+        )
+        metrics["validation_loss"] = validation_loss(model, weights, normalizer.transform(X_val), y_val)
+        metrics["validation_n"] = float(len(y_val))
     return metrics, curves

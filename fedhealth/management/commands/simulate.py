@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+# Start-up (docs/benchmarks.md, `startup`): only what the options need is imported here.
+# The CSV validator and the sample generator (pandas) and the secure-aggregation
+# protocol are imported where a run uses them, so `simulate --help` and a bad option
+# answer without them.
+from fedhealth.ml.comparison import evaluate_alone, evaluate_personal
 from fedhealth.ml.federation import (
     FederatedConfig,
     RoundRecord,
     SiteSplit,
     evaluate_sites,
     run_centralized,
+    run_experiment,
     run_federated,
     run_local,
     split_site,
@@ -24,13 +31,19 @@ from fedhealth.ml.federation import (
 )
 from fedhealth.ml.metrics import json_safe
 from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.personalize import DEFAULT_PERSONALIZE, PERSONALIZE_MODES
 from fedhealth.ml.privacy import DEFAULT_CLIP_NORM, DEFAULT_EPSILON, PrivacySettings
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
-from fedhealth.ml.secagg.federated import SecureOptions, incompatibility
 from fedhealth.ml.strategies import STRATEGIES, get_strategy
-from fedhealth.ml.synthetic import generate_sites
 from fedhealth.ml.training import TrainConfig, evaluate
-from fedhealth.ml.validation import Dataset, Policy, validate_csv, validate_frame
+
+if TYPE_CHECKING:
+    from fedhealth.ml.secagg.federated import SecureOptions
+    from fedhealth.ml.validation import Dataset, Policy
+
+# fedhealth.ml.validation.Policy's values (importing it imports pandas); a test checks
+# they match.
+POLICY_CHOICES = ("reject", "drop-invalid-rows")
 
 _TRAIN_DEFAULTS = TrainConfig()
 _FED_DEFAULTS = FederatedConfig()
@@ -58,6 +71,11 @@ def parse_site(spec: str) -> tuple[str, Path, Path | None]:
     return name, Path(train), Path(test) if test else None
 
 
+def _cell(value: Any) -> str:
+    """A metric for the summary table: "n/a" where undefined, never "nan"."""
+    return f"{value:.4f}" if isinstance(value, int | float) and math.isfinite(value) else "n/a"
+
+
 class Command(BaseCommand):
     help = "Run a federated experiment in-process and compare it with centralized and local training."
     # Core only: no project checks to run (manage.py runs it without the project's
@@ -71,7 +89,7 @@ class Command(BaseCommand):
         parser.add_argument("--non-iid", action="store_true", help="generated sites are non-IID")
         parser.add_argument("--features", help="comma-separated feature columns (default: the four vitals)")
         parser.add_argument("--label", default=None, help="label column (default: healthy)")
-        parser.add_argument("--policy", choices=[p.value for p in Policy], default=Policy.REJECT.value)
+        parser.add_argument("--policy", choices=POLICY_CHOICES, default=POLICY_CHOICES[0])
         parser.add_argument("--test-fraction", type=float, default=0.25)
         parser.add_argument("--strategy", choices=sorted(STRATEGIES), default=_FED_DEFAULTS.strategy)
         parser.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
@@ -104,6 +122,16 @@ class Command(BaseCommand):
         parser.add_argument("--dp-sweep", metavar="E1,E2,...",
                             help="run once without DP and once per epsilon; print and write (--json) "
                                  "the privacy-utility curve")
+        parser.add_argument("--validation-fraction", type=float, default=0.0, metavar="F",
+                            help="share of each site's training rows held out to select the best round "
+                                 "(default 0: the last round is the model)")
+        parser.add_argument("--early-stopping", type=int, metavar="N",
+                            help="stop after N rounds without a better validation loss (needs "
+                                 "--validation-fraction)")
+        parser.add_argument("--personalize", nargs="?", const=DEFAULT_PERSONALIZE, choices=PERSONALIZE_MODES,
+                            metavar="MODE",
+                            help=f"also build one model per site: {', '.join(PERSONALIZE_MODES)} "
+                                 f"(default {DEFAULT_PERSONALIZE})")
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads (default 1: this small model trains fastest single-threaded)")
 
@@ -133,20 +161,30 @@ class Command(BaseCommand):
             bar.refresh()
 
         try:
-            weights, normalizer, history = run_federated(sites, config, on_round=on_round, secure=secure)
+            run = run_experiment(sites, config, on_round=on_round, secure=secure)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         finally:
             bar.close()
+        weights, normalizer, history = run.weights, run.normalizer, run.history
         result: dict[str, Any] = {
             "config": config.to_dict() | {"sites": [s.name for s in sites], "schema": schema.to_dict()}
             | {"secure_aggregation": None if secure is None else secure.to_dict()},
             "history": [
                 {"round": h.round, "loss": h.loss, "accuracy": h.accuracy, "auroc": h.auroc,
                  "train_loss": h.train_loss, "rejected": h.rejected, "accepted": h.accepted,
-                 "refused": h.refused}
+                 "refused": h.refused, "validation_loss": h.validation_loss}
                 for h in history
             ],
-            "federated": evaluate_sites(config.model, weights, normalizer, sites),
+            # The selected version: the best round by validation loss (or the last).
+            "federated": evaluate_sites(config.model, weights, normalizer, sites, positive=config.train.positive)
+            | {"selected_round": run.selected_round, "rounds_run": len(history)},
         }
+        if config.validation_fraction > 0:
+            stopped = " (stopped early)" if len(history) < config.rounds else ""
+            self.stdout.write(f"selected round {run.selected_round} of {len(history)}{stopped} by validation loss")
+        if run.personal:
+            result["personalized"] = evaluate_personal(config.model, run.personal, normalizer, sites)
         if config.privacy is not None:
             result["privacy"] = {
                 name: {k: spend[k] for k in ("epsilon_total", "delta", "noise_multiplier", "clip_norm")}
@@ -202,13 +240,19 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         train = TrainConfig(
-            epochs=opts["local_epochs"], batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"]
+            epochs=opts["local_epochs"], batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"],
+            positive=schema.positive_value,  # the figures are the schema's positive class's
         )
         model = ModelConfig(n_features=len(schema.features), hidden=parse_hidden(opts["hidden"]))
-        return FederatedConfig(
-            rounds=opts["rounds"], strategy=opts["strategy"], strategy_params=params,
-            model=model, train=train, seed=opts["seed"],
-        )
+        try:
+            return FederatedConfig(
+                rounds=opts["rounds"], strategy=opts["strategy"], strategy_params=params,
+                model=model, train=train, seed=opts["seed"],
+                validation_fraction=opts["validation_fraction"], early_stopping=opts["early_stopping"],
+                personalize=opts["personalize"],
+            )
+        except ValueError as exc:
+            raise CommandError(f"--validation-fraction/--early-stopping/--personalize: {exc}") from None
 
     def _privacy(self, opts: dict[str, Any], config: FederatedConfig, sites: list[SiteSplit]) -> FederatedConfig:
         given = [k for k in ("epsilon", "delta", "clip") if opts[k] != {"epsilon": DEFAULT_EPSILON,
@@ -248,7 +292,7 @@ class Command(BaseCommand):
                 raise CommandError(f"--dp-sweep: {exc}") from None
             run = replace(config, privacy=privacy)
             weights, normalizer, history = run_federated(sites, run, secure=secure)
-            mean = evaluate_sites(run.model, weights, normalizer, sites)["mean"]
+            mean = evaluate_sites(run.model, weights, normalizer, sites, positive=run.train.positive)["mean"]
             spends = history[-1].privacy
             noise = sum(s["noise_multiplier"] for s in spends.values()) / len(spends) if spends else 0.0
             row = {"epsilon": epsilon, "accuracy": mean["accuracy"], "auroc": mean["auroc"],
@@ -265,6 +309,8 @@ class Command(BaseCommand):
             self.stdout.write(f"privacy-utility curve written to {path}")
 
     def _secure(self, opts: dict[str, Any], config: FederatedConfig, n_sites: int) -> SecureOptions | None:
+        from fedhealth.ml.secagg.federated import SecureOptions, incompatibility
+
         secagg = {k: opts[k] for k in ("secagg_threshold", "secagg_degree") if opts[k] is not None}
         if opts["secagg_dropout"]:
             secagg["secagg_dropout"] = opts["secagg_dropout"]
@@ -288,6 +334,9 @@ class Command(BaseCommand):
             raise CommandError("--test-fraction must be between 0 and 1")
         if opts["generate"] is not None and opts["site"]:
             raise CommandError("use either --site or --generate, not both")
+        from fedhealth.ml.synthetic import generate_sites
+        from fedhealth.ml.validation import Policy, validate_frame
+
         policy = Policy(opts["policy"])
         sites: list[SiteSplit] = []
         if opts["generate"] is not None:
@@ -317,6 +366,8 @@ class Command(BaseCommand):
         return sites
 
     def _validate_path(self, path: Path, schema: Schema, policy: Policy):
+        from fedhealth.ml.validation import validate_csv
+
         if not path.is_file():
             raise CommandError(f"{path}: no such file")
         return validate_csv(path, schema, policy=policy)
@@ -344,18 +395,31 @@ class Command(BaseCommand):
             w, norm = run_local(site, config)
             # A site alone can only be judged on every site's test data with its own scaling.
             local[site.name] = summarise(
-                {s.name: evaluate(config.model, w, norm.transform(s.X_test), s.y_test) for s in sites}
+                {s.name: evaluate(config.model, w, norm.transform(s.X_test), s.y_test, positive=config.train.positive)
+                 for s in sites}
             )
-        return {"centralized": evaluate_sites(config.model, c_weights, c_norm, sites), "local": local}
+        # "alone": each site's own model on its own test rows, beside "federated".
+        return {"centralized": evaluate_sites(config.model, c_weights, c_norm, sites, positive=config.train.positive),
+                "local": local,
+                "alone": evaluate_alone(sites, config)}
 
     def _print_summary(self, result: dict[str, Any]) -> None:
         keys = ("accuracy", "balanced_accuracy", "auroc", "f1")
         self.stdout.write("\nmean over sites' test sets:")
         self.stdout.write(f"{'model':<22}" + "".join(f"{k:>19}" for k in keys))
         rows = [("federated", result["federated"]["mean"])]
+        if "personalized" in result:
+            rows.append(("personalized", result["personalized"]["mean"]))
+        if "alone" in result:
+            rows.append(("alone (own test set)", result["alone"]["mean"]))
         if "centralized" in result:
             rows.append(("centralized", result["centralized"]["mean"]))
             rows += [(f"local: {name}", r["mean"]) for name, r in result["local"].items()]
         for name, metrics in rows:
-            self.stdout.write(f"{name:<22}" + "".join(f"{metrics[k]:>19.4f}" for k in keys))
+            self.stdout.write(f"{name:<22}" + "".join(f"{_cell(metrics.get(k)):>19}" for k in keys))
+        # A site whose test rows hold one class has no AUROC: say what a mean is over.
+        defined, n_sites = result["federated"].get("defined", {}), len(result["federated"]["per_site"])
+        partial = [k for k in keys if defined.get(k, n_sites) < n_sites]
+        for k in partial:
+            self.stdout.write(f"{k}: mean over {defined[k]} of {n_sites} sites (n/a where a site's test rows hold one class)")
 
