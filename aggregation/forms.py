@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from django import forms
@@ -60,6 +61,7 @@ FEATURE_LABELS = {
 # Bounds come from the creation service, so the form cannot drift from the API.
 MAX_LAYERS, MAX_WIDTH = MAX_HIDDEN_LAYERS, MAX_LAYER_WIDTH
 # Service field -> the form field a person would correct.
+MAX_SCHEMA_TEXT = 20_000  # a 100-feature schema with ranges fits in a few KB
 SERVICE_FIELDS = {"hidden_layers": "hidden", "round_timeout": "deadline_minutes", "strategy_params": "strategy"}
 # The deadline is asked in minutes (deadline_minutes); every other bound is a field as is.
 FORM_NUMBERS = [name for name in BOUNDS if name != "round_timeout"]
@@ -182,6 +184,14 @@ class ExperimentForm(forms.Form):
         initial=30,
         help_text="A round closes after this long with the sites that reported, if at least the minimum did.",
     )
+    schema = forms.CharField(
+        label="Schema (JSON)", required=False, max_length=MAX_SCHEMA_TEXT,
+        widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false", "class": "mono"}),
+        help_text="Per feature: the expected range (min, max: values outside are flagged and kept) and the "
+                  "hard limits (hard_min, hard_max: values outside are impossible or unit mistakes, and a "
+                  "dataset holding one cannot join); and the positive class, the condition to detect. The "
+                  "columns must be those of the sites' datasets. Empty: the default vitals schema.",
+    )
 
     def __init__(self, *args, datasets, instance: Experiment | None = None, **kwargs):
         """``datasets``: the ready datasets the coordinator may choose from; ``instance``:
@@ -240,6 +250,8 @@ class ExperimentForm(forms.Form):
             })
         else:
             self.initial.setdefault("hidden", ", ".join(map(str, Experiment._meta.get_field("hidden_layers").default())))
+        # Shown in full so that a coordinator edits ranges in place, not from memory.
+        self.initial.setdefault("schema", json.dumps(instance.schema if instance else DEFAULT_SCHEMA.to_dict(), indent=2))
 
     def site_bound_fields(self):
         return [(site, self[name]) for site, name in self.site_fields]
@@ -247,6 +259,19 @@ class ExperimentForm(forms.Form):
     def param_bound_groups(self):
         return [(strategy, strategy_label(strategy), about, [self[n] for n in names])
                 for strategy, about, names in self.param_groups]
+
+    def clean_schema(self) -> dict | None:
+        """The schema as a dict (None: the draft's own, or the default); the service checks it."""
+        text = (self.cleaned_data.get("schema") or "").strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"The schema is not valid JSON: {exc}.") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("The schema must be a JSON object with 'features' and 'label'.")
+        return value
 
     def clean_hidden(self) -> list[int]:
         raw = self.cleaned_data.get("hidden", "")
@@ -301,7 +326,10 @@ class ExperimentForm(forms.Form):
                 for param in strategy_params(strategy)
                 if cleaned.get(param_field_name(strategy, param)) is not None
             }
-        args["schema"] = self.instance.schema if self.instance is not None else DEFAULT_SCHEMA.to_dict()
+        if cleaned.get("schema") is not None:
+            args["schema"] = cleaned["schema"]
+        else:
+            args["schema"] = self.instance.schema if self.instance is not None else DEFAULT_SCHEMA.to_dict()
         return args
 
     def add_service_errors(self, exc: ExperimentInvalid) -> None:

@@ -26,6 +26,7 @@ from fedhealth.ml.secagg.server import check_threshold
 from fedhealth.ml.strategies import STRATEGIES, get_strategy, strategy_params
 
 from ..models import Experiment, Participant
+from .schema_fit import fit_problems
 
 
 @dataclass(frozen=True)
@@ -187,8 +188,8 @@ def _datasets(
             problems.append(f"dataset {pk} is {ds.status}, not ready")
         elif not ds.site.is_active:
             problems.append(f"dataset {pk} belongs to site {ds.site.slug}, which is not active")
-        elif ds.schema != schema:
-            problems.append(f"dataset {pk} has a different schema from the experiment")
+        elif fit := fit_problems(ds, schema):  # columns, and the experiment's hard limits
+            problems.extend(fit)
         elif ds.site.mode == Site.Mode.AGENT and ds.file:
             # A file uploaded while the site was hosted: its agent trains on its own CSV,
             # so the stored file's statistics would not describe what is trained on.

@@ -70,7 +70,7 @@ def test_a_short_report_lists_everything_and_offers_no_download(client, alice):
 def test_the_problems_can_be_read_by_line(client, alice):
     client.force_login(alice)
     text = ("heart_rate,systolic_bp,diastolic_bp,spo2,healthy\n"
-            "abc,300,80,98,1\n70,120,80,98,0\n70,120,80,,1\n")
+            "abc,30,80,98,1\n70,120,80,98,0\n70,120,80,,1\n")
     html = post_upload(client, text).content.decode()
 
     by_line = html[html.index("data-report-by-line"):html.index("</details>", html.index("data-report-by-line"))]

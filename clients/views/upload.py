@@ -32,9 +32,10 @@ KIND_LABELS = {
     v.UNEXPECTED_COLUMN: "Extra column (dropped, not stored)",
     v.NON_NUMERIC: "Not a number",
     v.EMPTY_VALUE: "Empty value",
-    v.OUT_OF_RANGE: "Out of range",
+    v.OUT_OF_RANGE: "Out of range",  # outside the hard limits: impossible, or a unit mistake
+    v.OUTSIDE_EXPECTED: "Outside the expected range (kept)",
     v.INVALID_LABEL: "Invalid label",
-    v.SINGLE_CLASS: "Only one label value",
+    v.SINGLE_CLASS: "Only one label value (kept)",
     v.NO_VALID_ROWS: "No valid rows",
 }
 
@@ -49,14 +50,14 @@ def describe_report(report: dict[str, Any]) -> dict[str, Any] | None:
         return None
     problems = report.get("problems", [])
     shown: dict[str, int] = {}
-    for p in problems:
+    for p in [*problems, *report.get("warnings", [])]:
         shown[p["kind"]] = shown.get(p["kind"], 0) + 1
     return {
         "rows_total": 0, "rows_valid": 0, "rows_dropped": 0,
         **report,
         "counts": [
             {"kind": k, "label": kind_label(k), "count": n, "more": n - shown.get(k, 0),
-             "file_level": k in v.FILE_KINDS}
+             "file_level": k in v.FILE_KINDS, "kept": k in v.WARNING_KINDS}
             for k, n in report.get("counts", {}).items()
         ],
         "problems": [{**p, "label": kind_label(p["kind"])} for p in problems],
@@ -109,6 +110,11 @@ def dataset_upload(request):
             if result.ok:
                 dropped = result.dataset.rows_dropped
                 note = f", {dropped:,} invalid row{pluralize(dropped)} dropped" if dropped else ""
+                flagged = result.report.counts.get(v.OUTSIDE_EXPECTED, 0)
+                if flagged:
+                    note += f", {flagged:,} value{pluralize(flagged)} outside the expected range kept and flagged"
+                if v.SINGLE_CLASS in result.report.counts:
+                    note += "; every row has one label, so AUROC will read n/a for this site"
                 messages.success(request, f"“{result.dataset.name}” is ready: {result.dataset.row_count:,} rows{note}.")
                 return redirect("dataset_detail", pk=result.dataset.pk)
             context["report"] = describe_report(result.report.to_dict())
