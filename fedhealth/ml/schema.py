@@ -112,7 +112,7 @@ class Feature:
 
 _FEATURE_KEYS = frozenset({"name", "unit", "min", "max", "hard_min", "hard_max"})
 _SCHEMA_KEYS = frozenset({"features", "label", "positive"})
-_POSITIVE_KEYS = frozenset({"value", "name"})
+_POSITIVE_KEYS = frozenset({"value", "name", "other"})
 MAX_CLASS_NAME = 64
 
 
@@ -122,15 +122,18 @@ class PositiveClass:
 
     value: int = 1
     name: str = ""
+    other: str = ""  # what to call the other class ("healthy"); empty: "<label> = <value>"
 
     def __post_init__(self) -> None:
         if isinstance(self.value, bool) or self.value not in (0, 1):
             raise SchemaError(f"positive value must be 0 or 1, got {self.value!r}")
-        if not isinstance(self.name, str) or len(self.name) > MAX_CLASS_NAME or "\x00" in self.name:
-            raise SchemaError(f"positive name must be text of at most {MAX_CLASS_NAME} characters")
+        for key in ("name", "other"):
+            text = getattr(self, key)
+            if not isinstance(text, str) or len(text) > MAX_CLASS_NAME or "\x00" in text:
+                raise SchemaError(f"positive {key} must be text of at most {MAX_CLASS_NAME} characters")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "name": self.name}
+        return {"value": self.value, "name": self.name, "other": self.other}
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,8 @@ class Schema:
 
     @property
     def negative_name(self) -> str:
-        """The other class: ``"<label> = <other value>"`` (e.g. ``"healthy = 1"``)."""
-        return f"{self.label} = {1 - self.positive.value}"
+        """The other class: its name, else ``"<label> = <other value>"``."""
+        return self.positive.other or f"{self.label} = {1 - self.positive.value}"
 
     def class_name(self, value: int) -> str:
         """What to call the class with label ``value`` (0 or 1)."""
@@ -266,7 +269,7 @@ def _positive_from(raw: Any) -> PositiveClass:
     unknown = sorted(set(raw) - _POSITIVE_KEYS)
     if unknown:
         raise SchemaError(f"positive: unknown keys: {', '.join(map(str, unknown))}")
-    return PositiveClass(value=raw.get("value", 1), name=raw.get("name", ""))
+    return PositiveClass(value=raw.get("value", 1), name=raw.get("name", ""), other=raw.get("other", ""))
 
 
 # The expected ranges are the seed's (a resting adult); the hard limits are what a monitor
@@ -280,5 +283,5 @@ DEFAULT_SCHEMA = Schema(
         Feature("spo2", unit="%", min=90.0, max=100.0, hard_min=50.0, hard_max=100.0),
     ),
     label="healthy",
-    positive=PositiveClass(value=0, name="unhealthy"),
+    positive=PositiveClass(value=0, name="unhealthy", other="healthy"),
 )

@@ -108,3 +108,40 @@ def test_from_dict_rejects_bad_dicts_with_a_clear_message(d: Any, message: str) 
 def test_schema_error_is_a_value_error() -> None:
     # Assert
     assert issubclass(SchemaError, ValueError)
+
+
+def test_default_schema_names_unhealthy_as_the_positive_class_and_round_trips() -> None:
+    # Execute
+    d = json.loads(json.dumps(DEFAULT_SCHEMA.to_dict()))
+
+    # Assert
+    assert d["positive"] == {"value": 0, "name": "unhealthy", "other": "healthy"}
+    assert d["features"][3] == {"name": "spo2", "unit": "%", "min": 90.0, "max": 100.0,
+                                "hard_min": 50.0, "hard_max": 100.0}
+    assert Schema.from_dict(d) == DEFAULT_SCHEMA
+    assert (DEFAULT_SCHEMA.positive_value, DEFAULT_SCHEMA.positive_name) == (0, "unhealthy")
+    assert DEFAULT_SCHEMA.class_name(1) == "healthy"
+
+
+@pytest.mark.parametrize(
+    "feature, message",
+    [
+        ({"name": "a", "min": 10, "max": 20, "hard_min": 15}, "expected min 10 is outside the hard limit hard_min 15"),
+        ({"name": "a", "min": 10, "max": 20, "hard_max": 19}, "expected max 20 is outside the hard limit hard_max 19"),
+        ({"name": "a", "hard_min": 5, "hard_max": 1}, "hard_min 5 is greater than hard_max 1"),
+        ({"name": "a", "hard_max": float("inf")}, "hard_max must be finite"),
+    ],
+)
+def test_hard_limits_must_hold_the_expected_range(feature: dict, message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        Schema.from_dict({"features": [feature]})
+
+
+@pytest.mark.parametrize(
+    "positive, message",
+    [({"value": 2}, "positive value must be 0 or 1"), ({"value": True}, "positive value must be 0 or 1"),
+     ({"value": 0, "nmae": "x"}, "positive: unknown keys: nmae"), ("0", "positive must be an object")],
+)
+def test_a_bad_positive_class_is_refused(positive: Any, message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        Schema.from_dict({"features": [{"name": "a"}], "positive": positive})
