@@ -74,7 +74,7 @@ class FederatedConfig:
     # One model per site built from the federation (``personalize.PERSONALIZE_MODES``).
     personalize: str | None = None
     ditto_lambda: float = 0.1
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 3e-4  # a tenth of the training lr: measured best of 3e-3, 1e-3, 3e-4
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:

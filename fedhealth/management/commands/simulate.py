@@ -31,11 +31,13 @@ from fedhealth.ml.federation import (
 )
 from fedhealth.ml.metrics import json_safe
 from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.model_file import describe
 from fedhealth.ml.personalize import DEFAULT_PERSONALIZE, PERSONALIZE_MODES
 from fedhealth.ml.privacy import DEFAULT_CLIP_NORM, DEFAULT_EPSILON, PrivacySettings
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
 from fedhealth.ml.strategies import STRATEGIES, get_strategy
 from fedhealth.ml.training import TrainConfig, evaluate
+from fedhealth.ml.weights_io import save_weights
 
 if TYPE_CHECKING:
     from fedhealth.ml.secagg.federated import SecureOptions
@@ -132,6 +134,9 @@ class Command(BaseCommand):
                             metavar="MODE",
                             help=f"also build one model per site: {', '.join(PERSONALIZE_MODES)} "
                                  f"(default {DEFAULT_PERSONALIZE})")
+        parser.add_argument("--save-model", metavar="PATH",
+                            help="write the selected global model as a self-describing safetensors file "
+                                 "(schema, normaliser, configuration, metrics: fedhealth.ml.load_model reads it)")
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads (default 1: this small model trains fastest single-threaded)")
 
@@ -198,6 +203,8 @@ class Command(BaseCommand):
                     f"  {name}: epsilon {figures['epsilon']:.3f}, delta {figures['delta']:.2g}, "
                     f"noise multiplier {figures['noise_multiplier']:.3f}"
                 )
+        if opts["save_model"]:
+            self._save_model(Path(opts["save_model"]), schema, config, run, result)
         if not opts["no_baselines"]:
             result |= self._baselines(sites, config)
         self._print_summary(result)
@@ -384,6 +391,23 @@ class Command(BaseCommand):
             return split_site(name, data.X, data.y, test_fraction=opts["test_fraction"], seed=opts["seed"])
         except ValueError as exc:
             raise CommandError(f"{name}: cannot hold out a stratified test set: {exc}") from None
+
+    def _save_model(self, path: Path, schema: Schema, config: FederatedConfig, run, result) -> None:
+        federated = result["federated"]
+        metadata = describe(
+            schema=schema, normalizer=run.normalizer, model=config.model,
+            experiment={"name": "simulate", "strategy": config.strategy, "seed": config.seed,
+                        "sites": len(federated["per_site"])},
+            round_number=run.selected_round, metrics=federated["mean"],
+            privacy=result.get("privacy"),
+            validation={"fraction": config.validation_fraction, "selected_round": run.selected_round,
+                        "loss": run.history[run.selected_round - 1].validation_loss},
+        )
+        try:
+            save_weights(path, run.weights, metadata)
+        except OSError as exc:
+            raise CommandError(f"--save-model: cannot write {path}: {exc.strerror}") from None
+        self.stdout.write(f"model written to {path}")
 
     # -- baselines and output -------------------------------------------------------
 
