@@ -24,6 +24,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from fedhealth.ml.adam import FusedAdam
 from fedhealth.ml.metrics import compute_metrics
 from fedhealth.ml.model import HealthNet, ModelConfig, build_model, get_weights, set_weights
 from fedhealth.ml.types import Metrics, Weights
@@ -229,10 +230,10 @@ def train_local(
         ]
     else:
         anchors = [p.detach().clone() for p in params] if mu > 0 else []
-    # fused=True: the single-kernel CPU Adam, ~3.5x cheaper per step than the default
-    # per-parameter loop for a model this small (same update rule).
-    optimizer = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
-    group = optimizer.param_groups[0]
+    # torch's fused single-kernel CPU Adam (~3.5x cheaper per step than the default
+    # per-parameter loop for a model this small), called without torch.optim: same
+    # update bit for bit, no torch._dynamo import, no per-step wrapper (fedhealth/ml/adam.py).
+    optimizer = FusedAdam(params, lr=train.lr, weight_decay=train.weight_decay)
 
     batch = min(train.batch_size, n)
     starts = range(0, n, batch)
@@ -245,9 +246,9 @@ def train_local(
         x_epoch, y_epoch = x_all[perm], y_all[perm]
         last_epoch = epoch == train.epochs - 1
         for start in starts:
-            group["lr"] = lrs[step]
+            optimizer.lr = lrs[step]
             step += 1
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss = F.binary_cross_entropy_with_logits(
                 model(x_epoch[start : start + batch]), y_epoch[start : start + batch]
             )

@@ -1,0 +1,66 @@
+"""What `manage.py simulate` imports before it has work to do (start-up, issue 15).
+
+`simulate --help` must answer without scikit-learn, SciPy, pandas, Plotly or DRF: each
+costs start-up time and none is needed to print the options. Checked in a fresh
+interpreter, since the test process itself has imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from fedhealth.management.commands import simulate
+from fedhealth.ml.validation import Policy
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("sklearn", "scipy", "pandas", "plotly", "rest_framework", "drf_spectacular")
+
+PROBE = """
+import io, json, sys, contextlib
+sys.argv = ["manage.py", *ARGS]
+import manage
+out = io.StringIO()
+try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        manage.main()
+except SystemExit as exit:
+    code = exit.code
+else:
+    code = 0
+print(json.dumps({"code": code, "out": out.getvalue(), "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def _imports(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.replace("ARGS", repr(list(args)))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_simulate_help_imports_nothing_heavy():
+    result = _imports("simulate", "--help")
+
+    assert result["code"] == 0
+    assert "--generate" in result["out"] and "drop-invalid-rows" in result["out"]
+    assert not set(HEAVY) & set(result["modules"]), sorted(set(HEAVY) & set(result["modules"]))
+
+
+def test_simulate_bad_option_answers_without_heavy_imports():
+    result = _imports("simulate", "--generate", "2", "--threads", "0")
+
+    assert result["code"] == 1 and "--threads must be at least 1" in result["out"]
+    assert not set(HEAVY) & set(result["modules"]), sorted(set(HEAVY) & set(result["modules"]))
+
+
+def test_policy_choices_are_the_validators():
+    assert tuple(p.value for p in Policy) == simulate.POLICY_CHOICES
+    assert simulate.POLICY_CHOICES[0] == Policy.REJECT.value
