@@ -1,8 +1,9 @@
 """Which global model version of an experiment a person should use by default.
 
-Until a best-by-validation choice exists (issue 10), the recommended version is the
-last one of a finished experiment: every version of a running or paused experiment is
-a mid-run model that a later round may still replace, so none is recommended. The
+The recommended version of a finished experiment is its best version by the sites'
+validation loss (``selection.best_version``) when its sites held out validation
+slices, else its last one. Every version of a running or paused experiment is a
+mid-run model that a later round may still replace, so none is recommended. The
 predict page's picker, the model list's button and the README's example follow this.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..models import Experiment, ModelVersion
+from .selection import best_version
 
 
 def recommended_version(experiment: Experiment, versions: Iterable[ModelVersion]) -> ModelVersion | None:
@@ -19,7 +21,7 @@ def recommended_version(experiment: Experiment, versions: Iterable[ModelVersion]
     if experiment.status not in Experiment.FINISHED:
         return None
     own = [v for v in versions if v.experiment_id == experiment.pk]
-    return max(own, key=lambda v: v.version, default=None)
+    return best_version(own) or max(own, key=lambda v: v.version, default=None)
 
 
 def default_version(versions: Iterable[ModelVersion]) -> ModelVersion | None:
