@@ -79,12 +79,17 @@ def make_experiment(db):
     from aggregation.models import Experiment, Participant
     from fedhealth.ml.schema import DEFAULT_SCHEMA
 
-    def make(datasets, **kwargs):
+    def make(datasets, consent: bool = True, **kwargs):
+        """``consent=False``: the sites are invited but have not accepted (consent tests)."""
+        from aggregation.services.consent import record_acceptance
+
         fields = {"name": "test experiment", "schema": DEFAULT_SCHEMA.to_dict(), "num_rounds": 3,
                   "local_epochs": 1, "min_sites": 1, "seed": 1} | kwargs
         experiment = Experiment.objects.create(**fields)
-        for ds in datasets:
-            Participant.objects.create(experiment=experiment, site=ds.site, dataset=ds)
+        invited = [Participant.objects.create(experiment=experiment, site=ds.site, dataset=ds) for ds in datasets]
+        if consent:  # each site's admin accepts, through the consent service
+            for participant in invited:
+                record_acceptance(participant)
         return experiment
 
     return make

@@ -163,8 +163,10 @@ def queue_evaluations(version_id: int, *, include_training: bool = False, quiet_
     given_up = EvaluationAttempt.objects.filter(
         version=version, status=EvaluationAttempt.Status.FAILED
     ).values_list("site_id", flat=True)
+    # Only sites whose consent stands evaluate: evaluating reads the site's rows too.
     participants = Participant.objects.filter(
-        experiment_id=version.experiment_id, site__mode=Site.Mode.HOSTED, site__is_active=True
+        experiment_id=version.experiment_id, site__mode=Site.Mode.HOSTED, site__is_active=True,
+        consent=Participant.Consent.ACCEPTED, dataset__withdrawn_at__isnull=True,
     ).exclude(site_id__in=done).exclude(site_id__in=given_up)
     if not include_training:
         training = ClientUpdate.objects.filter(

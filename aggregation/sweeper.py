@@ -27,7 +27,7 @@ from . import dispatch, services
 from .budgets import AGGREGATE_ROUND, EVALUATE_SITE, TRAIN_SITE
 from .models import ClientUpdate, EvaluationAttempt, Experiment, ModelVersion, Round, SiteEvaluation
 from .reasons import Reason
-from .services import failures, health
+from .services import consent, failures, health
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,19 @@ def sweep(now: datetime | None = None) -> dict[str, int]:
         ClientUpdate.objects.filter(round__status=Round.Status.OPEN, site__mode=Site.Mode.HOSTED)
         .filter(Q(status=ClientUpdate.Status.PENDING, created_at__lte=stale)
                 | Q(status=ClientUpdate.Status.TRAINING, started_at__lte=stale))
-        .select_related("site")
+        .select_related("site", "round__experiment")
     )
     attended = health.attended({u.site.queue for u in stuck}, at=now)
     resend = []
+    consented: dict[tuple[int, int], bool] = {}
     for update in stuck:
-        if TRAIN_SITE.exhausted(update.attempts):
+        key = (update.round.experiment_id, update.site_id)
+        if key not in consented:
+            consented[key] = consent.has_consent(update.round.experiment, update.site_id)
+        if not consented[key]:  # never re-sent: closed as a dropout, so the round goes on
+            code = consent.refusal_code(update.round.experiment, update.site_id)
+            counts["given_up"] += bool(_each("closing update without consent", services.fail_update, update.pk, code))
+        elif TRAIN_SITE.exhausted(update.attempts):
             counts["given_up"] += bool(_each("giving up update", services.fail_update, update.pk,
                                              Reason.ATTEMPTS_EXHAUSTED))
         elif update.site.queue in attended:

@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from aggregation.api.agent import AgentModelViewSet, AgentRoundViewSet, AssignmentsView
+from aggregation.api.consent import InvitationViewSet
 from aggregation.api.experiments import ExperimentViewSet
 from aggregation.api.records import ModelVersionViewSet, RoundViewSet, UpdateViewSet
 from clients.api.views import AgentDatasetViewSet, DatasetViewSet, SiteViewSet
@@ -23,6 +24,7 @@ router.include_format_suffixes = False
 router.register("sites", SiteViewSet, basename="site")
 router.register("datasets", DatasetViewSet, basename="dataset")
 router.register("experiments", ExperimentViewSet, basename="experiment")
+router.register("invitations", InvitationViewSet, basename="invitation")
 router.register("rounds", RoundViewSet, basename="round")
 router.register("updates", UpdateViewSet, basename="update")
 router.register("models", ModelVersionViewSet, basename="modelversion")

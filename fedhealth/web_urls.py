@@ -4,6 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from aggregation import views as experiments
+from aggregation.views import consent as consent_views
 from audit import views as audit
 from clients import views as sites
 from clients.views import deletion as dataset_deletion
@@ -27,6 +28,11 @@ urlpatterns = [
     path("datasets/<int:pk>/", sites.dataset_detail, name="dataset_detail"),
     path("datasets/<int:pk>/download/", sites.dataset_download, name="dataset_download"),
     path("datasets/<int:pk>/privacy-budget/", sites.dataset_privacy_budget, name="dataset_privacy_budget"),
+    # A site admin's consent decisions and dataset withdrawal (aggregation/views/consent.py).
+    path("site/experiments/<int:pk>/accept/", consent_views.consent_accept, name="consent_accept"),
+    path("site/experiments/<int:pk>/decline/", consent_views.consent_decline, name="consent_decline"),
+    path("site/experiments/<int:pk>/withdraw/", consent_views.consent_withdraw, name="consent_withdraw"),
+    path("datasets/<int:pk>/withdraw/", consent_views.dataset_withdraw, name="dataset_withdraw"),
     path("datasets/<int:pk>/delete/", dataset_deletion.dataset_delete, name="dataset_delete"),
     # A site admin's people and site tokens (clients/views/people.py).
     path("site/people/", people_views.site_people, name="site_people"),

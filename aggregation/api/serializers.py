@@ -45,6 +45,13 @@ class PolicySerializer(serializers.Serializer):
 class ParticipantSerializer(serializers.Serializer):
     site = serializers.CharField(source="site.slug")
     dataset = serializers.IntegerField(source="dataset_id", allow_null=True)
+    consent = serializers.ChoiceField(
+        choices=["invited", "accepted", "declined", "withdrawn", "terms_changed"],
+        help_text="The site's decision; terms_changed: it accepted terms that changed since.",
+    )
+    decided_at = serializers.DateTimeField(allow_null=True)
+    decline_reason = serializers.CharField(allow_blank=True)
+    withdrawn_from_round = serializers.IntegerField(allow_null=True)
 
 
 class ExperimentSerializer(PolicySerializer, serializers.ModelSerializer):

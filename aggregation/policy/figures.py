@@ -95,8 +95,9 @@ def version_figures(
     now = now or timezone.now()
     ids = [v.pk for v in versions]
     expected: dict[int, set[int]] = {}
+    # Sites that accepted are asked to evaluate; one that never accepted never is.
     for exp_id, site_id in Participant.objects.filter(
-        experiment_id__in={v.experiment_id for v in versions}
+        experiment_id__in={v.experiment_id for v in versions}, consent=Participant.Consent.ACCEPTED
     ).values_list("experiment_id", "site_id"):
         expected.setdefault(exp_id, set()).add(site_id)
     given_up: dict[int, dict[int, datetime]] = {}

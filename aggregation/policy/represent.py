@@ -44,22 +44,35 @@ def participant_slugs(experiment: Experiment) -> set[str]:
 
 
 def participants(viewer: Viewer, experiment: Experiment) -> list[dict[str, Any]]:
-    """Every participant for the coordinator; a site sees its own participation only
-    (also in a draft: who else is asked is the coordinator's business)."""
+    """Every participant, with its consent, for the coordinator; a site sees its own
+    participation only (also in a draft: who else is asked, and what they decided, is
+    the coordinator's business)."""
+    from ..services.consent import state, terms_hash
+
     rows = sorted(experiment.participants.all(), key=lambda p: p.site.slug)
+    current = terms_hash(experiment)
     return [
-        {"site": p.site.slug, "dataset": p.dataset_id} for p in rows if viewer.sees_site(p.site_id)
+        {
+            "site": p.site.slug,
+            "dataset": p.dataset_id,
+            "consent": state(p, current),
+            "decided_at": p.decided_at,
+            "decline_reason": p.decline_reason,
+            "withdrawn_from_round": p.withdrawn_from_round,
+        }
+        for p in rows
+        if viewer.sees_site(p.site_id)
     ]
 
 
 def experiment(viewer: Viewer, obj: Experiment) -> dict[str, Any]:
     numbers = [r.number for r in obj.rounds.all()]
     why = ending(viewer, obj.failure_code, obj.failure_reason, obj.status)
-    # A site learns how many sites take part once the experiment runs, never who.
+    # A site learns how many sites take part (accepted) once the experiment runs, never who.
     count = (
         None
         if obj.status == Experiment.Status.DRAFT and not viewer.is_coordinator
-        else obj.participants.count()
+        else obj.participants.filter(consent="accepted").count()
     )
     return {
         "id": obj.pk,

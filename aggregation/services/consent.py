@@ -333,6 +333,7 @@ def decline(participant_id: int, user: Any, reason: str) -> Participant:
         p.save(update_fields=["consent", "decline_reason", "decided_by", "decided_at"])
         audit.record(
             audit.Kind.CONSENT_DECLINE,
+            actor=p.decided_by,
             site=p.site,
             target=f"experiment {experiment.pk}",
             details={"name": experiment.name, "reason": reason},
@@ -372,6 +373,7 @@ def _withdraw(p: Participant, *, by: Any, why: str) -> None:
     )
     audit.record(
         audit.Kind.CONSENT_WITHDRAW,
+        actor=by,
         site=p.site,
         target=f"experiment {experiment.pk}",
         details={"name": experiment.name, "from_round": p.withdrawn_from_round, "cause": why},

@@ -361,10 +361,20 @@ def _secure_aggregation(config: Mapping[str, Any], clean: dict[str, Any], rows: 
 
 
 def _participants(experiment: Experiment, datasets: list[Dataset]) -> None:
-    experiment.participants.all().delete()
-    Participant.objects.bulk_create(
-        Participant(experiment=experiment, site=ds.site, dataset=ds) for ds in datasets
-    )
+    """Invite one site per dataset (the dataset is a proposal: the site's admin chooses
+    on acceptance, aggregation/services/consent.py). A site invited before keeps its row
+    and decision; an acceptance of terms that changed since no longer counts (its hash
+    differs), so the site is asked again."""
+    wanted = {ds.site_id: ds for ds in datasets}
+    experiment.participants.exclude(site_id__in=wanted).delete()
+    existing = {p.site_id: p for p in experiment.participants.all()}
+    for site_id, ds in wanted.items():
+        p = existing.get(site_id)
+        if p is None:
+            Participant.objects.create(experiment=experiment, site=ds.site, dataset=ds)
+        elif p.consent != Participant.Consent.ACCEPTED and p.dataset_id != ds.pk:
+            p.dataset = ds
+            p.save(update_fields=["dataset"])
 
 
 def create_experiment(

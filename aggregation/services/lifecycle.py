@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import services as audit
-from clients.models import Dataset, Site
+from clients.models import Site
 from clients.policy import join_problems
 from fedhealth.ml.model import init_weights
 from fedhealth.ml.stats import Normalizer, SufficientStats, merge_stats
@@ -24,7 +24,7 @@ from .. import dispatch
 from ..models import ClientUpdate, Experiment, Round
 from ..reasons import Reason
 from ..reasons import text as reason_text
-from . import artifacts
+from . import artifacts, consent
 
 
 class TransitionError(Exception):
@@ -36,26 +36,34 @@ def _locked(experiment_id: int) -> Experiment:
 
 
 def check_ready(experiment: Experiment) -> list[str]:
-    """Reasons the experiment cannot start yet (empty when it can)."""
+    """Reasons the experiment cannot start yet (empty when it can).
+
+    Start waits for the quorum: at least ``min_sites`` invited sites must have accepted
+    the current terms with a dataset that is ready. Sites that have not accepted do not
+    block the start; they are simply never trained on (``select_sites``).
+    """
     problems: list[str] = []
     try:
         get_strategy(experiment.strategy, **experiment.strategy_params)
     except ValueError as exc:
         problems.append(str(exc))
-    participants = list(experiment.participants.select_related("site", "dataset"))
-    if len(participants) < experiment.min_sites:
-        problems.append(
-            f"{len(participants)} sites take part but at least {experiment.min_sites} are required"
-        )
-    for p in participants:
+    invited = experiment.participants.count()
+    ready: list = []
+    for p in consent.consenting(experiment):
         if not p.site.is_active:
             problems.append(f"site {p.site.name} is deactivated")
-        elif p.dataset is None or p.dataset.status != Dataset.Status.READY:
-            problems.append(f"site {p.site.name} has no ready dataset for this experiment")
         elif p.dataset.schema != experiment.schema:
             problems.append(f"site {p.site.name}'s dataset has a different schema")
         else:  # the disclosure limits, checked again: a draft may predate them
-            problems.extend(join_problems(p.dataset))
+            found = join_problems(p.dataset)
+            problems.extend(found)
+            if not found:
+                ready.append(p)
+    if len(ready) < experiment.min_sites:
+        problems.append(
+            f"waiting for sites to accept: {len(ready)} of the {invited} invited sites have accepted "
+            f"the current terms with a ready dataset, and at least {experiment.min_sites} are required"
+        )
     return problems
 
 
@@ -68,7 +76,7 @@ def start_experiment(experiment_id: int) -> Experiment:
     if problems:
         raise TransitionError("; ".join(problems))
     # Global normalisation from each site's sufficient statistics: no rows needed.
-    stats = [SufficientStats.from_dict(p.dataset.stats) for p in experiment.participants.select_related("dataset")]
+    stats = [SufficientStats.from_dict(p.dataset.stats) for p in consent.consenting(experiment)]
     normalizer = Normalizer.from_stats(merge_stats(stats))
     weights = init_weights(experiment.model_config, experiment.seed)
     # Written before the transaction (slow I/O stays outside it); the name is fixed, so
@@ -88,7 +96,7 @@ def start_experiment(experiment_id: int) -> Experiment:
         artifacts.write_log_event(experiment, {
             "event": "started", "round": 0, "at": timezone.now().isoformat(),
             "config": experiment.federated_config().to_dict(),
-            "sites": sorted(experiment.participants.values_list("site__slug", flat=True)),
+            "sites": sorted(p.site.slug for p in consent.consenting(experiment)),
         })
         open_round(experiment, 1)
         audit.record(audit.Kind.EXPERIMENT_START, target=f"experiment {experiment.pk}", details={"name": experiment.name})
@@ -96,10 +104,9 @@ def start_experiment(experiment_id: int) -> Experiment:
 
 
 def select_sites(experiment: Experiment, round_number: int) -> list[Site]:
-    """The sites asked to train this round: a seeded sample of the active participants."""
-    sites = list(
-        Site.objects.filter(participations__experiment=experiment, is_active=True).order_by("slug")
-    )
+    """The sites asked to train this round: a seeded sample of the active participants
+    whose admins accepted the current terms and have not withdrawn (consent.consenting)."""
+    sites = [p.site for p in consent.consenting(experiment) if p.site.is_active]
     k = min(len(sites), max(experiment.min_sites, math.ceil(experiment.fraction_fit * len(sites))))
     if k >= len(sites):
         return sites

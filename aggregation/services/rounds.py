@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from fedhealth.files import write_bytes
@@ -36,7 +36,7 @@ from .. import dispatch
 from ..models import ClientUpdate, Experiment, ModelVersion, Participant, Round
 from ..reasons import Reason, clean_note
 from ..reasons import text as reason_text
-from . import artifacts, health
+from . import artifacts, consent, health
 from .lifecycle import advance
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,30 @@ class Submission:
 
 def claim_update(update_id: int) -> bool:
     """Mark a pending (or interrupted) update as training. False when there is nothing
-    left to do: the update was already reported, or its round has closed."""
+    left to do: the update was already reported, its round has closed, or its site has
+    no valid consent (never accepted these terms, withdrew, or withdrew its dataset):
+    then the update is closed as a dropout with that reason, so no round waits for it.
+
+    Every path that starts site work comes through here: the hosted task (first
+    delivery, retry, redelivery, the sweeper's re-send) and the agent's claim.
+    """
+    update = ClientUpdate.objects.select_related("round__experiment").filter(pk=update_id).first()
+    if update is None:
+        return False
+    if not consent.has_consent(update.round.experiment, update.site_id):
+        fail_update(update_id, consent.refusal_code(update.round.experiment, update.site_id))
+        return False
+    # The consent is checked again in the same UPDATE: a withdrawal committed since the
+    # check above leaves nothing to claim.
     return bool(
         ClientUpdate.objects.filter(
-            pk=update_id, status__in=OPEN_UPDATE, round__status=Round.Status.OPEN
-        ).update(status=ClientUpdate.Status.TRAINING, started_at=timezone.now(), attempts=F("attempts") + 1)
+            pk=update_id, status__in=OPEN_UPDATE, round__status=Round.Status.OPEN,
+        )
+        .filter(Exists(Participant.objects.filter(
+            experiment_id=OuterRef("round__experiment_id"), site_id=OuterRef("site_id"),
+            consent=Participant.Consent.ACCEPTED, dataset__withdrawn_at__isnull=True,
+        )))
+        .update(status=ClientUpdate.Status.TRAINING, started_at=timezone.now(), attempts=F("attempts") + 1)
     )
 
 

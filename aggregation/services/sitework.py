@@ -32,7 +32,7 @@ from fedhealth.ml.types import Metrics
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Participant, SiteEvaluation
 from ..reasons import Reason
-from . import artifacts, privacy
+from . import artifacts, consent, failures, privacy
 from .rounds import claim_update, fail_update, submit_update
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ _SPLIT_CACHE_SIZE = 8
 
 def train_hosted_update(update_id: int) -> str:
     """Train one site's update for a round and submit it. Returns what happened."""
-    if not claim_update(update_id):
-        return "skipped: already reported or round closed"
+    if not claim_update(update_id):  # checks the site's consent first
+        return "skipped: already reported, round closed, or no consent"
     update = ClientUpdate.objects.select_related("round__experiment", "site").get(pk=update_id)
     experiment = update.round.experiment
     try:
@@ -153,6 +153,9 @@ def evaluate_hosted(version_id: int, site_id: int) -> str:
     site = Site.objects.get(pk=site_id)
     if SiteEvaluation.objects.filter(version=version, site=site).exists():
         return "skipped: already evaluated"
+    if not consent.has_consent(version.experiment, site.pk):  # withdrawn: its rows are not used
+        failures.fail_evaluation(version.pk, site.pk, consent.refusal_code(version.experiment, site.pk))
+        return "skipped: no consent"
     # A SiteDataError propagates: the evaluate_site task records it as given up.
     split = site_split(version.experiment, site)
     weights = artifacts.load_weights(version.weights_file, version.sha256)
@@ -189,7 +192,7 @@ def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: d
             "sites_reported": len(evaluations),
         }
         version.save(update_fields=["metrics"])
-        expected = version.experiment.participants.count()
+        expected = version.experiment.participants.filter(consent=Participant.Consent.ACCEPTED).count()
         if len(evaluations) == expected:
             artifacts.write_log_event(version.experiment, {
                 "event": "evaluated", "round": version.version, "version": version.version,

@@ -3,6 +3,7 @@ and every server-side check on an uploaded update."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -60,8 +61,14 @@ def upload(agent, round_id: int, data: bytes, *, sha: str | None = "auto", heade
 
 
 def test_assignments_list_the_sites_pending_training(agent, mixed):
+    from aggregation.services import consent
+
     body = agent.get(f"{API}/assignments/").json()
 
+    # The terms travel with the work, for the agent's own policy (fedhealth/agent/policy.py).
+    terms = body["training"][0].pop("terms")
+    assert terms == json.loads(json.dumps(consent.terms(mixed["experiment"])))
+    assert body["training"][0].pop("terms_sha256") == consent.terms_hash(mixed["experiment"])
     assert body["training"] == [
         {
             "round": mixed["round"].pk,

@@ -47,7 +47,9 @@ def test_detail(personas, study, site_a):
     body = personas["alice"].get(f"{URL}{study['done'].pk}/").json()
 
     assert body["status"] == "completed" and body["current_round"] == 2
-    assert body["participants"] == [{"site": site_a.slug, "dataset": study["ds_a"].pk}]
+    assert [{k: p[k] for k in ("site", "dataset", "consent")} for p in body["participants"]] == [
+        {"site": site_a.slug, "dataset": study["ds_a"].pk, "consent": "accepted"}
+    ]
     assert set(body["normalizer"]) == {"mean", "std"}
 
 
@@ -162,7 +164,7 @@ def test_start_refuses_an_experiment_that_is_not_ready(personas, study):
 
     response = personas["charlie"].post(f"{URL}{study['draft'].pk}/start/")
 
-    assert response.status_code == 409 and "no ready dataset" in response.json()["detail"]
+    assert response.status_code == 409 and "waiting for sites to accept" in response.json()["detail"]
 
 
 def test_metrics_history(personas, study, site_a):

@@ -11,6 +11,7 @@ from aggregation.models import Experiment
 from aggregation.services.creation import ExperimentInvalid, create_experiment
 from aggregation.services.sitework import site_plan
 from clients.tests import conftest as web
+from tests.consent_support import accept_invitations
 
 from .test_creation_doors import doors  # noqa: F401  (the three doors fixture)
 
@@ -75,6 +76,7 @@ def test_the_plan_sent_to_sites_carries_the_request(world):
     experiment = create_experiment(
         name="dp", datasets=[world.ds_a], dp_mode="record", dp_epsilon=2.5, dp_clip_norm=0.7, num_rounds=4
     )
+    accept_invitations(experiment.pk)
     services.start_experiment(experiment.pk)
     plan = site_plan(Experiment.objects.get(pk=experiment.pk), world.ds_a.site, 1)
     assert plan.privacy is not None

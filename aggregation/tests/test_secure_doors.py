@@ -12,6 +12,7 @@ from aggregation.reasons import Reason
 from aggregation.services.creation import create_experiment
 from clients.tests import conftest as web
 from clients.tests.api_support import error_fields
+from tests.consent_support import accept_invitations
 
 from .test_creation_doors import API, doors  # noqa: F401  (the three doors fixture)
 from .test_secure_round import drive_secure  # noqa: F401  (the in-process secure loop)
@@ -58,6 +59,7 @@ def test_the_form_explains_the_option(client, world):
 def test_each_sites_phase_to_the_coordinator_and_its_own_to_a_site(world, client, client_for, drive_secure):  # noqa: F811
     experiment = create_experiment(name="secure", datasets=[world.ds_a, world.ds_b], num_rounds=1,
                                    secure_aggregation=True, min_sites=2)
+    accept_invitations(experiment.pk)
     services.start_experiment(experiment.pk)
     drive_secure(experiment.pk, silent={world.site_b.slug: "masked"})
     round_ = Round.objects.get(experiment=experiment, number=1)

@@ -14,6 +14,7 @@ from .. import dispatch, policy, services
 from ..forms import FEW_SITES, FEW_SITES_NOTICE, ExperimentForm, strategy_label
 from ..models import Experiment
 from ..permissions import visible_experiments
+from ..services.consent import STATE_TEXT
 from .live import live_context
 from .progress import experiment_progress
 
@@ -42,6 +43,11 @@ def experiment_detail(request, pk: int):
         p for p in experiment.participants.select_related("site", "dataset").order_by("site__name")
         if viewer.sees_site(p.site_id)
     ]
+    # Each row's consent as the policy shows it to this viewer (a site: its own only).
+    shown = {row["site"]: row for row in policy.participants(viewer, experiment)}
+    for p in participants:
+        p.consent_shown = shown.get(p.site.slug)
+        p.consent_text = STATE_TEXT.get(p.consent_shown["consent"], "") if p.consent_shown else ""
     context = {
         "experiment": experiment,
         "participants": participants,

@@ -22,6 +22,7 @@ from audit.models import AuditEvent, AuditHead
 from audit.services import Kind, record, verify
 from clients.models import ApiToken, Membership
 from clients.tests import conftest as web
+from tests.consent_support import accept_invitations
 
 pytestmark = pytest.mark.django_db
 pytest_plugins = ["clients.tests.api_fixtures"]
@@ -63,6 +64,7 @@ def test_the_product_doors_record_their_events(client, world, client_for, remote
     client.get(reverse("model_download", args=[world.version.pk]))
     experiment = create_experiment(name="audited", datasets=[world.ds_a, world.ds_b], min_sites=2,
                                    created_by=world.charlie)
+    accept_invitations(experiment.pk)
     start_experiment(experiment.pk)
     pause_experiment(experiment.pk)
     resume_experiment(experiment.pk)
@@ -76,7 +78,9 @@ def test_the_product_doors_record_their_events(client, world, client_for, remote
     remote_dataset(make_site("remote-site", mode="agent"))
 
     assert kinds() == [
-        K.SIGN_IN, K.DATASET_DOWNLOAD, K.MODEL_DOWNLOAD, K.EXPERIMENT_CREATE, K.EXPERIMENT_START, K.EXPERIMENT_PAUSE,
+        K.SIGN_IN, K.DATASET_DOWNLOAD, K.MODEL_DOWNLOAD, K.EXPERIMENT_CREATE,
+        K.CONSENT_ACCEPT, K.CONSENT_ACCEPT,  # each site's acceptance
+        K.EXPERIMENT_START, K.EXPERIMENT_PAUSE,
         K.EXPERIMENT_RESUME, K.EXPERIMENT_CANCEL,
         K.TOKEN_CREATE,  # client_for's token
         K.PREDICTION, K.TOKEN_CREATE, K.TOKEN_REVOKE, K.AGENT_REGISTER,

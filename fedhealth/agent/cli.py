@@ -18,6 +18,7 @@ from .client import ApiClient
 from .data import LocalData, LocalDataError
 from .ledger import AgentLedger
 from .loop import SiteAgent
+from .policy import LocalPolicy, PolicyError
 
 TOKEN_ENV = "FEDHEALTH_AGENT_TOKEN"
 
@@ -70,6 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="lifetime epsilon this site allows on these rows; a round past it is refused "
         "whatever the server asks (default: no limit, every spend still recorded)",
     )
+    parser.add_argument(
+        "--consent-policy",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the site's own policy over experiments (JSON or TOML), e.g. "
+        '{"require_secure_aggregation": true, "max_rounds": 50, "min_sites": 3}; an experiment '
+        "that breaks it is refused before any claim, whatever the server says",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -107,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
     if args.privacy_budget is not None and not args.privacy_budget >= 0:
         log.error("--privacy-budget must be >= 0, got %s", args.privacy_budget)
         return 2
+    try:
+        policy = LocalPolicy.load(args.consent_policy) if args.consent_policy else None
+    except PolicyError as exc:
+        log.error("cannot use the consent policy: %s", exc)
+        return 2
+    if policy is not None:
+        log.info("consent policy %s: %s", args.consent_policy, policy)
     state_dir = args.state_dir or args.data.parent / ".fedhealth-agent"
     ledger = AgentLedger(state_dir, budget=args.privacy_budget)
     client = ApiClient(args.server, token, timeout=args.timeout, retries=args.retries)
@@ -116,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name or args.data.name,
         poll_interval=args.poll_interval,
         ledger=ledger,
+        policy=policy,
         state_dir=state_dir,
     )
     stop = threading.Event()
