@@ -333,3 +333,41 @@ def test_a_token_needs_a_name(admin_a):
     response = signed_in(admin_a).post(reverse("site_token_create"), {"name": ""})
     assert response.status_code == 400 and b"This field is required" in response.content
     assert not ApiToken.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_tabs_racing_on_one_link_make_one_account(make_site, make_user):
+    """Threads (each its own database connection) accept the same link at once: the
+    conditional UPDATE lets exactly one through, and the others make nothing."""
+    import threading
+
+    from django.db import connection
+
+    site = make_site("race")
+    admin = make_user("race-admin", site, Membership.Role.SITE_ADMIN)
+    _, key = people.invite(site, "member", by=admin)
+    start, outcomes = threading.Barrier(4), []
+
+    def take(n: int) -> None:
+        try:
+            start.wait()
+            people.accept(key, username=f"racer{n}", password=PASSWORD)
+            outcomes.append("joined")
+        except people.PeopleChangeRefused as exc:
+            outcomes.append(exc.message)
+        except BaseException as exc:  # reported below, not lost in the thread
+            outcomes.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert outcomes.count("joined") == 1 and len(outcomes) == 4, outcomes
+    assert all(o == "joined" or "already been used" in o for o in outcomes), outcomes
+    assert Membership.objects.filter(site=site, user__username__startswith="racer").count() == 1
+    assert AuditEvent.objects.filter(kind="invitation_accept").count() == 1
+    assert verify().ok
