@@ -9,6 +9,7 @@ with the same bytes is acknowledged, and a second evaluation is ignored.
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
@@ -29,13 +30,8 @@ from aggregation.models import (
 )
 from aggregation.permissions import visible_rounds, visible_versions
 from aggregation.reasons import Reason
-from aggregation.services import (
-    UpdateRefused,
-    consent,
-    fail_update,
-    record_evaluation,
-    submit_update,
-)
+from aggregation.services import UpdateRefused, fail_update, record_evaluation, submit_update
+from aggregation.services import privacy as privacy_ledger
 from aggregation.services.artifacts import global_weights_for
 from aggregation.services.rounds import OPEN_UPDATE, claim_update
 from aggregation.services.sitework import site_plan
@@ -112,22 +108,9 @@ class AssignmentsView(APIView):
             .select_related("secure_round__round")
             .order_by("secure_round__round_id")
         ]
-        # The terms travel with the work, so the agent's own policy can refuse them
-        # before it claims anything (fedhealth/agent/policy.py).
-        terms = {
-            e.pk: consent.terms(e)
-            for e in Experiment.objects.filter(pk__in={item["experiment"] for item in training})
-            .select_related("created_by")
-        }
-        for item in training:
-            item["terms"] = terms[item["experiment"]]
-            item["terms_sha256"] = consent.hash_terms(item["terms"])
-        # Only experiments this site accepted (and did not withdraw from) are evaluated.
         versions = list(
             ModelVersion.objects.filter(
-                experiment__participants__site=site,
-                experiment__participants__consent=Participant.Consent.ACCEPTED,
-                experiment__status__in=EVALUATED,
+                experiment__participants__site=site, experiment__status__in=EVALUATED
             )
             .exclude(evaluations__site=site)
             .select_related("experiment")
@@ -191,14 +174,9 @@ class AgentRoundViewSet(SecureStepsMixin, AgentBase):
         """Start (or, after a restart, resume) training this round: returns the
         configuration to train exactly as a hosted worker would."""
         round_, update = self.selected()
-        if not claim_update(update.pk):  # checks the site's consent first
+        if not claim_update(update.pk):
             update.refresh_from_db()
             round_.refresh_from_db()
-            if update.error_code in (Reason.WITHDRAWN, Reason.NO_CONSENT):
-                raise Conflict(
-                    f"site {self.site.slug} has no valid consent for experiment "
-                    f"{round_.experiment_id}: {Reason(update.error_code).label}"
-                )
             if update.status == ClientUpdate.Status.RECEIVED:
                 raise Conflict(f"this site's update for round {round_.number} was already received")
             if round_.status != Round.Status.OPEN:
@@ -292,15 +270,21 @@ class AgentRoundViewSet(SecureStepsMixin, AgentBase):
         except WeightsFormatError as exc:
             raise field_error("weights", str(exc)) from None
         num_samples = form.validated_data["num_samples"]
+        reported = _reported_spend(round_, form.validated_data.get("privacy"))
         try:
-            submission = submit_update(
-                update.pk,
-                weights,
-                num_samples=num_samples,
-                loss=form.validated_data.get("loss"),
-                metrics=form.validated_data.get("metrics", {}),
-                source="agent",
-            )
+            # The update and the agent's report of its spend are recorded together: a
+            # received update of a private experiment never lacks its ledger entry.
+            with transaction.atomic():
+                submission = submit_update(
+                    update.pk,
+                    weights,
+                    num_samples=num_samples,
+                    loss=form.validated_data.get("loss"),
+                    metrics=form.validated_data.get("metrics", {}),
+                    source="agent",
+                )
+                if reported is not None and not submission.replayed:
+                    privacy_ledger.record_reported_spend(update.pk, reported)
         except UpdateRefused as exc:
             # The service is the one judge of an update (sample count, shapes, finite,
             # plausible); the sender's bad data is a 400, the round's state a 409.
@@ -338,6 +322,24 @@ class AgentRoundViewSet(SecureStepsMixin, AgentBase):
                 context=self.get_serializer_context(),
             ).data
         )
+
+
+def _reported_spend(round_: Round, raw):
+    """The agent's report of its round's spend: required with DP, refused without."""
+    if round_.experiment.privacy_settings is None:
+        if raw is not None:
+            raise field_error("privacy", "this experiment does not train with differential privacy")
+        return None
+    if raw is None:
+        raise field_error(
+            "privacy",
+            "this experiment trains with record-level DP: send the round's spend from the "
+            "agent's accountant with the update",
+        )
+    try:
+        return privacy_ledger.parse_reported_spend(raw, round_number=round_.number)
+    except ValueError as exc:
+        raise field_error("privacy", str(exc)) from None
 
 
 class AgentModelViewSet(AgentBase):

@@ -47,11 +47,6 @@ class TrainingItemSerializer(serializers.Serializer):
     experiment = serializers.IntegerField()
     number = serializers.IntegerField()
     update = serializers.IntegerField()
-    terms = serializers.DictField(
-        help_text="The experiment's terms, as the site's admin accepted them: the agent's own "
-        "policy (--consent-policy) checks them before it claims."
-    )
-    terms_sha256 = serializers.CharField()
     status = serializers.CharField()
     deadline = serializers.DateTimeField()
     secure = serializers.BooleanField(
@@ -155,6 +150,29 @@ class MetricsJSONField(serializers.JSONField):
         return metrics_from(data)
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "description": "JSON object: the round's privacy spend from the agent's accountant "
+        "(round, noise_multiplier, sample_rate, steps, delta, clip_norm, epsilon, epsilon_total)",
+    }
+)
+class PrivacyReportField(serializers.JSONField):
+    """The agent's report of its round's spend, as JSON text inside a multipart form."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            try:
+                data = parsers.loads(data)
+            except parsers.JSONTooDeep as exc:
+                raise serializers.ValidationError(str(exc)) from None
+            except ValueError:
+                raise serializers.ValidationError("must be a JSON object") from None
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("must be a JSON object of the round's spend")
+        return data
+
+
 class UpdateUploadSerializer(serializers.Serializer):
     """A trained update, as multipart: safetensors weights and what produced them."""
 
@@ -171,6 +189,12 @@ class UpdateUploadSerializer(serializers.Serializer):
     metrics = MetricsJSONField(
         required=False, help_text="Local model on the site's test split (JSON object)."
     )
+    privacy = PrivacyReportField(
+        required=False,
+        help_text="Required in a differentially private experiment, refused otherwise: what "
+        "the agent's own accountant says this round spent. Recorded and checked against the "
+        "experiment's settings and the registered rows (a mismatch is flagged, not corrected).",
+    )
 
     def validate_weights(self, value):
         if value.size > settings.FEDHEALTH_MAX_UPDATE_BYTES:
@@ -183,7 +207,7 @@ class UpdateUploadSerializer(serializers.Serializer):
 class FailureSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
     code = serializers.ChoiceField(
-        choices=["site_reported", "privacy_budget", "privacy_settings", "site_policy"],
+        choices=["site_reported", "privacy_budget", "privacy_settings"],
         default="site_reported",
         help_text="Why, in the product's words: privacy_budget when the site's own budget "
         "refuses the round.",

@@ -1,7 +1,9 @@
 """Each site's privacy ledger: what every round of every experiment spent on a dataset.
 
-A hosted site's worker writes here (its agent-site equivalent is the agent's own ledger
-file on the hospital's machine, reported to the server for display). The ledger is the
+A hosted site's worker writes here before it trains. An agent keeps its own ledger file
+on the hospital's machine and enforces its own budget there; it reports each round's
+spend with its update, and the server records that report here (``source=agent``),
+checked against the experiment's settings (``consistency``). The ledger is the
 site's: it is composed over *all* experiments on the dataset and checked against the
 dataset's lifetime budget before each round, whatever the experiment asks.
 """
@@ -18,9 +20,13 @@ from fedhealth.ml.privacy import RoundSpend
 class PrivacyBudget(models.Model):
     """A dataset's lifetime epsilon budget, set by its site's admin (none: no limit)."""
 
-    dataset = models.OneToOneField("clients.Dataset", on_delete=models.CASCADE, related_name="privacy_budget")
+    dataset = models.OneToOneField(
+        "clients.Dataset", on_delete=models.CASCADE, related_name="privacy_budget"
+    )
     epsilon = models.FloatField(validators=[MinValueValidator(0.0)])
-    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -36,17 +42,44 @@ class PrivacyLedgerEntry(models.Model):
         HOSTED = "hosted", "Hosted worker"
         AGENT = "agent", "Site agent"
 
-    dataset = models.ForeignKey("clients.Dataset", on_delete=models.PROTECT, related_name="privacy_ledger")
-    experiment = models.ForeignKey("aggregation.Experiment", on_delete=models.CASCADE, related_name="privacy_ledger")
+    class Check(models.TextChoices):
+        # A hosted worker's entry is the server's own computation: nothing to check.
+        OWN = "own", "Computed by the site's hosted worker"
+        CONSISTENT = "consistent", "Reported by the agent; follows from the experiment's settings"
+        MISMATCH = (
+            "mismatch",
+            "Reported by the agent; does not follow from the experiment's settings",
+        )
+
+    dataset = models.ForeignKey(
+        "clients.Dataset", on_delete=models.PROTECT, related_name="privacy_ledger"
+    )
+    experiment = models.ForeignKey(
+        "aggregation.Experiment", on_delete=models.CASCADE, related_name="privacy_ledger"
+    )
     round_number = models.PositiveIntegerField()
     epsilon = models.FloatField(help_text="This round alone, at delta.")
-    epsilon_total = models.FloatField(help_text="The experiment's spend at this site after this round.")
+    epsilon_total = models.FloatField(
+        help_text="The experiment's spend at this site after this round."
+    )
     delta = models.FloatField()
     noise_multiplier = models.FloatField()
     sample_rate = models.FloatField()
     steps = models.PositiveIntegerField()
     clip_norm = models.FloatField()
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.HOSTED)
+    # An agent's entry is what the agent reported with its update (it enforces its own
+    # budget on its own machine); the server checks it against the experiment's settings
+    # and the registered row count and flags, never corrects, a mismatch.
+    consistency = models.CharField(max_length=12, choices=Check.choices, default=Check.OWN)
+    consistency_detail = models.CharField(max_length=500, blank=True)
+    update = models.OneToOneField(
+        "aggregation.ClientUpdate",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="reported_spend",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -58,7 +91,12 @@ class PrivacyLedgerEntry(models.Model):
 
     def spend(self) -> RoundSpend:
         return RoundSpend(
-            round=self.round_number, noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
-            steps=self.steps, delta=self.delta, clip_norm=self.clip_norm, epsilon=self.epsilon,
+            round=self.round_number,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=self.steps,
+            delta=self.delta,
+            clip_norm=self.clip_norm,
+            epsilon=self.epsilon,
             epsilon_total=self.epsilon_total,
         )

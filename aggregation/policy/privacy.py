@@ -39,6 +39,9 @@ def privacy_rounds(viewer: Viewer, experiment: Experiment) -> list[dict[str, Any
             "delta": e.delta,
             "noise_multiplier": e.noise_multiplier,
             "clip_norm": e.clip_norm,
+            "reported_by": e.source,
+            "consistency": e.consistency,
+            "consistency_detail": e.consistency_detail,
         }
     return [rows[k] for k in sorted(rows)]
 
@@ -65,7 +68,9 @@ def version_privacy(
     that site recorded in this experiment for rounds 1..N (retries included: each
     attempt released fresh noise), at the largest delta among them. A site sees its own
     ``(epsilon, delta)``; the coordinator the worst case over the sites (largest epsilon,
-    largest delta) and how many sites it covers, never which site reached it. A site that
+    largest delta) and how many sites it covers, never which site reached it. An agent
+    site's figures are what its agent reported (``mismatched_sites`` / ``consistent``:
+    a report that does not follow from the settings). A site that
     sent an update in rounds 1..N without a recorded spend is counted in ``unaccounted``
     (the coordinator) or flagged ``accounted: False`` (its own view): no figure covers it.
     """
@@ -101,9 +106,12 @@ def version_privacy(
 
 def _guarantee_at(viewer: Viewer, clip_norm: float, number: int, entries, sent) -> dict[str, Any]:
     per_site: dict[int, list] = defaultdict(list)
+    mismatched = set()
     for e in entries:
         if e.round_number <= number:
             per_site[e.dataset.site_id].append(e.spend())
+            if e.consistency == PrivacyLedgerEntry.Check.MISMATCH:
+                mismatched.add(e.dataset.site_id)
     figures = {
         site: (composed_epsilon(spends), max(s.delta for s in spends))
         for site, spends in per_site.items()
@@ -118,6 +126,7 @@ def _guarantee_at(viewer: Viewer, clip_norm: float, number: int, entries, sent) 
             "delta": max((f[1] for f in figures.values()), default=None),
             "sites": len(figures),
             "unaccounted_sites": len(unaccounted),
+            "mismatched_sites": len(mismatched),
         }
     own = figures.get(viewer.site_id)
     return {
@@ -126,6 +135,7 @@ def _guarantee_at(viewer: Viewer, clip_norm: float, number: int, entries, sent) 
         "epsilon": own[0] if own else None,
         "delta": own[1] if own else None,
         "accounted": viewer.site_id not in unaccounted,
+        "consistent": viewer.site_id not in mismatched,
     }
 
 
@@ -140,6 +150,10 @@ def guarantee_text(shown: dict[str, Any] | None) -> str:
         text = f"{figure} at your site, rounds 1-{shown['round']} composed."
         if not shown["accounted"]:
             text += " Your site sent an update without a recorded spend: no figure covers it."
+        if not shown.get("consistent", True):
+            text += (
+                " Your agent reported a spend that does not follow from the experiment's settings."
+            )
         return text
     text = (
         f"{figure} at each site: the worst case over {shown['sites']} "
@@ -149,6 +163,12 @@ def guarantee_text(shown: dict[str, Any] | None) -> str:
         n = shown["unaccounted_sites"]
         text += (
             f" {n} site{'s' if n != 1 else ''} sent updates without a recorded spend: not covered."
+        )
+    if shown.get("mismatched_sites"):
+        n = shown["mismatched_sites"]
+        text += (
+            f" {n} agent site{'s' if n != 1 else ''} reported a spend that does not follow from "
+            "the experiment's settings (as reported, not corrected)."
         )
     return text
 

@@ -1,6 +1,7 @@
 """An agent derives its own privacy spend, records it in its own ledger before training,
-and refuses a round past its own budget through the failure endpoint, whatever the server
-asks; a restarted agent reads its spend back from its state folder."""
+reports it with its update, and refuses a round past its own budget through the failure
+endpoint, whatever the server asks; a restarted agent reads its spend back from its state
+folder."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import json
 
 import pytest
 
-from aggregation.models import ClientUpdate, Experiment
+from aggregation.models import ClientUpdate, Experiment, Participant, PrivacyLedgerEntry
 from aggregation.reasons import Reason
+from aggregation.services.consent import record_acceptance
 from fedhealth.agent.client import ApiClient
 from fedhealth.agent.data import LocalData
 from fedhealth.agent.ledger import LEDGER_FILE, AgentLedger, fingerprint
@@ -41,6 +43,8 @@ def start_private(api, dataset_ids, **dp) -> int:
     pk = created.json()["id"]
     # The experiment's DP request (set on the model: what the creation doors send).
     Experiment.objects.filter(pk=pk).update(dp_mode="record", **dp)
+    for participant in Participant.objects.filter(experiment_id=pk):
+        record_acceptance(participant)  # each site accepts the terms, DP request included
     assert api.post(f"/api/v1/experiments/{pk}/start/").status_code == 200
     return pk
 
@@ -62,6 +66,12 @@ def test_an_agent_at_its_budget_refuses_and_a_restart_keeps_its_spend(
     recorded = agent.ledger.spends(rows)
     assert [s.round for s in recorded] == [1]
     assert 0 < recorded[0].epsilon_total <= 6.0
+    # It reported that spend with its update; the server recorded it, checked against the
+    # settings and the registered rows.
+    reported = PrivacyLedgerEntry.objects.get(experiment_id=experiment_id)
+    assert reported.source == "agent" and reported.update_id == first.pk
+    assert reported.consistency == "consistent", reported.consistency_detail
+    assert reported.spend() == recorded[0]
 
     # A restart: a new agent process with the same state folder, same budget.
     restarted = make_agent(live_server.url, token, path, state, budget=6.0)
@@ -77,6 +87,7 @@ def test_an_agent_at_its_budget_refuses_and_a_restart_keeps_its_spend(
     assert not second.weights_file
     lines = (state / LEDGER_FILE).read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["experiment"] == experiment_id
+    assert PrivacyLedgerEntry.objects.filter(experiment_id=experiment_id).count() == 1
 
 
 def test_an_agent_without_a_ledger_does_not_train_a_private_round(
