@@ -15,6 +15,7 @@ from fedhealth.ml.model import init_weights
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.training import train_local
 from fedhealth.ml.weights_io import sha256_hex, weights_to_bytes
+from tests.consent_support import accept_invitations
 
 pytest_plugins = ["clients.tests.api_fixtures"]
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,6 +39,7 @@ def start(charlie, dataset_ids, **extra) -> int:
     } | extra
     created = charlie.post("/api/v1/experiments/", body)
     assert created.status_code == 201, created.json()
+    accept_invitations(created.json()["id"])  # each site's admin accepts, on the web
     assert charlie.post(f"/api/v1/experiments/{created.json()['id']}/start/").status_code == 200
     return created.json()["id"]
 

@@ -9,6 +9,7 @@ import requests
 
 from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round
 from clients.models import ApiToken, Dataset
+from tests.consent_support import accept_invitations
 from tests.support import wait_until
 
 pytest_plugins = ["clients.tests.api_fixtures"]
@@ -49,6 +50,7 @@ def test_a_killed_agent_resumes_and_its_update_counts_once(
             "min_sites": 2,
         },
     ).json()
+    accept_invitations(created["id"])  # each site's admin accepts, on the web
     assert session.post(f"{stack.url}/api/v1/experiments/{created['id']}/start/").status_code == 200
     update = ClientUpdate.objects.get(
         round__experiment_id=created["id"], round__number=1, site=big_site

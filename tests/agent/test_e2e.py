@@ -14,6 +14,7 @@ import requests
 from aggregation.models import ClientUpdate, Experiment, ModelVersion, Round
 from aggregation.services import artifacts
 from clients.models import ApiToken, Dataset
+from tests.consent_support import accept_invitations
 from tests.support import wait_until
 
 pytest_plugins = ["clients.tests.api_fixtures"]
@@ -108,6 +109,7 @@ def test_two_agents_and_a_hosted_site_complete_three_rounds_without_sending_a_ro
     )
     assert created.status_code == 201, created.text
     experiment_id = created.json()["id"]
+    accept_invitations(experiment_id)  # each site's admin accepts, on the web
     assert (
         coordinator.post(f"{coordinator.base}/experiments/{experiment_id}/start/").status_code
         == 200
