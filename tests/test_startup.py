@@ -64,3 +64,29 @@ def test_simulate_bad_option_answers_without_heavy_imports():
 def test_policy_choices_are_the_validators():
     assert tuple(p.value for p in Policy) == simulate.POLICY_CHOICES
     assert simulate.POLICY_CHOICES[0] == Policy.REJECT.value
+
+
+TRAIN_PROBE = """
+import json, sys
+import numpy as np
+from fedhealth.ml.model import ModelConfig, init_weights
+from fedhealth.ml.training import TrainConfig, evaluate, train_local
+cfg = ModelConfig(n_features=4)
+X = np.random.default_rng(0).normal(size=(200, 4)).astype("float32")
+y = (X[:, 0] > 0).astype("float32")
+result = train_local(cfg, init_weights(cfg, 0), X, y, TrainConfig(epochs=1))
+evaluate(cfg, result.weights, X, y)
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} | {m for m in sys.modules if m.startswith("torch._")})))
+"""
+
+
+def test_local_training_imports_neither_the_compiler_nor_sympy():
+    # torch.optim's constructor imports torch._dynamo and skip_init's meta-device round
+    # trip imports SymPy: ~2 s CPU together at each process's first round (fedhealth/ml/adam.py).
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAIN_PROBE], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    modules = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    assert "torch" in modules
+    assert not {"torch._dynamo", "sympy", "sklearn", "scipy", "pandas"} & modules

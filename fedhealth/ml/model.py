@@ -107,9 +107,17 @@ def _layer_shapes(cfg: ModelConfig) -> list[tuple[str, int, int]]:
 
 
 def _empty_linear(in_features: int, out_features: int) -> nn.Linear:
-    # skip_init allocates without running nn.Linear's default init, which would draw
-    # from (and advance) torch's global RNG.
-    return torch.nn.utils.skip_init(nn.Linear, in_features, out_features)
+    # An nn.Linear with uninitialised parameters: its __init__ minus reset_parameters,
+    # whose default init would draw from (and advance) torch's global RNG. Not
+    # torch.nn.utils.skip_init: its meta-device round trip imports SymPy through
+    # torch.fx (~0.5 s CPU at every process's first model). Exactly nn.Linear, so
+    # Opacus recognises the layer.
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = in_features, out_features
+    layer.weight = nn.Parameter(torch.empty(out_features, in_features))
+    layer.bias = nn.Parameter(torch.empty(out_features))
+    return layer
 
 
 class HealthNet(nn.Module):
