@@ -82,6 +82,13 @@ class Experiment(models.Model):
         null=True, blank=True, validators=[MinValueValidator(2)],
         help_text="Empty: a majority of the sites in the round, at least 2.",
     )
+    # Model selection (fedhealth.ml.personalize): each site holds out this share of its
+    # training rows and reports each version's loss on it; the best version is
+    # recommended. 0: no slice, the last version is recommended.
+    validation_fraction = models.FloatField(
+        default=_FED.validation_fraction, validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="Share of each site's training rows held out to pick the best round (0: off).",
+    )
     sites = models.ManyToManyField("clients.Site", through="Participant", related_name="experiments")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
@@ -140,6 +147,7 @@ class Experiment(models.Model):
         return FederatedConfig(
             rounds=self.num_rounds, strategy=self.strategy, strategy_params=dict(self.strategy_params),
             model=self.model_config, train=self.train_config(self.seed), seed=self.seed,
+            validation_fraction=self.validation_fraction,
         )
 
     @property
