@@ -284,7 +284,8 @@ class ModelVersionSerializer(PolicySerializer, serializers.ModelSerializer):
     model_config = ReadJSONField()
     schema = ReadJSONField()
     metrics = ReadJSONField(
-        help_text="mean, sites_reported, final. A coordinator follows the running mean of the "
+        help_text="mean, sites_reported, defined (per metric, over how many sites its mean is: "
+        "null where undefined), final. A coordinator follows the running mean of the "
         "sites' evaluations; a site sees the mean only once it is final (every site reported or "
         "the evaluation deadline passed) and at least FEDHEALTH_MIN_FIGURE_SITES sites stand "
         "behind it, and an empty mean before."
@@ -382,7 +383,13 @@ class RoundHistorySerializer(serializers.Serializer):
     version = serializers.IntegerField(allow_null=True)
     sites_reported = serializers.IntegerField()
     final = serializers.BooleanField(help_text="The mean is final (see the version's metrics).")
-    mean = MetricsField()
+    mean = MetricsField(
+        help_text="Null where a metric is undefined (AUROC at a site whose test rows hold one class); "
+        "each mean is over the sites where its metric is defined."
+    )
+    defined = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Per metric: over how many of sites_reported its mean is."
+    )
     per_site = serializers.DictField(
         child=MetricsField(), help_text="Evaluations visible to the caller."
     )

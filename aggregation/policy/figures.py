@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from fedhealth.ml.metrics import mean_metrics
+from fedhealth.ml.metrics import defined_counts, mean_metrics
 
 from .. import reasons
 from ..models import EvaluationAttempt, ModelVersion, Participant, SiteEvaluation
@@ -77,6 +77,10 @@ class VersionFigures:
     published: bool
     sites: int = 0
     mean: dict[str, float] = field(default_factory=dict)
+    # Per metric, how many of ``sites`` it is defined at (AUROC is not at a site whose
+    # test rows hold one class): the page says "mean over 2 of 3 sites".
+    defined: dict[str, int] = field(default_factory=dict)
+    expected: int = 0  # the sites asked to evaluate (the coordinator's "2 of 3 sites")
 
 
 def version_figures(
@@ -140,11 +144,17 @@ def _figures(
     elif now >= deadline:
         publish_at = deadline
     else:
-        return VersionFigures(final=False, published=False)
+        return VersionFigures(final=False, published=False, expected=len(expected))
     used = [m for _, at, m in reported if at <= publish_at]
     if len(used) < min_sites():
-        return VersionFigures(final=True, published=False)
-    return VersionFigures(final=True, published=True, sites=len(used), mean=mean_metrics(used))
+        return VersionFigures(final=True, published=False, expected=len(expected))
+    counts = defined_counts(used)
+    mean = mean_metrics(used)
+    # A mean over fewer sites than the figure limit would let a site that knows its own
+    # figure work out another's (AUROC over 2 sites, one of them itself): withheld (null).
+    mean = {k: (v if k == "n" or counts.get(k, 0) >= min_sites() else None) for k, v in mean.items()}
+    return VersionFigures(final=True, published=True, sites=len(used), mean=mean, defined=counts,
+                          expected=len(expected))
 
 
 # -- a round's sums and means over sites -------------------------------------------------

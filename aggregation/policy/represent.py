@@ -169,15 +169,25 @@ def update(viewer: Viewer, obj: ClientUpdate) -> dict[str, Any] | None:
 
 
 def version_metrics(viewer: Viewer, obj: ModelVersion, figures: VersionFigures) -> dict[str, Any]:
-    """The coordinator follows the running mean; a site sees the final mean only."""
+    """The coordinator follows the running mean; a site sees the final mean only.
+
+    ``defined``: per metric, over how many of ``sites_reported`` its mean is (a metric
+    that needs both classes is n/a at a single-class site). The coordinator also gets
+    ``sites_expected``, so a point still being scored reads "2 of 3 sites".
+    """
     if viewer.is_coordinator:
         stored = obj.metrics or {}
         return {
             "mean": stored.get("mean") or {},
             "sites_reported": stored.get("sites_reported", 0),
+            "defined": stored.get("defined") or {},
+            "sites_expected": figures.expected,
             "final": figures.final,
         }
-    return {"mean": figures.mean, "sites_reported": figures.sites, "final": figures.published}
+    shown: dict[str, Any] = {"mean": figures.mean, "sites_reported": figures.sites, "final": figures.published}
+    if figures.published:  # over how many sites each published mean is
+        shown["defined"] = figures.defined
+    return shown
 
 
 def version(
@@ -276,6 +286,7 @@ def metrics_history(viewer: Viewer, obj: Experiment, evaluations) -> dict[str, A
                 "sites_reported": shown.get("sites_reported", 0),
                 "final": shown.get("final", False),
                 "mean": shown.get("mean", {}),
+                "defined": shown.get("defined", {}),
                 "per_site": per_site.get(v.pk, {}) if v else {},
             }
         )

@@ -18,10 +18,12 @@ from fedhealth import csvsafe
 from fedhealth.ml.metrics import METRIC_KEYS
 
 from .. import policy
+from ..figure_words import LEAD_METRICS, NA, class_words, mean_note
 from ..models import ClientUpdate, Experiment, ModelVersion, Round, SiteEvaluation
 from . import artifacts
 
-METRIC_COLUMNS = ["loss", *METRIC_KEYS]
+# Balanced accuracy and AUROC lead (issue 10); every other metric follows.
+METRIC_COLUMNS = [*LEAD_METRICS, *(k for k in ("loss", *METRIC_KEYS) if k not in LEAD_METRICS)]
 
 
 def _json_safe(obj: Any) -> Any:
@@ -65,6 +67,8 @@ def build_export(experiment: Experiment, viewer: policy.Viewer) -> dict[str, Any
             "min_sites": experiment.min_sites, "fraction_fit": experiment.fraction_fit,
             "round_timeout_seconds": experiment.round_timeout, "test_fraction": experiment.test_fraction,
             "schema": experiment.schema,
+            # What sensitivity, precision, F1, ROC and confusion counts refer to.
+            "positive_class": class_words(experiment.schema_obj)["statement"],
         },
         "rounds": [_round(viewer, r, versions.get(r.pk), figures, all_sites) for r in rounds],
         "site_updates": [
@@ -92,7 +96,28 @@ def _round(viewer: policy.Viewer, r: Round, version: ModelVersion | None, figure
         "metrics": shown["metrics"],
         "version": version.version if version else None, "sha256": version.sha256 if version else None,
         "global_metrics": mean.get("mean") or {}, "global_final": bool(mean.get("final")),
+        # Per metric, over how many sites its mean is (null where no site defines it).
+        "global_defined": mean.get("defined") or {},
+        "global_sites": mean.get("sites_reported", 0),
     }
+
+
+def _cells(metrics: dict[str, Any]) -> list[Any]:
+    """A row's metric cells: "n/a" where the figures exist but the metric is undefined
+    (a site with one class has no AUROC), empty where there are no figures yet."""
+    if not metrics:
+        return ["" for _ in METRIC_COLUMNS]
+    return [NA if metrics.get(k) is None else metrics[k] for k in METRIC_COLUMNS]
+
+
+def _round_note(r: dict[str, Any]) -> str:
+    if not r["global_metrics"]:
+        return ""
+    if not r["global_final"]:
+        return f"partial: {r['global_sites']} sites so far, still being scored"
+    notes = [f"{k} {mean_note(k, r['global_defined'].get(k), r['global_sites'])}" for k in LEAD_METRICS
+             if mean_note(k, r["global_defined"].get(k), r["global_sites"])]
+    return "; ".join(notes)
 
 
 def metrics_csv(export: dict[str, Any]) -> str:
@@ -100,17 +125,17 @@ def metrics_csv(export: dict[str, Any]) -> str:
     visible site's local model and the global model on that site's test data."""
     out = io.StringIO()
     writer = csvsafe.writer(out)  # formula cells neutralised
-    writer.writerow(["round", "source", "site", "status", "num_samples", "train_loss", *METRIC_COLUMNS])
+    writer.writerow(["round", "source", "site", "status", "num_samples", "train_loss", *METRIC_COLUMNS, "note"])
     for r in export["rounds"]:
         writer.writerow([r["round"], "global model (mean over sites)", "", r["status"],
                          r["metrics"].get("num_samples"), r["metrics"].get("train_loss"),
-                         *(r["global_metrics"].get(k) for k in METRIC_COLUMNS)])
+                         *_cells(r["global_metrics"]), _round_note(r)])
     for u in export["site_updates"]:
         writer.writerow([u["round"], "local model at site", u["site"], u["status"], u["num_samples"], u["loss"],
-                         *(u["metrics"].get(k) for k in METRIC_COLUMNS)])
+                         *_cells(u["metrics"]), ""])
     for e in export["site_evaluations"]:
         writer.writerow([e["version"], "global model at site", e["site"], "", "", "",
-                         *(e["metrics"].get(k) for k in METRIC_COLUMNS)])
+                         *_cells(e["metrics"]), ""])
     return out.getvalue()
 
 

@@ -47,7 +47,7 @@ def test_a_real_run_moves_the_progress_and_fills_the_charts(client, charlie, mak
     assert points(started["figures"]["global"]["accuracy"]) == []
     assert done["progress"]["text"] == "Completed · 2 of 2 rounds" and done["progress"]["percent"] == 100
     assert done["done"] is True
-    for key in ("loss", "accuracy", "auroc"):
+    for key in ("balanced_accuracy", "auroc", "accuracy", "loss"):
         assert [x for x, _ in points(done["figures"]["global"][key])] == [1, 2]
     assert [x for x, _ in points(done["figures"]["global"]["loss"], trace=1)] == [1, 2]  # training loss
     local, glob = done["figures"]["sites"]["auroc"]["data"]
@@ -65,7 +65,7 @@ def test_the_page_renders_the_same_state_without_javascript(client, world):
     assert "Completed · 2 of 2 rounds" in page
     assert 'id="live-initial"' in page and 'data-live-url="/experiments/' in page
     assert "vendor/plotly.min.js" in page
-    assert page.count('class="chart"') == 4
+    assert page.count('class="chart"') == 5  # balanced accuracy, AUROC, accuracy, loss; the sites
 
 
 def test_poll_interval_comes_from_settings(client, world, settings):

@@ -16,7 +16,15 @@ from fedhealth.ml.metrics import json_safe
 
 PALETTE = ["#0f6e8c", "#d9822b", "#4f8a3c", "#8a5cb8", "#c2415d", "#2f9fa8", "#9a7b1c", "#4a5a7a"]
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", "size": 12, "color": "#1f2a37"}
-METRIC_TITLES = {"loss": "Loss (cross-entropy)", "accuracy": "Accuracy", "auroc": "AUROC"}
+# Balanced accuracy and AUROC lead (issue 10): with unbalanced classes, plain accuracy
+# rewards a model that always answers the majority class.
+METRIC_TITLES = {
+    "balanced_accuracy": "Balanced accuracy",
+    "auroc": "AUROC",
+    "accuracy": "Accuracy",
+    "loss": "Loss (cross-entropy)",
+}
+REFERENCE = {"color": "#9aa5b1", "dash": "dash", "width": 1}
 Figure = dict[str, Any]
 
 
@@ -72,15 +80,50 @@ def _line(name: str, x: Sequence, y: Iterable, color: str, **extra: Any) -> dict
     }
 
 
-def global_figures(num_rounds: int, versions: Sequence[tuple[int, dict]], train_loss: dict[int, float | None]) -> dict[str, Figure]:
-    """Line charts of the global model per round: loss, accuracy, AUROC.
+def chance_levels(prevalence: float | None) -> dict[str, tuple[float, str]]:
+    """What a model without skill scores, per metric: (level, legend text).
+
+    Balanced accuracy and AUROC: 0.5 whatever the classes. Accuracy: always answering
+    the majority class; loss: always predicting the prevalence (both need it).
+    """
+    levels = {"balanced_accuracy": (0.5, "Chance (0.5)"), "auroc": (0.5, "Chance (0.5)")}
+    if prevalence is not None and 0.0 < prevalence < 1.0:
+        p = prevalence
+        levels["accuracy"] = (max(p, 1 - p), f"Always the majority class ({max(p, 1 - p):.0%})")
+        entropy = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+        levels["loss"] = (entropy, f"Predicting the prevalence ({p:.0%})")
+    return levels
+
+
+def _reference(level: float, text: str, x0: float, x1: float) -> dict[str, Any]:
+    # hoverinfo "skip": live.js does not count it as a data point (the "no data" note stays).
+    return {"type": "scatter", "mode": "lines", "name": text, "x": [x0, x1], "y": [level, level],
+            "line": REFERENCE, "hoverinfo": "skip"}
+
+
+def global_figures(
+    num_rounds: int,
+    versions: Sequence[tuple[int, dict]],
+    train_loss: dict[int, float | None],
+    *,
+    partial: dict[int, str] | None = None,
+    prevalence: float | None = None,
+) -> dict[str, Figure]:
+    """Line charts of the global model per round: balanced accuracy, AUROC, accuracy, loss.
 
     ``versions`` are (round, mean metrics over the sites' test data); ``train_loss``
-    maps a round to the sample-weighted training loss the sites reported. The x axis
-    spans every planned round, so the lines fill the chart as the rounds complete.
+    maps a round to the sample-weighted training loss the sites reported. ``partial``
+    maps a round still being scored to how far ("2 of 3 sites"): its point is drawn
+    apart (hollow, labelled), never on the final line. ``prevalence`` (share of the
+    positive class) places the chance lines of accuracy and loss. The x axis spans
+    every planned round, so the lines fill the chart as the rounds complete.
     """
-    rounds = [r for r, m in versions if m]
-    means = [m for _, m in versions if m]
+    partial = partial or {}
+    final = [(r, m) for r, m in versions if m and r not in partial]
+    scoring = [(r, m) for r, m in versions if m and r in partial]
+    rounds = [r for r, _ in final]
+    means = [m for _, m in final]
+    levels = chance_levels(prevalence)
     # Whole rounds only: left to itself, plotly ticks a 2-round axis at 0.5 steps, which
     # "d" then prints as "1 1 2 2 3". About ten ticks at most, whatever the rounds.
     step = max(1, math.ceil(max(num_rounds, 1) / 10))
@@ -93,6 +136,16 @@ def global_figures(num_rounds: int, versions: Sequence[tuple[int, dict]], train_
             trained = sorted(r for r in train_loss if train_loss[r] is not None)
             data.append(_line("Training loss, sites' weighted mean", trained, [train_loss[r] for r in trained],
                               PALETTE[1], line={"color": PALETTE[1], "width": 2, "dash": "dot"}))
+        if scoring:
+            data.append({
+                "type": "scatter", "mode": "markers+text", "name": "Still being scored (partial)",
+                "x": [r for r, _ in scoring], "y": [num(m.get(key)) for _, m in scoring],
+                "text": [f"partial: {partial[r]}" for r, _ in scoring], "textposition": "top center",
+                "marker": {"size": 9, "symbol": "circle-open", "color": PALETTE[0]},
+                "hovertemplate": "round %{x}: %{y:.3f}<br>%{text}, not final<extra></extra>",
+            })
+        if key in levels:
+            data.append(_reference(*levels[key], 0.5, max(num_rounds, 1) + 0.5))
         # Until a point exists, show a sensible empty scale rather than plotly's -1..4.
         y_axis = {} if rounds else {"range": [0, 1]}
         figures[key] = {"data": data, "layout": _layout("Round", title, xaxis=x_axis, yaxis=y_axis)}
@@ -116,21 +169,33 @@ def site_comparison_figures(rows: Sequence[tuple[str, dict | None, dict | None]]
             ("Local model (trained at the site)", [(local or {}).get(key) for _, local, _ in rows], PALETTE[1]),
             ("Global model", [(glob or {}).get(key) for _, _, glob in rows], PALETTE[0]),
         ]
+        extra: dict[str, Any] = {}
+        if key in ("balanced_accuracy", "auroc"):
+            # The chance level across the whole plot (a shape: the x axis is categorical).
+            extra = {"shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": 0.5,
+                                 "y1": 0.5, "line": REFERENCE}],
+                     "annotations": [{"xref": "paper", "x": 1, "yref": "y", "y": 0.5, "text": "chance",
+                                      "showarrow": False, "xanchor": "right", "yanchor": "bottom",
+                                      "font": {"size": 10, "color": REFERENCE["color"]}}]}
         figures[key] = {
             "data": [
                 {"type": "bar", "name": label, "x": names, "y": [num(v) for v in values], "marker": {"color": color},
+                 # A missing bar is n/a at that site (one class in its test rows): say so.
+                 "text": ["n/a" if num(v) is None and (glob or local) else "" for v, (_, local, glob)
+                          in zip(values, rows, strict=True)], "textposition": "outside",
                  "hovertemplate": "%{x}<br>" + label + ": %{y:.3f}<extra></extra>"}
                 for label, values, color in bars
             ],
             "layout": _layout("", title, barmode="group", xaxis=ticks,
                               yaxis={"rangemode": "tozero"} if any(local or glob for _, local, glob in rows)
-                              else {"range": [0, 1]}),
+                              else {"range": [0, 1]}, **extra),
         }
     return figures
 
 
-def roc_figure(curves: Sequence[tuple[str, dict]]) -> Figure:
-    """ROC curve per site (``curves``: site name, {"fpr": [...], "tpr": [...]})."""
+def roc_figure(curves: Sequence[tuple[str, dict]], *, positive: str = "", negative: str = "") -> Figure:
+    """ROC curve per site (``curves``: site name, {"fpr": [...], "tpr": [...]}), for the
+    positive class named ``positive`` (the other: ``negative``)."""
     data = [
         _line(plain(name), c.get("fpr", []), c.get("tpr", []), PALETTE[i % len(PALETTE)], mode="lines")
         for i, (name, c) in enumerate(curves)
@@ -138,7 +203,9 @@ def roc_figure(curves: Sequence[tuple[str, dict]]) -> Figure:
     data.append({"type": "scatter", "mode": "lines", "name": "Chance", "x": [0, 1], "y": [0, 1],
                  "line": {"color": "#9aa5b1", "dash": "dash", "width": 1}, "hoverinfo": "skip"})
     unit = {"range": [0, 1], "constrain": "domain"}
-    return {"data": data, "layout": _layout("False positive rate", "True positive rate", xaxis=unit, yaxis=unit, height=320)}
+    x_title = f"False positive rate ({plain(negative)} patients flagged)" if negative else "False positive rate"
+    y_title = f"True positive rate ({plain(positive)} patients flagged)" if positive else "True positive rate"
+    return {"data": data, "layout": _layout(x_title, y_title, xaxis=unit, yaxis=unit, height=320)}
 
 
 def calibration_figure(curves: Sequence[tuple[str, dict]]) -> Figure:
@@ -155,10 +222,12 @@ def calibration_figure(curves: Sequence[tuple[str, dict]]) -> Figure:
                                             xaxis=unit, yaxis=unit, height=320)}
 
 
-def confusion_figure(counts: dict[str, int], label: str) -> Figure:
-    """2x2 heatmap of confusion counts at threshold 0.5 ({"tn", "fp", "fn", "tp"})."""
+def confusion_figure(counts: dict[str, int], label: str, *, positive: str = "", negative: str = "") -> Figure:
+    """2x2 heatmap of confusion counts at threshold 0.5 ({"tn", "fp", "fn", "tp"}, the
+    positive class's: "positive" is ``positive``, named as the schema names it)."""
     z = [[counts.get("tn", 0), counts.get("fp", 0)], [counts.get("fn", 0), counts.get("tp", 0)]]
-    names = [f"{plain(label)} = 0", f"{plain(label)} = 1"]
+    names = ([f"{plain(negative)}", f"{plain(positive)} (positive)"] if positive
+             else [f"{plain(label)} = 0", f"{plain(label)} = 1"])
     return {
         "data": [{
             "type": "heatmap", "z": z, "x": names, "y": names, "colorscale": [[0, "#eef5f8"], [1, PALETTE[0]]],

@@ -58,7 +58,9 @@ def experiment_detail(request, pk: int):
         "strategy_name": strategy_label(experiment.strategy),
         "problems": services.check_ready(experiment) if coordinator and experiment.status == "draft" else [],
         "user_is_coordinator": coordinator,
-        "chart_titles": [("loss", "loss"), ("accuracy", "accuracy"), ("auroc", "AUROC")],
+        # Balanced accuracy and AUROC lead; accuracy and loss follow (issue 10).
+        "chart_titles": [("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC"),
+                         ("accuracy", "accuracy"), ("loss", "loss")],
         "privacy_guarantee": policy.guarantee(experiment),
         # "0.000001", not Python's "1e-06".
         "plain_numbers": {name: _plain(getattr(experiment, name)) for name in ("lr", "weight_decay")},

@@ -31,6 +31,7 @@ from .progress import (
     secure_table,
     site_figures,
 )
+from .quality import experiment_quality, partial_points
 
 # After the last round the sites still evaluate the final model; keep polling for
 # their figures, but not forever if a site never answers.
@@ -44,6 +45,7 @@ def live_payload(request, experiment: Experiment) -> dict:
     versions = list(visible_versions(user).filter(experiment=experiment).order_by("version"))
     figures = policy.version_figures(versions)
     means = [(v.version, policy.version_metrics(viewer, v, figures[v.pk])) for v in versions]
+    quality = experiment_quality(experiment, user, means)
     all_sites = policy.participant_slugs(experiment)
     train_loss = {
         r.number: policy.round_metrics(viewer, r.metrics or {}, all_sites).get("train_loss")
@@ -57,8 +59,11 @@ def live_payload(request, experiment: Experiment) -> dict:
                 # "No worker has taken X's work": about the viewer's own visible sites only.
                 "worker_notices": health.worker_notices([experiment], participant_sites(experiment, user))}
     html = {
+        # A finished model worse than chance is not shown as a green "Completed" alone.
         "status": render_to_string("aggregation/_status_badge.html", {"status": experiment.status,
-                                                                      "label": experiment.get_status_display()}),
+                                                                      "label": experiment.get_status_display(),
+                                                                      "warn": bool(quality.warnings)}),
+        "quality": render_to_string("aggregation/_quality.html", {"quality": quality}),
         "progress": render_to_string("aggregation/_progress.html", fragment),
         "actions": render_to_string("aggregation/_actions.html", fragment, request=request),
         "rounds": render_to_string("aggregation/_round_table.html", {
@@ -69,7 +74,8 @@ def live_payload(request, experiment: Experiment) -> dict:
         "progress": progress.to_dict(),
         "figures": {
             "global": charts.global_figures(
-                experiment.num_rounds, [(n, m["mean"]) for n, m in means], train_loss
+                experiment.num_rounds, [(n, m["mean"]) for n, m in means], train_loss,
+                partial=partial_points(means), prevalence=quality.prevalence,
             ),
             "sites": charts.site_comparison_figures([(s.site.name, s.local, s.global_) for s in sites]),
             "privacy": {"epsilon": privacy_figure(experiment.num_rounds, privacy)},

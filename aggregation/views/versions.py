@@ -16,15 +16,18 @@ from fedhealth.ml.schema import Schema
 from fedhealth.ml.weights_io import read_metadata, sha256_hex, weights_from_bytes, weights_to_bytes
 
 from .. import policy
+from ..figure_words import class_words, mean_note
 from ..models import ModelVersion
 from ..permissions import visible_evaluations, visible_experiments, visible_versions
 from ..services.recommend import recommended_version
 from . import charts
+from .quality import partial_points
 
 # The versions table keeps to a few columns (it also shows the checksum); each site's
-# figures on the selected version get the fuller set.
-VERSION_METRICS = ["accuracy", "auroc", "f1", "brier", "loss"]
-SITE_METRICS = ["accuracy", "auroc", "sensitivity", "specificity", "f1", "brier", "loss"]
+# figures on the selected version get the fuller set. Balanced accuracy and AUROC lead.
+VERSION_METRICS = ["balanced_accuracy", "auroc", "accuracy", "f1", "brier", "loss"]
+SITE_METRICS = ["balanced_accuracy", "auroc", "accuracy", "sensitivity", "specificity", "precision", "f1",
+                "brier", "loss"]
 
 
 @login_required
@@ -56,7 +59,7 @@ def model_list(request, pk: int):
         "rows": [
             (
                 v,
-                _values(shown[v.pk]["mean"], VERSION_METRICS),
+                _cells(shown[v.pk], VERSION_METRICS),
                 shown[v.pk],
                 privacy[v.pk],
                 policy.guarantee_text(privacy[v.pk]),
@@ -72,8 +75,17 @@ def model_list(request, pk: int):
         "analytics_json": {"figures": analytics["figures"]} if analytics else None,
         "pooled": viewer.is_coordinator,
         "min_figure_sites": policy.min_sites(),
+        "words": class_words(experiment.schema_obj),
+        "partial": partial_points([(v.version, shown[v.pk]) for v in versions]),
     }
     return render(request, "aggregation/model_list.html", context)
+
+
+def _cells(shown: dict, names: list[str]) -> list[tuple[float | None, str]]:
+    """(value, note) per metric of a version's mean: the note says "mean over 2 of 3
+    sites" where the metric is undefined at some sites."""
+    mean, defined, total = shown.get("mean") or {}, shown.get("defined") or {}, shown.get("sites_reported")
+    return [(charts.num(mean.get(m)), mean_note(m, defined.get(m), total)) for m in names]
 
 
 def _analytics(user, version: ModelVersion) -> dict | None:
@@ -87,15 +99,18 @@ def _analytics(user, version: ModelVersion) -> dict | None:
         k: sum(int((c.get("confusion") or {}).get(k, 0)) for _, c in named)
         for k in ("tn", "fp", "fn", "tp")
     }
-    label = Schema.from_dict(version.schema).label
+    schema = Schema.from_dict(version.schema)
+    words = class_words(schema)
     return {
         "figures": charts.clean(
             {
-                "roc": charts.roc_figure([(n, c.get("roc") or {}) for n, c in named]),
+                "roc": charts.roc_figure([(n, c.get("roc") or {}) for n, c in named],
+                                         positive=words["positive"], negative=words["negative"]),
                 "calibration": charts.calibration_figure(
                     [(n, c.get("calibration") or {}) for n, c in named]
                 ),
-                "confusion": charts.confusion_figure(confusion, label),
+                "confusion": charts.confusion_figure(confusion, schema.label, positive=words["positive"],
+                                                     negative=words["negative"]),
             }
         ),
         "sites": [n for n, _ in named],

@@ -8,6 +8,7 @@ from django.http import FileResponse
 from django.shortcuts import get_object_or_404, render
 
 from aggregation import policy
+from aggregation.figure_words import class_words, worse_than_chance
 from aggregation.models import Experiment
 from aggregation.permissions import visible_experiments, visible_updates
 from aggregation.services import privacy
@@ -36,10 +37,15 @@ def site_home(request):
     experiments = []
     for experiment in visible_experiments(user).order_by("-created_at"):
         figures = site_figures(experiment, user)
+        mine = figures[0] if figures else None
+        finished = experiment.status == Experiment.Status.COMPLETED
         experiments.append({
             "experiment": experiment,
             "progress": experiment_progress(experiment, viewer),
-            "mine": figures[0] if figures else None,
+            "mine": mine,
+            "positive": class_words(experiment.schema_obj)["positive"],
+            # A finished model worse than chance on this site's test rows is said, not hidden.
+            "below_chance": worse_than_chance(mine.global_) if finished and mine and mine.global_ else [],
             "active": experiment.status in Experiment.ACTIVE,
         })
     updates = list(visible_updates(user).select_related("round__experiment").order_by("-created_at")[:RECENT_UPDATES])
