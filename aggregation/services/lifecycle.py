@@ -25,6 +25,7 @@ from ..models import ClientUpdate, Experiment, Round
 from ..reasons import Reason
 from ..reasons import text as reason_text
 from . import artifacts, consent
+from .schema_fit import fit_problems
 
 
 class TransitionError(Exception):
@@ -52,8 +53,8 @@ def check_ready(experiment: Experiment) -> list[str]:
     for p in consent.consenting(experiment):
         if not p.site.is_active:
             problems.append(f"site {p.site.name} is deactivated")
-        elif p.dataset.schema != experiment.schema:
-            problems.append(f"site {p.site.name}'s dataset has a different schema")
+        elif fit := fit_problems(p.dataset, experiment.schema):
+            problems.extend(fit)
         else:  # the disclosure limits, checked again: a draft may predate them
             found = join_problems(p.dataset)
             problems.extend(found)

@@ -17,7 +17,7 @@ from django.utils import timezone
 from clients.models import Site
 from clients.services import DatasetFileChanged, load_dataset_arrays, verify_dataset_file
 from fedhealth.ml.federation import SiteSplit, split_site
-from fedhealth.ml.metrics import mean_metrics
+from fedhealth.ml.metrics import defined_counts, json_safe, mean_metrics
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.sitework import (
     SitePlan,
@@ -107,7 +107,8 @@ def train_hosted_update(update_id: int) -> str:
         # separate evaluation task (and a second load of rows and weights) per round.
         version = ModelVersion.objects.get(experiment=experiment, version=version_number)
         if not SiteEvaluation.objects.filter(version=version, site=update.site).exists():
-            record_evaluation(version.pk, update.site.pk, *evaluate_at_site(plan.model, weights, plan.normalizer, split))
+            record_evaluation(version.pk, update.site.pk, *evaluate_at_site(
+                plan.model, weights, plan.normalizer, split, positive=plan.train.positive))
     spend = None
     if plan.privacy is not None:
         # The site's own ledger and budget decide, whatever the experiment asks: the spend
@@ -134,7 +135,7 @@ def train_hosted_update(update_id: int) -> str:
         log.exception("update %s: local training failed", update_id)
         fail_update(update_id, Reason.TRAINING_FAILED)
         return "failed: training"
-    local = result.metrics
+    local = json_safe(result.metrics)  # NaN (undefined at this site) travels as null
     if experiment.secure_aggregation:  # the update stays here until it leaves masked
         from .secure_round import keep_at_site
 
@@ -161,7 +162,8 @@ def evaluate_hosted(version_id: int, site_id: int) -> str:
     weights = artifacts.load_weights(version.weights_file, version.sha256)
     model = ModelConfig.from_dict(version.model_config)
     normalizer = Normalizer.from_dict(version.normalizer)
-    record_evaluation(version.pk, site.pk, *evaluate_at_site(model, weights, normalizer, split))
+    positive = version.experiment.schema_obj.positive_value
+    record_evaluation(version.pk, site.pk, *evaluate_at_site(model, weights, normalizer, split, positive=positive))
     return "evaluated"
 
 
@@ -178,17 +180,25 @@ def site_plan(experiment: Experiment, site: Site, round_number: int) -> SitePlan
 
 
 def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: dict | None = None) -> bool:
-    """Store a site's evaluation of a version (once) and refresh the version's mean."""
+    """Store a site's evaluation of a version (once) and refresh the version's mean.
+
+    An undefined metric (NaN: AUROC at a site with one class) is stored as null, never
+    as 0 or NaN (PostgreSQL's jsonb has no NaN); the mean is over the sites where each
+    metric is defined, and ``defined`` says over how many.
+    """
+    metrics, curves = json_safe(metrics), json_safe(curves or {})
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().get(pk=version_id)
         try:
             with transaction.atomic():
-                SiteEvaluation.objects.create(version=version, site_id=site_id, metrics=metrics, curves=curves or {})
+                SiteEvaluation.objects.create(version=version, site_id=site_id, metrics=metrics, curves=curves)
         except IntegrityError:
             return False  # a duplicate delivery: the first evaluation stands
         evaluations = list(version.evaluations.select_related("site"))
+        reported = [e.metrics for e in evaluations]
         version.metrics = {
-            "mean": mean_metrics([e.metrics for e in evaluations]),
+            "mean": json_safe(mean_metrics(reported)),
+            "defined": defined_counts(reported),
             "sites_reported": len(evaluations),
         }
         version.save(update_fields=["metrics"])
@@ -198,6 +208,7 @@ def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: d
                 "event": "evaluated", "round": version.version, "version": version.version,
                 "at": timezone.now().isoformat(),
                 "mean": version.metrics["mean"],
+                "defined": version.metrics["defined"],
                 "per_site": {e.site.slug: e.metrics for e in evaluations},
             })
     return True

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhealth.ml.model import ModelConfig
+from fedhealth.ml.schema import Schema, SchemaError
 from fedhealth.ml.sitework import SitePlan, evaluate_at_site, privacy_spend, train_at_site
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
@@ -33,6 +34,13 @@ log = logging.getLogger("fedhealth.agent")
 def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """Drop undefined (NaN) metrics: strict JSON has no NaN, and absent means undefined."""
     return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+
+
+def _positive_value(schema: Any, fallback: Schema) -> int:
+    try:
+        return Schema.from_dict(schema).positive_value if schema else fallback.positive_value
+    except SchemaError:
+        return fallback.positive_value
 
 
 class SiteAgent:
@@ -280,6 +288,9 @@ class SiteAgent:
             weights,
             Normalizer.from_dict(meta["normalizer"]),
             split,
+            # The experiment's positive class (the version carries its schema); this
+            # CSV's own schema when talking to a server that does not send it.
+            positive=_positive_value(meta.get("schema"), self.data.schema),
         )
         self.client.post_json(
             f"/agent/models/{item['model']}/evaluation/",
