@@ -314,8 +314,10 @@ def register_remote_dataset(
     for field_name, value in (("row_count", row_count), ("positive_count", positive_count)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise DatasetSummaryError(field_name, f"{field_name} must be a non-negative integer")
-    if row_count < 2 or not 0 < positive_count < row_count:
-        raise DatasetSummaryError("positive_count", "training needs rows of both labels (0 < positive_count < row_count)")
+    # One label only is fine (a referral centre: every patient has the condition): the site
+    # trains, and the metrics that need both classes are n/a for it (issue 10).
+    if row_count < 1 or positive_count > row_count:
+        raise DatasetSummaryError("positive_count", "positive_count must be at most row_count, with at least one row")
     if not isinstance(name, str) or len(name) > MAX_DATASET_NAME or "\x00" in name:
         raise DatasetSummaryError("name", f"name must be at most {MAX_DATASET_NAME} characters, without NUL")
     parsed = _check_stats(schema_obj, stats, row_count)

@@ -29,6 +29,21 @@ def test_registration_creates_a_ready_dataset_without_a_file(agent, agent_site, 
     assert ds.row_count == 160 and ds.stats["count"] == 160 and response.json()["hosted"] is False
 
 
+def test_an_agent_whose_rows_all_carry_one_label_registers(agent, summary_of):
+    # A referral centre: every patient unhealthy (healthy = 0). Its agent validates the
+    # CSV (a warning, not a refusal) and the server registers the summary.
+    from fedhealth.ml.synthetic import generate_site
+
+    pool = generate_site(300, seed=5, healthy_fraction=0.2)
+    body = summary_of(pool[pool.healthy == 0].head(30).to_csv(index=False).encode())
+
+    response = agent.post(URL, body)
+
+    assert response.status_code == 201, response.json()
+    ds = Dataset.objects.get(pk=response.json()["id"])
+    assert (ds.row_count, ds.positive_count) == (30, 0)
+
+
 def test_registering_the_same_summary_again_is_idempotent(agent, payload):
     first = agent.post(URL, payload)
     again = agent.post(URL, payload)
@@ -82,7 +97,7 @@ def _mutate(payload, path, value):
         (["stats", "sum"], ["nan", 1.0, 1.0, 1.0], "stats.sum.0"),  # not finite
         (["stats"], KeyError, "stats"),
         (["row_count"], -1, "row_count"),
-        (["positive_count"], 0, "positive_count"),  # one class only
+        (["positive_count"], -1, "positive_count"),  # negative
         (["positive_count"], 10_000, "positive_count"),
         (["schema"], {"features": [{"name": "x", "maximum": 3}]}, "schema"),
         (["schema"], "vitals", "schema"),
