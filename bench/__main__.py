@@ -23,9 +23,11 @@ QUICK_ARGS = {
     "csv": ["--rows", "100000"],
     "dp": ["--rows", "5000", "--repeats", "2", "--no-utility"],
     "fedavg": ["--updates", "20"],
+    "flower": ["--repeats", "1", "--rows", "1000"],
     "orchestration": ["--sites", "4", "--rows", "2000", "--rounds", "3"],
     "predict": ["--repeats", "5", "--requests", "500"],
     "secagg": ["--params", "100000", "--rows", "500", "--repeats", "2"],
+    "startup": ["--repeats", "3"],
 }
 
 
