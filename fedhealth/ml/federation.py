@@ -327,20 +327,27 @@ def _personal_model(
     config: FederatedConfig, mode: str, global_weights: Weights,
     best: tuple[float, Weights] | None, arrays: list,
 ) -> Weights:
-    """A site's personalised model: the mode's candidate, or the selected global model
-    when that does better on the site's validation slice."""
+    """A site's personalised model, chosen on its validation slice.
+
+    ``finetune``: the selected global model fine-tuned (epoch 0, the global model
+    itself, is a candidate). ``ditto``/``fedper``: the mode's best personal model
+    (lowest validation loss over the rounds), fine-tuned the same way, or the
+    fine-tuned global model when that does better on the slice.
+    """
     X, y, X_val, y_val = arrays
-    if mode == "finetune":
-        train = replace(config.train, seed=config.seed, lr=config.finetune_lr)
-        tuned, _ = fit_early_stopping(
-            config.model, global_weights, X, y, X_val, y_val, train,
-            max_epochs=config.rounds * config.train.epochs,
+    train = replace(config.train, seed=config.seed, lr=config.finetune_lr)
+
+    def tuned(start: Weights) -> tuple[float, Weights]:
+        weights, _ = fit_early_stopping(
+            config.model, start, X, y, X_val, y_val, train, max_epochs=config.rounds * config.train.epochs
         )
-        return tuned  # epoch 0 (the global model) is one of fit_early_stopping's candidates
-    assert best is not None
-    if len(y_val) and validation_loss(config.model, global_weights, X_val, y_val) < best[0]:
-        return global_weights
-    return best[1]
+        return validation_loss(config.model, weights, X_val, y_val), weights
+
+    from_global = tuned(global_weights)
+    if mode == "finetune" or best is None or not len(y_val):
+        return from_global[1]
+    from_personal = tuned(best[1])
+    return from_personal[1] if from_personal[0] < from_global[0] else from_global[1]
 
 
 def _pooled_budget(config: FederatedConfig) -> TrainConfig:
