@@ -74,9 +74,10 @@ class Process:
             os.killpg(self.proc.pid, sig)
             self.proc.wait(timeout=30)
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 4000) -> str:
+        """The end of each run's log (for failure messages); ``tail=None``: all of it."""
         return "\n".join(
-            f"--- {p.name}\n" + p.read_text(errors="replace")[-4000:]
+            f"--- {p.name}\n" + p.read_text(errors="replace")[-(tail or 0):]
             for p in sorted(self.log_dir.glob(f"{self.name}-*.log"))
         )
 

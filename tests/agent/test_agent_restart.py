@@ -90,4 +90,4 @@ def test_a_killed_agent_resumes_and_its_update_counts_once(
     assert first.metrics["num_samples"] == sum(
         first.updates.filter(status="received").values_list("num_samples", flat=True)
     )
-    assert "claimed (attempt 2)" in big.logs()
+    assert "claimed (attempt 2)" in big.logs(tail=None)
