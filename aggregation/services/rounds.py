@@ -19,7 +19,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from fedhealth.files import write_bytes
-from fedhealth.ml.metrics import json_safe
+from fedhealth.ml.metrics import stored_metrics
 from fedhealth.ml.model import weight_spec
 from fedhealth.ml.robust import find_outliers, update_distance
 from fedhealth.ml.strategies import Rejected, get_strategy
@@ -163,7 +163,7 @@ def submit_update(
         ).update(
             status=ClientUpdate.Status.RECEIVED, weights_file=name, sha256=sha,
             # An undefined metric (NaN) is stored as null, never as 0 or NaN.
-            num_samples=num_samples, loss=loss, metrics=json_safe(metrics), source=source,
+            num_samples=num_samples, loss=loss, metrics=stored_metrics(metrics), source=source,
             received_at=timezone.now(), error="",
         )
     update.refresh_from_db()

@@ -17,7 +17,7 @@ from django.utils import timezone
 from clients.models import Site
 from clients.services import DatasetFileChanged, load_dataset_arrays, verify_dataset_file
 from fedhealth.ml.federation import SiteSplit, split_site
-from fedhealth.ml.metrics import defined_counts, json_safe, mean_metrics
+from fedhealth.ml.metrics import defined_counts, json_safe, mean_metrics, stored_metrics
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.sitework import (
     SitePlan,
@@ -186,7 +186,7 @@ def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: d
     as 0 or NaN (PostgreSQL's jsonb has no NaN); the mean is over the sites where each
     metric is defined, and ``defined`` says over how many.
     """
-    metrics, curves = json_safe(metrics), json_safe(curves or {})
+    metrics, curves = stored_metrics(metrics), json_safe(curves or {})
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().get(pk=version_id)
         try:

@@ -287,6 +287,16 @@ def calibration_points(
     }
 
 
+def stored_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metrics as the server stores them: JSON-safe, and every one of ``METRIC_KEYS`` that
+    is undefined (NaN, or left out: an agent sends defined metrics only) present as None.
+    Empty stays empty (no figures at all)."""
+    safe = json_safe(dict(metrics))
+    if not safe:
+        return safe
+    return {**{key: None for key in METRIC_KEYS if key != "n"}, **safe}
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with NumPy scalars and arrays made plain, and NaN/inf floats made None.
 
