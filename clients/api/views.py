@@ -6,13 +6,15 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.generics import get_object_or_404
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from clients.api.permissions import IsSiteAgent, IsSiteMember
+from clients.deletion import DatasetDeletionRefused, delete_dataset
 from clients.models import Dataset, Site
-from clients.permissions import site_of, visible_datasets, visible_sites
+from clients.permissions import is_site_admin, site_of, visible_datasets, visible_sites
 from clients.services import (
     DatasetSummaryError,
     UploadRefused,
@@ -20,7 +22,7 @@ from clients.services import (
     ingest_dataset,
     register_remote_dataset,
 )
-from fedhealth.api.exceptions import InvalidWithContext, field_error
+from fedhealth.api.exceptions import Conflict, InvalidWithContext, field_error
 from fedhealth.api.filters import Param
 from fedhealth.api.parsers import JSONParser
 from fedhealth.api.schema import ErrorSerializer
@@ -72,6 +74,27 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_throttles(self):
         self.throttle_scope = "upload" if self.action == "create" else "api"
         return super().get_throttles()
+
+    @extend_schema(
+        request=None,
+        responses={200: DatasetSerializer, 403: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer},
+    )
+    def destroy(self, request, pk=None):
+        """Delete one of your site's datasets (site admins, personal token): its file leaves
+        storage; the record keeps its summary and the deletion (docs/sites.md). 409 while a
+        running or paused experiment still trains on it: withdraw it first."""
+        site = site_of(request.user)
+        if site is None:  # a coordinator: sees summaries, never deletes a site's data
+            raise PermissionDenied("Only a site admin deletes a dataset.")
+        # Within the caller's own site first: another site's dataset is a 404.
+        dataset = get_object_or_404(Dataset.objects.filter(site=site), pk=pk)
+        if not is_site_admin(request.user):
+            raise PermissionDenied("Only a site admin deletes a dataset.")
+        try:
+            dataset = delete_dataset(dataset, by=request.user)
+        except DatasetDeletionRefused as exc:
+            raise Conflict(exc.message) from None
+        return Response(self.get_serializer(dataset).data)
 
     @extend_schema(
         request={"multipart/form-data": DatasetUploadSerializer},
