@@ -26,6 +26,7 @@ QUICK_ARGS = {
     "flower": ["--repeats", "1", "--rows", "1000"],
     "orchestration": ["--sites", "4", "--rows", "2000", "--rounds", "3"],
     "predict": ["--repeats", "5", "--requests", "500"],
+    "quality": ["--seeds", "1", "--rounds", "5"],
     "secagg": ["--params", "100000", "--rows", "500", "--repeats", "2"],
     "startup": ["--repeats", "3"],
 }
