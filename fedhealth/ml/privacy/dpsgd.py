@@ -1,8 +1,10 @@
 """DP-SGD local training: ``train_local`` with Poisson sampling, per-row clipping and noise.
 
 The optimiser is the same Adam as ``train_local`` (same learning-rate schedule, weight
-decay and FedProx term), fed with privatised gradients: Opacus's ``GradSampleModule``
-computes each sampled row's gradient, its ``DPOptimizer`` clips each to ``clip_norm``,
+decay and FedProx term), fed with privatised gradients: each sampled row's gradient comes
+from ``persample.RowGradients`` (one backward pass; Opacus's ``GradSampleModule`` with
+``grad_sampler="hooks"``, its ``functorch`` or ``ew`` modes likewise, measured slower in
+bench/bench_dp.py), Opacus's ``DPOptimizer`` clips each to ``clip_norm``,
 adds ``N(0, (noise_multiplier * clip_norm)^2)`` to their sum and divides by the expected
 batch size. Adam, weight decay and the FedProx pull act on that noisy gradient only, so
 they are post-processing and cost no privacy.
@@ -37,12 +39,23 @@ from fedhealth.ml.training import (
 from fedhealth.ml.types import Weights
 
 from .accounting import sample_rate, steps_per_round
+from .persample import RowGradients, flat_clip_optimizer
 
 if TYPE_CHECKING:  # imported lazily at run time: see fedhealth/ml/privacy/accounting.py
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-__all__ = ["dp_optimizer", "poisson_batches", "private_gradients", "train_local_dp"]
+__all__ = [
+    "GRAD_SAMPLERS",
+    "dp_optimizer",
+    "poisson_batches",
+    "private_gradients",
+    "train_local_dp",
+]
+
+# How each row's gradient is computed: "rows" (RowGradients, the default), or Opacus's
+# GradSampleModule with backward hooks, functorch (torch.func vmap) or expanded weights.
+GRAD_SAMPLERS = ("rows", "hooks", "functorch", "ew")
 
 
 def poisson_batches(n: int, q: float, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -60,11 +73,17 @@ def dp_optimizer(
     clip_norm: float,
     expected_batch: float,
     generator: torch.Generator,
+    *,
+    flat: bool = False,
 ) -> DPOptimizer:
-    """Opacus's ``DPOptimizer`` around ``optimizer``: clip, noise from ``generator``, mean."""
+    """Opacus's ``DPOptimizer`` around ``optimizer``: clip, noise from ``generator``, mean.
+
+    ``flat``: the same clipping done on one flat matrix (``persample.flat_clip_optimizer``).
+    """
     from opacus.optimizers import DPOptimizer
 
-    return DPOptimizer(
+    make = flat_clip_optimizer if flat else DPOptimizer
+    return make(
         optimizer,
         noise_multiplier=noise_multiplier,
         max_grad_norm=clip_norm,
@@ -75,7 +94,10 @@ def dp_optimizer(
 
 
 def private_gradients(
-    private: GradSampleModule, optimizer: DPOptimizer, x: torch.Tensor, y: torch.Tensor
+    private: GradSampleModule | RowGradients,
+    optimizer: DPOptimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
 ) -> torch.Tensor:
     """Leave the privatised mean gradient of the rows ``x, y`` in each parameter's ``.grad``.
 
@@ -87,6 +109,10 @@ def private_gradients(
     total = torch.zeros(())
     if len(x):
         loss = F.binary_cross_entropy_with_logits(private(x), y, reduction="sum")
+        if isinstance(private, RowGradients):
+            private.backward(loss)
+            optimizer.pre_step()
+            return loss.detach()
         with warnings.catch_warnings():
             # Opacus's full backward hooks on the first layer, whose input needs no
             # gradient: torch warns, the per-row gradients are right all the same.
@@ -115,6 +141,7 @@ def train_local_dp(
     secret_seed: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     evaluate_on: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    grad_sampler: str = "rows",
 ) -> TrainResult:
     """DP-SGD from ``global_weights`` on one site's normalised rows.
 
@@ -124,6 +151,8 @@ def train_local_dp(
         clip_norm: per-row gradient L2 bound, > 0.
         secret_seed: seed of the sampling, noise and dropout; ``None`` draws one from the
             OS (production). ``train.seed`` is not used: the server knows it.
+        grad_sampler: how rows' gradients are computed (``GRAD_SAMPLERS``); the same
+            figures, at different speeds.
 
     Runs ``epochs * ceil(n / batch_size)`` steps with sampling rate ``batch_size / n``,
     the figures ``accounting.plan_round_spend`` accounts for.
@@ -135,6 +164,8 @@ def train_local_dp(
         raise ValueError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier}")
     if not (math.isfinite(clip_norm) and clip_norm > 0):
         raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+    if grad_sampler not in GRAD_SAMPLERS:
+        raise ValueError(f"grad_sampler must be one of {GRAD_SAMPLERS}, got {grad_sampler!r}")
     x_all = _features(cfg, X)
     n = x_all.shape[0]
     if n == 0:
@@ -147,16 +178,16 @@ def train_local_dp(
     set_weights(model, global_weights)
     model.generator = generator
     model.train()
-    from opacus import GradSampleModule
-
-    private = GradSampleModule(model, loss_reduction="sum")
+    private = _row_gradients(model, grad_sampler)
     params = list(model.parameters())
     mu = train.proximal_mu
     anchors = [p.detach().clone() for p in params] if mu > 0 else []
     adam = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
     q = sample_rate(train.batch_size, n)
     expected_batch = q * n  # = batch_size, or n on a site smaller than one batch
-    optimizer = dp_optimizer(adam, noise_multiplier, clip_norm, expected_batch, generator)
+    optimizer = dp_optimizer(
+        adam, noise_multiplier, clip_norm, expected_batch, generator, flat=grad_sampler == "rows"
+    )
     group = adam.param_groups[0]
 
     per_epoch = steps_per_round(1, train.batch_size, n)
@@ -180,12 +211,28 @@ def train_local_dp(
             progress(epoch + 1, train.epochs)
 
     optimizer.zero_grad(set_to_none=True)
-    private.remove_hooks()
+    if hasattr(private, "remove_hooks"):  # expanded weights register none
+        private.remove_hooks()
     model.generator = None
     if evaluate_on is not None:
         x_eval = _features(cfg, evaluate_on[0])
-        metrics = _evaluate_model(model, x_eval, _labels(evaluate_on[1], x_eval.shape[0]), train.positive)
+        metrics = _evaluate_model(
+            model, x_eval, _labels(evaluate_on[1], x_eval.shape[0]), train.positive
+        )
     else:
         metrics = _evaluate_model(model, x_all, y_all, train.positive)
     mean_loss = float(last_loss) / last_rows if last_rows else math.nan
     return TrainResult(weights=get_weights(model), num_samples=n, loss=mean_loss, metrics=metrics)
+
+
+def _row_gradients(model: torch.nn.Module, grad_sampler: str) -> GradSampleModule | RowGradients:
+    if grad_sampler == "rows":
+        return RowGradients(model)
+    from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleExpandedWeights
+
+    if grad_sampler == "ew":
+        return GradSampleModuleExpandedWeights(model, batch_first=True, loss_reduction="sum")
+    return GradSampleModule(
+        model, loss_reduction="sum", force_functorch=grad_sampler == "functorch"
+    )
