@@ -210,6 +210,9 @@ def test_the_positive_class_is_named_on_every_figure(client, charlie, make_site,
 
     assert "Positive class: unhealthy (healthy = 0)" in page and "Prevalence:" in page
     assert "Sensitivity: unhealthy patients flagged" in models and "specificity: healthy patients passed" in models
+    unhealthy = sum(d.row_count - d.positive_count for d in datasets) / sum(d.row_count for d in datasets)
+    assert f"<span data-prevalence>{round(unhealthy * 100)}%</span>" in models
+    assert f"Prevalence: {unhealthy:.0%} of patients are unhealthy" in page
     figures = json.loads(models[models.index('id="analytics-data"'):].split(">", 1)[1].split("</script>")[0])
     assert "unhealthy patients flagged" in figures["figures"]["roc"]["layout"]["yaxis"]["title"]["text"]
     assert "unhealthy (positive)" in figures["figures"]["confusion"]["data"][0]["x"]

@@ -21,7 +21,7 @@ from ..models import ModelVersion
 from ..permissions import visible_evaluations, visible_experiments, visible_versions
 from ..services.recommend import recommended_version
 from . import charts
-from .quality import partial_points
+from .quality import partial_points, prevalence
 
 # The versions table keeps to a few columns (it also shows the checksum); each site's
 # figures on the selected version get the fuller set. Balanced accuracy and AUROC lead.
@@ -77,6 +77,7 @@ def model_list(request, pk: int):
         "min_figure_sites": policy.min_sites(),
         "words": class_words(experiment.schema_obj),
         "partial": partial_points([(v.version, shown[v.pk]) for v in versions]),
+        "prevalence": prevalence(experiment, viewer),
     }
     return render(request, "aggregation/model_list.html", context)
 
