@@ -64,6 +64,7 @@ def test_coordinator_invites_a_site_admin_who_creates_a_token(product, browser, 
     assert link not in page.content()
     page.goto(product.url + "/coordinator/")
     expect(page.get_by_role("link", name="Hillside Hospital")).to_be_visible()
+    both_widths(browser, page, shoot, "25-dashboard-with-new-site", visible=("[data-sites] td",))
     page.get_by_role("button", name="Sign out").click()
 
     # -- the invitee accepts, in a browser of their own ----------------------------------------
