@@ -4,6 +4,7 @@ from .accounting import (
     ALPHAS,
     DEFAULT_CLIP_NORM,
     DEFAULT_EPSILON,
+    DP_TRAIN_DEFAULTS,
     PrivacySettings,
     RoundSpend,
     composed_epsilon,
@@ -14,12 +15,14 @@ from .accounting import (
     sample_rate,
     steps_per_round,
 )
-from .dpsgd import dp_optimizer, poisson_batches, private_gradients, train_local_dp
+from .dpsgd import GRAD_SAMPLERS, dp_optimizer, poisson_batches, private_gradients, train_local_dp
 
 __all__ = [
     "ALPHAS",
     "DEFAULT_CLIP_NORM",
     "DEFAULT_EPSILON",
+    "DP_TRAIN_DEFAULTS",
+    "GRAD_SAMPLERS",
     "PrivacySettings",
     "RoundSpend",
     "composed_epsilon",
