@@ -34,6 +34,7 @@ from ..models import ClientUpdate, Experiment, ModelVersion, Participant, SiteEv
 from ..reasons import Reason
 from . import artifacts, consent, failures, privacy
 from .rounds import claim_update, fail_update, submit_update
+from .selection import validation_summary
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ def train_hosted_update(update_id: int) -> str:
         version = ModelVersion.objects.get(experiment=experiment, version=version_number)
         if not SiteEvaluation.objects.filter(version=version, site=update.site).exists():
             record_evaluation(version.pk, update.site.pk, *evaluate_at_site(
-                plan.model, weights, plan.normalizer, split, positive=plan.train.positive))
+                plan.model, weights, plan.normalizer, split, positive=plan.train.positive,
+                validation_fraction=plan.validation_fraction, split_seed=plan.split_seed,
+            ))
     spend = None
     if plan.privacy is not None:
         # The site's own ledger and budget decide, whatever the experiment asks: the spend
@@ -163,7 +166,11 @@ def evaluate_hosted(version_id: int, site_id: int) -> str:
     model = ModelConfig.from_dict(version.model_config)
     normalizer = Normalizer.from_dict(version.normalizer)
     positive = version.experiment.schema_obj.positive_value
-    record_evaluation(version.pk, site.pk, *evaluate_at_site(model, weights, normalizer, split, positive=positive))
+    experiment = version.experiment
+    record_evaluation(version.pk, site.pk, *evaluate_at_site(
+        model, weights, normalizer, split, positive=positive,
+        validation_fraction=experiment.validation_fraction, split_seed=experiment.seed,
+    ))
     return "evaluated"
 
 
@@ -175,7 +182,7 @@ def site_plan(experiment: Experiment, site: Site, round_number: int) -> SitePlan
         model=experiment.model_config, train=experiment.train_config(experiment.seed),
         strategy=get_strategy(experiment.strategy, **experiment.strategy_params),
         normalizer=Normalizer.from_dict(experiment.normalizer), test_fraction=experiment.test_fraction,
-        privacy=experiment.privacy_settings,
+        privacy=experiment.privacy_settings, validation_fraction=experiment.validation_fraction,
     )
 
 
@@ -200,7 +207,7 @@ def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: d
             "mean": json_safe(mean_metrics(reported)),
             "defined": defined_counts(reported),
             "sites_reported": len(evaluations),
-        }
+        } | validation_summary(reported)  # what the best version is selected by
         version.save(update_fields=["metrics"])
         expected = version.experiment.participants.filter(consent=Participant.Consent.ACCEPTED).count()
         if len(evaluations) == expected:

@@ -87,3 +87,33 @@ def test_a_described_version_loads_from_the_file_alone(tmp_path):
         [{"heart_rate": 80, "systolic_bp": 120, "diastolic_bp": 80, "spo2": 97}]
     )
     assert prob.shape == (1,) and 0.0 <= float(prob[0]) <= 1.0 and np.isfinite(prob).all()
+
+
+@pytest.mark.django_db
+def test_hosted_sites_report_validation_loss_and_the_best_version_is_recommended(
+    make_site, make_dataset, make_experiment, drive
+):
+    """Through the services (hosted sites, in this process): each site's evaluation of
+    each version carries its validation loss; the version's is the row-weighted mean;
+    the finished experiment recommends the version with the lowest."""
+    from aggregation import services
+    from aggregation.services.sitework import site_plan
+
+    datasets = [make_dataset(make_site(f"site-{i}"), rows=120, seed=i) for i in range(3)]
+    experiment = make_experiment(datasets, num_rounds=3, validation_fraction=0.2)
+    services.start_experiment(experiment.pk)
+    experiment = drive(experiment.pk)
+    assert experiment.status == Experiment.Status.COMPLETED
+    plan = site_plan(experiment, datasets[0].site, 1)
+    assert plan.validation_fraction == 0.2 and plan.to_dict()["split"]["validation_fraction"] == 0.2
+    versions = list(ModelVersion.objects.filter(experiment=experiment).order_by("version"))
+    for v in versions:
+        reported = [e.metrics for e in v.evaluations.all()]
+        assert len(reported) == 3 and all(m["validation_n"] > 0 for m in reported)
+        expected = sum(m["validation_loss"] * m["validation_n"] for m in reported) / sum(
+            m["validation_n"] for m in reported
+        )
+        assert v.metrics["validation_loss"] == pytest.approx(expected)
+        assert v.metrics["validation_sites"] == 3
+    best = min(versions, key=lambda v: (v.metrics["validation_loss"], v.version))
+    assert recommended_version(experiment, versions) == best
