@@ -32,6 +32,7 @@ from clients.policy import join_problems
 from ..models import ClientUpdate, Experiment, Participant, Round
 from ..reasons import Reason
 from ..reasons import text as reason_text
+from .schema_fit import fit_problems
 
 Consent = Participant.Consent
 MAX_REASON = 500  # Participant.decline_reason's column
@@ -225,8 +226,8 @@ def dataset_problems(experiment: Experiment, dataset: Dataset, site: Site) -> li
         return [f"dataset {dataset.pk} is {dataset.status}, not ready"]
     if dataset.withdrawn_at is not None:
         return [f"dataset {dataset.pk} was withdrawn and can join no experiment"]
-    if dataset.schema != experiment.schema:
-        return [f"dataset {dataset.pk} has a different schema from the experiment"]
+    if fit := fit_problems(dataset, experiment.schema):  # columns, and the experiment's hard limits
+        return fit
     if site.mode == Site.Mode.AGENT and dataset.file:
         return [f"dataset {dataset.pk} is a stored upload, but {site.name} runs a site agent"]
     if site.mode == Site.Mode.HOSTED and not dataset.file:
