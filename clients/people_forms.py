@@ -28,6 +28,10 @@ class SiteForm(forms.ModelForm):
             "contact_name": "Contact name",
             "contact_email": "Contact email",
         }
+        error_messages = {
+            "name": {"unique": "A site with this name exists."},
+            "slug": {"unique": "A site with this short name exists."},
+        }
         help_texts = {
             "slug": "Lower-case letters, digits and hyphens; names the site's queue (site.<short name>) and "
             "its storage folder. It cannot be changed later.",

@@ -109,10 +109,7 @@ def test_site_form_names_the_bad_field_and_creates_nothing(charlie, site_a):
         reverse("site_create"), {"name": "Another", "slug": site_a.slug, "mode": "hosted"}
     )
     assert response.status_code == 400
-    assert (
-        b"Site with this Slug already exists" in response.content
-        or b"already exists" in response.content
-    )
+    assert b"A site with this short name exists." in response.content
     response = client.post(
         reverse("site_create"), {"name": "Bad", "slug": "no spaces!", "mode": "hosted"}
     )
@@ -371,3 +368,14 @@ def test_two_tabs_racing_on_one_link_make_one_account(make_site, make_user):
     assert Membership.objects.filter(site=site, user__username__startswith="racer").count() == 1
     assert AuditEvent.objects.filter(kind="invitation_accept").count() == 1
     assert verify().ok
+
+
+def test_a_hosted_sites_page_says_which_worker_takes_its_queue(charlie, site_a, make_site):
+    client = signed_in(charlie)
+    hosted = client.get(reverse("site_detail", args=[site_a.pk])).content.decode()
+    assert "data-worker-hint" in hosted and "manage.py worker --site site-a" in hosted
+    agent = make_site("far-away", mode=Site.Mode.AGENT)
+    assert (
+        "data-worker-hint"
+        not in client.get(reverse("site_detail", args=[agent.pk])).content.decode()
+    )
