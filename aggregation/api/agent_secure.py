@@ -59,7 +59,12 @@ class SecureStepsMixin:
 
     @extend_schema(
         request=s.TrainedSerializer,
-        responses={201: UpdateSerializer, 200: UpdateSerializer, 409: ErrorSerializer},
+        responses={
+            201: UpdateSerializer,
+            200: UpdateSerializer,
+            400: ErrorSerializer,
+            409: ErrorSerializer,
+        },
     )
     @action(detail=True, methods=["post"])
     def trained(self, request, pk=None):
