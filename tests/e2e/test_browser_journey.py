@@ -17,8 +17,11 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import Page, expect
 
-from aggregation.models import Experiment, ModelVersion
+from aggregation.models import ClientUpdate, Experiment, ModelVersion
+from aggregation.services import pause_experiment, resume_experiment, start_experiment
 from clients.models import Dataset
+from tests.consent_support import accept_invitations
+from tests.support import wait_until
 
 from .conftest import DESKTOP, PASSWORD, PHONE, csv_bytes, query
 
@@ -242,6 +245,29 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     expect(page.get_by_role("heading", name="Browser study")).to_be_visible()
     expect(page.locator("[data-progress-text]")).to_have_text(f"Not started · {ROUNDS} rounds planned")
 
+    # -- consent: nothing is trained until each site's admin accepts -----------------------
+    expect(page.locator("[data-start-quorum]")).to_contain_text("Start waits for the quorum: at least 2 invited sites")
+    expect(page.locator("[data-participants] [data-consent='invited']")).to_have_count(2)
+    study_url = page.url
+    query(lambda: make_site_admin("riverside", "rita"))
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, product.url, "rita")
+    invitation = page.locator("[data-invitation]", has_text="Browser study")
+    expect(invitation).to_contain_text("What leaves your site")
+    expect(invitation).to_contain_text("2 sites invited")
+    expect(invitation.locator("[data-consent-state]")).to_have_text("Invited: waiting for the site's decision")
+    both_widths(browser, page, shoot, "06b-site-invitation", visible=("[data-invitation] button",))
+    invitation.get_by_role("button", name="Accept").click()
+    expect(page.get_by_role("status").first).to_contain_text("accepted")
+    expect(page.locator("[data-invitation]", has_text="Browser study").locator("[data-consent-state]")).to_have_text(
+        "Accepted")
+    # St Mary's admin accepts on the same page (through the same service, to keep this short).
+    query(lambda: accept_invitations(Experiment.objects.get(name="Browser study").pk, sites=["st-marys"]))
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, product.url, "carol")
+    page.goto(study_url)
+    expect(page.locator("[data-participants] [data-consent='accepted']")).to_have_count(2)
+
     asked: list[str] = []
     page.wait_for_load_state("load")
     page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
@@ -306,6 +332,28 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     both_widths(browser, page, shoot, "13-site-home-after-run",
                 visible=("[data-site-experiments] [data-local]", "[data-site-experiments] [data-global]"))
 
+    # -- a site admin withdraws from a running experiment: asked no more from the next round --
+    withdrawal = query(paused_study)
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, product.url, "rita")
+    card = page.locator("[data-invitation]", has_text="Withdrawal study")
+    expect(card.locator("[data-consent-state]")).to_have_text("Accepted")
+    page.once("dialog", lambda d: d.accept())
+    card.get_by_role("button", name="Withdraw").click()
+    expect(page.get_by_role("status").first).to_contain_text("withdrawn")
+    card = page.locator("[data-invitation]", has_text="Withdrawal study")
+    expect(card.locator("[data-consent-state]")).to_have_text("Withdrawn")
+    expect(card).to_contain_text("Withdrawn from round 2 on.")
+    assert_no_csp_violation(page)
+    shoot(page, "13b-site-withdrawn-desktop")
+    query(lambda: resume_experiment(withdrawal))
+    wait_until(lambda: query(lambda: Experiment.objects.get(pk=withdrawal).status) == Experiment.Status.COMPLETED,
+               timeout=180, what="the withdrawal study to complete", watch=product.processes)
+    asked = query(lambda: sorted(ClientUpdate.objects.filter(round__experiment_id=withdrawal).values_list(
+        "round__number", "site__slug")))
+    assert [n for n, slug in asked if slug == "riverside"] == [1], asked  # never asked after round 1
+    assert [n for n, slug in asked if slug == "st-marys"] == [1, 2, 3], asked
+
     # -- five wrong passwords lock signing in, with a page that says so (HTTP 429) ------
     page.get_by_role("button", name="Sign out").click()
     for _ in range(5):
@@ -325,6 +373,29 @@ def test_site_upload_then_coordinator_runs_an_experiment_then_a_prediction(produ
     assert query(ModelVersion.objects.filter(experiment=experiment).count) == ROUNDS
 
 
+def make_site_admin(slug: str, username: str) -> None:
+    from django.contrib.auth import get_user_model
+
+    from clients.models import Membership, Site
+
+    user = get_user_model().objects.create_user(username, password=PASSWORD)
+    Membership.objects.create(user=user, site=Site.objects.get(slug=slug), role=Membership.Role.SITE_ADMIN)
+
+
+def paused_study() -> int:
+    """A three-round experiment of both sites, accepted by both, started and paused at once
+    (round 1 finishes; round 2 waits for Resume)."""
+    from aggregation.services.creation import create_experiment
+
+    datasets = Dataset.objects.filter(status=Dataset.Status.READY, site__slug__in=["st-marys", "riverside"])
+    experiment = create_experiment(name="Withdrawal study", datasets=list(datasets.order_by("site__slug")),
+                                   num_rounds=3, local_epochs=1, min_sites=1)
+    accept_invitations(experiment.pk)
+    start_experiment(experiment.pk)
+    pause_experiment(experiment.pk)
+    return experiment.pk
+
+
 def long_experiment(experiment_id: int) -> int:
     """A finished 100-round experiment of the same two sites, written to the database:
     St Mary's reported every round, Riverside every round but each tenth, and failed
@@ -340,7 +411,7 @@ def long_experiment(experiment_id: int) -> int:
                                      finished_at=timezone.now())
     now = timezone.now()
     for p in source.participants.all():
-        Participant.objects.create(experiment=long, site=p.site, dataset=p.dataset)
+        Participant.objects.create(experiment=long, site=p.site, dataset=p.dataset, consent=p.consent)
     sites = {p.site.slug: p.site for p in source.participants.select_related("site")}
     for n in range(1, LONG_ROUNDS + 1):
         round_ = Round.objects.create(experiment=long, number=n, status=Round.Status.COMPLETED, deadline=now)
