@@ -87,6 +87,11 @@ def main() -> int:
         y = frame[DEFAULT_SCHEMA.label].to_numpy("float32")
         splits.append(split_site(name, X, y, test_fraction=experiment.test_fraction, seed=experiment.seed))
 
+    from aggregation.services.consent import record_acceptance
+
+    for participant in experiment.participants.all():  # each site accepts the terms
+        record_acceptance(participant)
+
     # (a) the in-process baseline, with the same per-round evaluation the platform does.
     # Both sides pay torch's one-off initialisation before the clock (the worker does
     # it at process start).

@@ -50,6 +50,7 @@ from clients.models import ApiToken, Membership, Site
 from clients.services import ingest_dataset
 from django.contrib.auth import get_user_model
 from aggregation.models import Experiment, Participant
+from aggregation.services.consent import record_acceptance
 from aggregation import services
 from aggregation.services.sitework import train_hosted_update
 from fedhealth.ml.schema import DEFAULT_SCHEMA
@@ -59,7 +60,7 @@ site = Site.objects.create(name="Bench", slug="bench")
 csv = generate_site(2000, seed=0).to_csv(index=False).encode()
 ds = ingest_dataset(site, io.BytesIO(csv), name="bench.csv").dataset
 exp = Experiment.objects.create(name="bench", schema=DEFAULT_SCHEMA.to_dict(), num_rounds=1, local_epochs=1)
-Participant.objects.create(experiment=exp, site=site, dataset=ds)
+record_acceptance(Participant.objects.create(experiment=exp, site=site, dataset=ds))  # the site accepts
 services.start_experiment(exp.pk)
 for u in exp.rounds.get().updates.all():
     train_hosted_update(u.pk)
