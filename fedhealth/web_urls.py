@@ -69,6 +69,7 @@ urlpatterns = [
     # Models and predictions.
     path("experiments/<int:pk>/models/", experiments.model_list, name="model_list"),
     path("models/<int:pk>/download/", experiments.model_download, name="model_download"),
+    path("models/<int:pk>/card/", experiments.model_card, name="model_card"),
     path("predict/", experiments.predict, name="predict"),
     # The audit trail (coordinators: everything; site admins: their site's).
     path("audit/", audit.audit_list, name="audit_list"),

@@ -52,20 +52,25 @@ def best_version(versions: Iterable[ModelVersion]) -> ModelVersion | None:
 
 
 def describe_version(
-    version: ModelVersion, *, privacy: Mapping[str, Any] | None = None, best: bool | None = None
+    version: ModelVersion,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    privacy: Mapping[str, Any] | None = None,
+    best: bool | None = None,
 ) -> dict[str, str]:
     """The safetensors metadata that makes a downloaded version self-describing
     (``fedhealth.ml.load_model`` reads it): schema, normaliser, model configuration,
-    experiment, round, the version's mean metrics, its validation and the viewer's
-    privacy guarantee when there is one."""
+    experiment, round, the mean metrics the viewer may see (``metrics``, from the
+    policy), the version's validation loss (only alongside those metrics, under the
+    same disclosure rule) and the viewer's privacy guarantee when there is one."""
     experiment = version.experiment
-    metrics = version.metrics or {}
+    stored = version.metrics or {}
     validation = None
-    if metrics.get("validation_loss") is not None:
+    if metrics and stored.get("validation_loss") is not None:
         validation = {
-            "loss": metrics["validation_loss"],
-            "sites": metrics.get("validation_sites"),
-            "fraction": getattr(experiment, "validation_fraction", None),
+            "loss": stored["validation_loss"],
+            "sites": stored.get("validation_sites"),
+            "fraction": experiment.validation_fraction,
             "best": best,
         }
     return describe(
@@ -74,7 +79,7 @@ def describe_version(
         model=ModelConfig.from_dict(version.model_config),
         experiment={"id": experiment.pk, "name": experiment.name, "strategy": experiment.strategy},
         round_number=version.version,
-        metrics=metrics.get("mean"),
+        metrics=metrics or None,
         privacy=privacy,
         validation=validation,
     )

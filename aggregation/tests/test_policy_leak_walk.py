@@ -129,6 +129,7 @@ def ids_for(trio) -> dict[str, list[int]]:
         "experiment_": experiments,
         "model_list": experiments,
         "model_download": versions,
+        "model_card": versions,
         "dataset_": datasets,
         "site_detail": [s.pk for s in trio.sites.values()],
         "site_invite_admin": [s.pk for s in trio.sites.values()],

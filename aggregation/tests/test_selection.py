@@ -77,7 +77,9 @@ def test_a_described_version_loads_from_the_file_alone(tmp_path):
     )
     path = tmp_path / "v7.safetensors"
     save_weights(
-        path, init_weights(cfg, 0), describe_version(version, privacy={"epsilon": 2.0}, best=True)
+        path, init_weights(cfg, 0), describe_version(
+        version, metrics=version.metrics["mean"], privacy={"epsilon": 2.0}, best=True
+    )
     )
     model = load_model(path)
     assert model.card["experiment"] == {"id": 9, "name": "Ward study", "strategy": "fedavg"}

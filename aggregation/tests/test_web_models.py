@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 from django.urls import reverse
 
 from aggregation.services import artifacts
 from clients.tests import conftest as web
-from fedhealth.files import write_bytes
-from fedhealth.ml.weights_io import weights_from_bytes
+from fedhealth.files import read_bytes, write_bytes
+from fedhealth.ml.weights_io import read_metadata, weights_from_bytes
 
 pytestmark = pytest.mark.django_db
 # The web tests' shared fixtures (clients/tests/conftest.py).
@@ -46,8 +47,38 @@ def test_download_is_the_verified_safetensors_file(client, world):
 
     assert response.status_code == 200
     assert response["Content-Disposition"] == 'attachment; filename="shared-vitals-study-v2.safetensors"'
-    assert hashlib.sha256(response.content).hexdigest() == world.version.sha256 == response["X-Checksum-SHA256"]
-    weights_from_bytes(response.content, expected_sha256=world.version.sha256)
+    # The download describes itself (metadata), so its own checksum differs from the
+    # stored file's; the tensors are the stored file's, whose checksum it keeps.
+    assert hashlib.sha256(response.content).hexdigest() == response["X-Checksum-SHA256"]
+    assert response["X-Stored-SHA256"] == world.version.sha256
+    stored = weights_from_bytes(read_bytes(world.version.weights_file), expected_sha256=world.version.sha256)
+    downloaded = weights_from_bytes(response.content)
+    assert list(downloaded) == list(stored)
+    for name, array in stored.items():
+        np.testing.assert_array_equal(downloaded[name], array)
+    assert read_metadata(response.content)["fedhealth.stored_sha256"] == world.version.sha256
+
+
+def test_a_download_predicts_from_the_file_alone_and_has_a_card(client, world, tmp_path):
+    from fedhealth.ml import load_model
+
+    client.force_login(world.bob)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(client.get(reverse("model_download", args=[world.version.pk])).content)
+    model = load_model(path)
+    assert model.card["round"] == world.version.version
+    assert model.card["experiment"]["id"] == world.version.experiment_id
+    assert model.card["schema"] == world.version.schema
+    assert model.card["normalizer"] == world.version.normalizer
+    row = {f["name"]: (f["min"] + f["max"]) / 2 for f in world.version.schema["features"]}
+    assert 0.0 <= float(model.predict_proba([row])[0]) <= 1.0
+    response = client.get(reverse("model_card", args=[world.version.pk]))
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    card = response.json()
+    assert card["round"] == model.card["round"] and card["sha256_stored"] == world.version.sha256
+    assert [f["name"] for f in card["features"]] == [f["name"] for f in world.version.schema["features"]]
+    # The figures in a site's card are what the policy lets that site see.
+    assert card.get("metrics") == (model.card.get("metrics"))
 
 
 def test_a_tampered_file_is_not_served(client, world):

@@ -10,7 +10,7 @@ from .experiments import (
 from .export import experiment_export
 from .live import experiment_live
 from .predict import predict
-from .versions import model_download, model_list
+from .versions import model_card, model_download, model_list
 
 __all__ = [
     "experiment_action",
@@ -20,6 +20,7 @@ __all__ = [
     "experiment_export",
     "experiment_list",
     "experiment_live",
+    "model_card",
     "model_download",
     "model_list",
     "predict",

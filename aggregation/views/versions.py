@@ -12,6 +12,8 @@ from django.utils.text import slugify
 
 from audit import services as audit
 from fedhealth.files import read_bytes
+from fedhealth.ml.model_file import model_card as model_card_of
+from fedhealth.ml.model_file import with_description
 from fedhealth.ml.schema import Schema
 from fedhealth.ml.weights_io import read_metadata, sha256_hex, weights_from_bytes, weights_to_bytes
 
@@ -20,6 +22,7 @@ from ..figure_words import class_words, mean_note
 from ..models import ModelVersion
 from ..permissions import visible_evaluations, visible_experiments, visible_versions
 from ..services.recommend import recommended_version
+from ..services.selection import describe_version
 from . import charts
 from .quality import partial_points, prevalence
 
@@ -143,11 +146,39 @@ def model_download(request, pk: int):
     if shown is not None:
         data = with_guarantee(data, version.sha256, shown)
         details["guarantee"] = policy.guarantee_text(shown)
+    # A file that travels: what load_model needs and the card says, as this viewer may see it.
+    data = with_description(data, _description(request.user, version, shown) | {
+        "fedhealth.stored_sha256": version.sha256,
+    })
     audit.record(audit.Kind.MODEL_DOWNLOAD, target=f"model version {version.pk}", details=details)
     response = HttpResponse(data, content_type="application/octet-stream")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     response["X-Checksum-SHA256"] = sha256_hex(data)
     response["X-Stored-SHA256"] = version.sha256
+    return response
+
+
+def _description(user, version: ModelVersion, privacy: dict | None) -> dict[str, str]:
+    viewer = policy.viewer_of(user)
+    figures = policy.version_figures([version])[version.pk]
+    mean = policy.version_metrics(viewer, version, figures).get("mean") or None
+    versions = list(visible_versions(user).filter(experiment_id=version.experiment_id))
+    best = recommended_version(version.experiment, versions)
+    return describe_version(version, metrics=mean, privacy=privacy, best=best == version if best else None)
+
+
+@login_required
+def model_card(request, pk: int):
+    """The model card of a version (JSON): what its download describes itself as."""
+    version = get_object_or_404(visible_versions(request.user).select_related("experiment"), pk=pk)
+    privacy = policy.version_privacy(policy.viewer_of(request.user), [version])[version.pk]
+    meta = _description(request.user, version, privacy)
+    if privacy is not None:
+        meta["fedhealth.privacy_guarantee"] = policy.guarantee_text(privacy)
+    card = model_card_of(meta) | {"sha256_stored": version.sha256}
+    name = f"{slugify(version.experiment.name) or 'experiment'}-v{version.version}.card.json"
+    response = HttpResponse(json.dumps(card, indent=2), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 
 
