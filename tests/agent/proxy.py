@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -40,8 +41,12 @@ class RecordingProxy:
 
     def __init__(self, upstream_port: int) -> None:
         self.requests: list[Recorded] = []
+        # A test may set ``refuse``: a request it returns True for is recorded, answered
+        # 503 and never forwarded (a site cut off mid-protocol; agents retry a 503).
+        self.refuse: Callable[[Recorded], bool] | None = None
         lock = threading.Lock()
         records = self.requests
+        proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -49,8 +54,12 @@ class RecordingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                record = Recorded(self.command, self.path, dict(self.headers), body)
                 with lock:
-                    records.append(Recorded(self.command, self.path, dict(self.headers), body))
+                    records.append(record)
+                if proxy.refuse is not None and proxy.refuse(record):
+                    self.send_error(503, "cut off by the test")
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
                 try:
