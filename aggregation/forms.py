@@ -425,7 +425,9 @@ class PredictForm(forms.Form):
         )
         for f in schema.features:
             unit = f" {f.unit}" if f.unit else ""
-            bounds = f"Allowed: {f.min:g} to {f.max:g}{unit}" if f.min is not None and f.max is not None else ""
+            bounds = f"Usual range {f.min:g} to {f.max:g}{unit}" if f.min is not None and f.max is not None else ""
+            if f.hard_min is not None and f.hard_max is not None:  # what is refused as impossible
+                bounds = f"{bounds}; accepted {f.hard_min:g} to {f.hard_max:g}{unit}".lstrip("; ")
             self.fields[f.name] = forms.CharField(
                 label=f"{feature_label(f.name)}{f' ({f.unit})' if f.unit else ''}", required=False, help_text=bounds,
                 widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),

@@ -57,7 +57,7 @@ def test_per_field_errors_name_the_record_and_field(personas, url):
     assert response.status_code == 400
     errors = error_fields(response)
     assert set(errors) == {"records.1.spo2", "records.2.heart_rate", "records.2.spo2"}
-    assert "between 90 and 100" in errors["records.1.spo2"][0]
+    assert "between 50 and 100 % (hard limits)" in errors["records.1.spo2"][0]
 
 
 @pytest.mark.parametrize(

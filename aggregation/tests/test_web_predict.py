@@ -51,7 +51,7 @@ def test_one_patient_gets_a_probability_and_a_label(signed_in, world):
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("heart_rate", "300", "heart_rate must be between 50 and 120 bpm, got 300"),
+    ("heart_rate", "301", "heart_rate must be between 20 and 300 bpm (hard limits), got 301"),
     ("spo2", "ninety", "spo2 must be a number, got 'ninety'"),
     ("systolic_bp", "", "systolic_bp is required"),
 ])
