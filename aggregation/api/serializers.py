@@ -129,7 +129,10 @@ class ExperimentCreateSerializer(serializers.Serializer):
         help_text="Ready datasets, one per participating site.",
     )
     schema = serializers.JSONField(
-        required=False, help_text="Feature schema; the default vitals schema if absent."
+        required=False,
+        help_text="Feature schema: features (name, unit, expected range min/max: flagged and kept; hard "
+        "limits hard_min/hard_max: impossible values, a dataset holding one cannot join), label, and the "
+        "positive class {value, name, other}. The default vitals schema if absent.",
     )
     hidden_layers = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_LAYER_WIDTH),
