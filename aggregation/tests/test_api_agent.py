@@ -77,8 +77,10 @@ def test_assignments_list_the_sites_pending_training(agent, mixed):
             "update": mixed["update"].pk,
             "status": "pending",
             "deadline": body["training"][0]["deadline"],
+            "secure": False,
         }
     ]
+    assert body["secure"] == []  # no secure round owes this site a protocol step
     assert body["evaluations"] == []
 
 
