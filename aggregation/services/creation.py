@@ -20,6 +20,7 @@ from django.db import transaction
 from audit import services as audit
 from clients.models import Dataset, Site
 from clients.policy import join_problems
+from fedhealth.ml.privacy import DP_TRAIN_DEFAULTS
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
 from fedhealth.ml.secagg.federated import incompatibility
 from fedhealth.ml.secagg.server import check_threshold
@@ -388,9 +389,12 @@ def create_experiment(
 ) -> Experiment:
     """Create a draft experiment over ``datasets`` (one ready dataset per site).
 
-    ``config``: any of ``CONFIG_KEYS``; settings left out keep the model's defaults.
-    Raises ``ExperimentInvalid``.
+    ``config``: any of ``CONFIG_KEYS``; settings left out keep the model's defaults, except
+    that a record-level DP experiment gets DP-SGD's measured batch size and learning rate
+    (``DP_TRAIN_DEFAULTS``) where they are left out. Raises ``ExperimentInvalid``.
     """
+    if config.get("dp_mode") == Experiment.DPMode.RECORD:
+        config = {**DP_TRAIN_DEFAULTS, **config}
     clean = validate_experiment(
         name=name, description=description, datasets=datasets, schema=schema, **config
     )
