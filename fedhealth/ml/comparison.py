@@ -34,11 +34,16 @@ def evaluate_personal(
     personal: Mapping[str, Weights],
     normalizer: Normalizer,
     sites: Sequence[SiteSplit],
+    *,
+    positive: int = 1,
 ) -> dict[str, Any]:
-    """Each site's personalised model on its own test rows: ``{"per_site", "mean"}``."""
+    """Each site's personalised model on its own test rows: ``{"per_site", "mean"}``;
+    ``positive``: the schema's positive class, as ``evaluate_sites``."""
     return summarise(
         {
-            s.name: evaluate(model, personal[s.name], normalizer.transform(s.X_test), s.y_test)
+            s.name: evaluate(
+                model, personal[s.name], normalizer.transform(s.X_test), s.y_test, positive=positive
+            )
             for s in sites
         }
     )
@@ -49,7 +54,13 @@ def evaluate_alone(sites: Sequence[SiteSplit], config: FederatedConfig) -> dict[
     per_site = {}
     for s in sites:
         weights, normalizer = run_local(s, config)
-        per_site[s.name] = evaluate(config.model, weights, normalizer.transform(s.X_test), s.y_test)
+        per_site[s.name] = evaluate(
+            config.model,
+            weights,
+            normalizer.transform(s.X_test),
+            s.y_test,
+            positive=config.train.positive,
+        )
     return summarise(per_site)
 
 
@@ -58,14 +69,19 @@ def compare(
 ) -> dict[str, Any]:
     """``{"alone", "federated", "personalized" (when run has them), "centralized"}``,
     each ``{"per_site": {SITE: METRICS}, "mean": METRICS}`` on the sites' own test rows."""
+    positive = config.train.positive
     result = {
         "alone": evaluate_alone(sites, config),
-        "federated": evaluate_sites(config.model, run.weights, run.normalizer, sites),
+        "federated": evaluate_sites(
+            config.model, run.weights, run.normalizer, sites, positive=positive
+        ),
     }
     if run.personal:
         result["personalized"] = evaluate_personal(
-            config.model, run.personal, run.normalizer, sites
+            config.model, run.personal, run.normalizer, sites, positive=positive
         )
     c_weights, c_norm = run_centralized(sites, config)
-    result["centralized"] = evaluate_sites(config.model, c_weights, c_norm, sites)
+    result["centralized"] = evaluate_sites(
+        config.model, c_weights, c_norm, sites, positive=positive
+    )
     return result

@@ -189,7 +189,9 @@ class Command(BaseCommand):
             stopped = " (stopped early)" if len(history) < config.rounds else ""
             self.stdout.write(f"selected round {run.selected_round} of {len(history)}{stopped} by validation loss")
         if run.personal:
-            result["personalized"] = evaluate_personal(config.model, run.personal, normalizer, sites)
+            result["personalized"] = evaluate_personal(
+                config.model, run.personal, normalizer, sites, positive=config.train.positive
+            )
         if config.privacy is not None:
             result["privacy"] = {
                 name: {k: spend[k] for k in ("epsilon_total", "delta", "noise_multiplier", "clip_norm")}
