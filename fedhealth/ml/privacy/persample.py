@@ -91,8 +91,9 @@ def flat_clip_optimizer(optimizer: torch.optim.Optimizer, **kwargs: Any) -> DPOp
 
     The arithmetic is Opacus's: each row's norm over all parameters, the factor
     ``min(1, C / (norm + 1e-6))``, the factor-weighted sum of the rows' gradients into
-    ``p.summed_grad``; then Opacus's own noise, scaling and checks. One ``cat``, one norm
-    and one matrix-vector product replace a norm, an einsum and a sum per parameter.
+    ``p.summed_grad``; then Opacus's own noise and checks, and its scaling by the expected
+    batch size in one call. One ``cat``, one norm and one matrix-vector product replace a
+    norm, an einsum and a sum per parameter.
     """
     from opacus.optimizers import DPOptimizer
     from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
@@ -117,5 +118,11 @@ def flat_clip_optimizer(optimizer: torch.optim.Optimizer, **kwargs: Any) -> DPOp
                 offset += p.numel()
                 p.summed_grad = part if p.summed_grad is None else p.summed_grad + part
                 _mark_as_processed(p.grad_sample)
+
+        def scale_grad(self) -> None:
+            # Opacus's division, with the divisor computed once rather than per parameter.
+            if self.loss_reduction == "mean":
+                divisor = self.expected_batch_size * self.accumulated_iterations
+                torch._foreach_div_([p.grad for p in self.params], divisor)
 
     return FlatClipDPOptimizer(optimizer, **kwargs)
