@@ -75,6 +75,7 @@ NUMBER_LABELS = {
     "min_sites": "Minimum sites per round",
     "fraction_fit": "Fraction of sites asked each round",
     "test_fraction": "Test fraction held out at each site",
+    "validation_fraction": "Validation fraction held out at each site",
     "seed": "Random seed",
     "outlier_factor": "Outlier factor",
     "dp_epsilon": "Privacy budget per site (epsilon)",
@@ -83,6 +84,8 @@ NUMBER_LABELS = {
 NUMBER_HELP = {
     "min_sites": "A round needs at least this many sites' updates.",
     "test_fraction": "Each site keeps this share of its rows to evaluate the models.",
+    "validation_fraction": "Each site also keeps this share of its training rows to score each round's "
+                           "model; the round with the lowest loss is recommended (0: the last round).",
     "outlier_factor": "An update farther from the global model than this many times the median of the "
                       "round's other updates is refused.",
     "dp_epsilon": "Each site's patients get (epsilon, delta)-DP over the whole experiment; each site "
@@ -92,7 +95,7 @@ NUMBER_HELP = {
                     "default model.",
 }
 # DP settings came after the others: a form without them keeps the defaults.
-OPTIONAL_NUMBERS = ("outlier_factor", "dp_epsilon", "dp_clip_norm")
+OPTIONAL_NUMBERS = ("outlier_factor", "dp_epsilon", "dp_clip_norm", "validation_fraction")
 
 
 def strategy_label(name: str) -> str:

@@ -151,6 +151,7 @@ class ExperimentCreateSerializer(serializers.Serializer):
     fraction_fit = _bounded("fraction_fit")
     round_timeout = _bounded("round_timeout")
     test_fraction = _bounded("test_fraction")
+    validation_fraction = _bounded("validation_fraction")
     seed = _bounded("seed")
     outlier_factor = _bounded("outlier_factor")
     dp_mode = serializers.ChoiceField(

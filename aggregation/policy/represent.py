@@ -26,6 +26,7 @@ CONFIG_FIELDS = [
     "fraction_fit",
     "round_timeout",
     "test_fraction",
+    "validation_fraction",
     "seed",
     "dp_mode",
     "dp_epsilon",

@@ -51,6 +51,8 @@ BOUNDS: dict[str, Bound] = {
     "min_sites": Bound(1, MAX_SITES, integer=True),
     "fraction_fit": Bound(0.01, 1.0),
     "test_fraction": Bound(0.05, 0.5),
+    # Share of each site's training rows held out to select the best round (0: off).
+    "validation_fraction": Bound(0.0, 0.5),
     # Seconds. A round shorter than a minute cannot wait for a worker to pick it up.
     "round_timeout": Bound(60, 7 * 24 * 3600, integer=True),
     "seed": Bound(0, SEED_MAX, integer=True),

@@ -119,3 +119,16 @@ def test_hosted_sites_report_validation_loss_and_the_best_version_is_recommended
         assert v.metrics["validation_sites"] == 3
     best = min(versions, key=lambda v: (v.metrics["validation_loss"], v.version))
     assert recommended_version(experiment, versions) == best
+
+
+@pytest.mark.django_db
+def test_every_door_takes_the_validation_fraction_within_its_bounds(make_site, make_dataset):
+    from aggregation.services.creation import ExperimentInvalid, create_experiment
+
+    dataset = make_dataset(make_site("site-v"), rows=120, seed=0)
+    experiment = create_experiment(name="v", datasets=[dataset], validation_fraction=0.2)
+    assert experiment.validation_fraction == 0.2
+    assert experiment.federated_config().validation_fraction == 0.2
+    with pytest.raises(ExperimentInvalid) as caught:
+        create_experiment(name="v2", datasets=[dataset], validation_fraction=0.6)
+    assert "validation_fraction" in caught.value.errors
