@@ -61,18 +61,19 @@ class SitePlan:
     validation_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        split: dict[str, Any] = {"test_fraction": self.test_fraction, "seed": self.split_seed}
+        if self.validation_fraction > 0:  # absent without a slice: plans read by older agents stay valid
+            split["validation_fraction"] = self.validation_fraction
+        data: dict[str, Any] = {
             "round": self.round,
             "site": self.site,
             "model_config": self.model.to_dict(),
             "train_config": self.train.to_dict(),
             "normalizer": self.normalizer.to_dict(),
-            "split": {"test_fraction": self.test_fraction, "seed": self.split_seed},
+            "split": split,
         }
         if self.privacy is not None:  # absent without DP: plans read by older agents stay valid
             data["privacy"] = self.privacy.to_dict()
-        if self.validation_fraction > 0:  # likewise absent without a validation slice
-            data["split"]["validation_fraction"] = self.validation_fraction
         return data
 
     @classmethod
