@@ -24,8 +24,9 @@ def _prepare_worker_process(**kwargs) -> None:
 
 
 def warm_up_torch() -> None:
-    # The first optimiser step in a fresh process pays ~1 s of one-off initialisation;
-    # paying it at start-up keeps it out of the first round's latency.
+    # The first local step in a fresh process pays one-off initialisation (lazy imports
+    # and kernels; ~1 s while torch.optim imported torch._dynamo, far less since
+    # fedhealth/ml/adam.py); paying it at start-up keeps it out of the first round.
     import numpy as np
 
     from fedhealth.ml.model import ModelConfig, init_weights
