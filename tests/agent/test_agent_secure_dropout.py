@@ -1,10 +1,11 @@
 """Real agent processes in secure rounds (gunicorn, a Celery worker with beat on Redis, agents
 as their own processes behind the recording proxy), cut off and SIGKILLed mid-protocol.
 
-An agent killed after sharing its keys, before its masked input, is recovered: the round
+A round mixes a hosted site (its worker's steps on its queue) and three agents. An agent
+killed after sharing its keys, before its masked input, is recovered: the round
 completes and equals FedAvg of the survivors. Restarted with its state folder, it takes part
 in the next round, where another agent is killed after its masked input, before unmasking:
-the survivors reveal its self-mask share and the round equals FedAvg of all three. Below the
+the survivors reveal its self-mask share and the round equals FedAvg of all four. Below the
 threshold a round fails closed: no new version, the reason recorded and shown. A phase's
 deadline is moved to "now" once the survivors have posted, rather than waited for; the
 sweeper and the round's own deadline check then close it as they would at the deadline.
@@ -22,6 +23,7 @@ from aggregation.models import Experiment, ModelVersion, Round, SecureRound, Sec
 from aggregation.reasons import Reason
 from aggregation.services import artifacts
 from clients.models import Dataset
+from fedhealth.files import read_bytes
 from fedhealth.ml.strategies import FedAvg
 from fedhealth.ml.types import Update
 from fedhealth.ml.weights_io import weights_from_bytes
@@ -90,8 +92,14 @@ def wait_until(predicate, **kwargs):
         raise
 
 
-def _start(stack, make_experiment, agents, **kwargs) -> Experiment:
-    datasets = [Dataset.objects.get(site=a["site"]) for a in agents]
+@pytest.fixture
+def hosted(make_site, make_dataset):
+    """A hosted site's dataset, made before the worker starts (it picks its queues then)."""
+    return make_dataset(make_site("hosted-0"), rows=240, seed=69)
+
+
+def _start(stack, make_experiment, agents, *, hosted=(), **kwargs) -> Experiment:
+    datasets = [*hosted, *(Dataset.objects.get(site=a["site"]) for a in agents)]
     experiment = make_experiment(datasets, secure_aggregation=True, round_timeout=120, **kwargs)
     manage(stack.env, "experiment", "start", str(experiment.pk))
     return experiment
@@ -122,6 +130,12 @@ def _kept(agent, round_id):
     return weights_from_bytes(path.read_bytes())
 
 
+def _kept_hosted(experiment, number):
+    """A hosted site's kept update, in its private storage, while the round's protocol runs."""
+    name = f"datasets/hosted-0/secagg/e{experiment.pk}-r{number}-update.safetensors"
+    return weights_from_bytes(read_bytes(name))
+
+
 def _secure(experiment, number):
     return SecureRound.objects.filter(round__experiment=experiment, round__number=number).first()
 
@@ -146,10 +160,9 @@ def _kill_when_cut(stack, agents, victim, round_id, step):
     victim["process"].kill()
 
 
-def _expire(stack, agents, experiment, number, phase, survivors):
+def _expire(stack, agents, experiment, number, phase, slugs):
     """Once every survivor's message of ``phase`` counted, the phase's deadline passes (moved
     to now rather than waited for): the sweeper's next call closes it, the victim dropped."""
-    slugs = [x["site"].slug for x in survivors]
 
     def ready():
         secure = _secure(experiment, number)
@@ -182,15 +195,14 @@ def _assert_fedavg(experiment, number, updates):
 
 
 def test_agents_killed_mid_protocol_are_recovered_and_a_restarted_agent_takes_part_again(
-    stack, three, make_experiment
+    hosted, stack, three, make_experiment
 ):
     a, b, c = three
     # Round 1: a is cut off at its masked input (it has shared its keys), then killed. (Set
     # before the start: the agents may run the whole round before `experiment start` exits.)
     stack.proxy.refuse = _cut(a, "masked")
-    experiment = _start(
-        stack, make_experiment, three, num_rounds=2, min_sites=2, secagg_threshold=2
-    )
+    # a hosted site takes part too: threshold 3 (a majority of 4)
+    experiment = _start(stack, make_experiment, three, hosted=[hosted], num_rounds=2, min_sites=2)
     wait_until(
         lambda: _secure(experiment, 1) is not None,
         timeout=120,
@@ -204,8 +216,9 @@ def test_agents_killed_mid_protocol_are_recovered_and_a_restarted_agent_takes_pa
         (cut_a(r) and here in r.path) or (cut_b(r) and here not in r.path)
     )
     kept1 = {x["site"].slug: _kept(x, rid1) for x in (b, c)}  # read from the survivors' own folders
+    kept1["hosted-0"] = _kept_hosted(experiment, 1)
     _kill_when_cut(stack, three, a, rid1, "masked")
-    _expire(stack, three, experiment, 1, "masked", [b, c])
+    _expire(stack, three, experiment, 1, "masked", ["hosted-0", "remote-1", "remote-2"])
     wait_until(
         lambda: Round.objects.get(pk=rid1).status == Round.Status.COMPLETED,
         timeout=180,
@@ -213,14 +226,14 @@ def test_agents_killed_mid_protocol_are_recovered_and_a_restarted_agent_takes_pa
         watch=_watch(stack, three),
     )
     round1 = Round.objects.get(pk=rid1)
-    assert sorted(round1.metrics["accepted"]) == ["remote-1", "remote-2"]
+    assert sorted(round1.metrics["accepted"]) == ["hosted-0", "remote-1", "remote-2"]
     assert round1.metrics["secure"]["dropped"] == ["remote-0"]
     place = SecureSite.objects.get(secure_round__round=round1, site=a["site"])
     assert (place.status, place.dropped_in, place.last_phase) == ("dropped", "masked", "share")
     _assert_fedavg(experiment, 1, [Update(w, _samples(round1, s), s) for s, w in kept1.items()])
 
     # a restarts with its state folder; round 2: b is cut off at unmasking (its masked input
-    # is in the sum), then killed: a and c reveal its self-mask share.
+    # is in the sum), then killed: the hosted site, a and c reveal its self-mask share.
     a["process"].start()
     wait_until(
         lambda: _secure(experiment, 2) is not None,
@@ -229,9 +242,11 @@ def test_agents_killed_mid_protocol_are_recovered_and_a_restarted_agent_takes_pa
         watch=_watch(stack, three),
     )
     rid2 = _secure(experiment, 2).round_id
-    kept2 = {x["site"].slug: _kept(x, rid2) for x in three}
+    kept2 = {x["site"].slug: _kept(x, rid2) for x in three} | {
+        "hosted-0": _kept_hosted(experiment, 2)
+    }
     _kill_when_cut(stack, three, b, rid2, "unmask")
-    _expire(stack, three, experiment, 2, "unmask", [a, c])
+    _expire(stack, three, experiment, 2, "unmask", ["hosted-0", "remote-0", "remote-2"])
     wait_until(
         lambda: Experiment.objects.get(pk=experiment.pk).status == Experiment.Status.COMPLETED,
         timeout=180,
@@ -239,7 +254,7 @@ def test_agents_killed_mid_protocol_are_recovered_and_a_restarted_agent_takes_pa
         watch=_watch(stack, three),
     )
     round2 = Round.objects.get(pk=rid2)
-    assert sorted(round2.metrics["accepted"]) == ["remote-0", "remote-1", "remote-2"]
+    assert sorted(round2.metrics["accepted"]) == ["hosted-0", "remote-0", "remote-1", "remote-2"]
     assert round2.metrics["secure"]["dropped"] == []
     place = SecureSite.objects.get(secure_round__round=round2, site=b["site"])
     assert (place.status, place.dropped_in, place.last_phase) == ("dropped", "unmask", "masked")
@@ -272,7 +287,7 @@ def test_below_the_threshold_a_secure_round_fails_closed_and_says_why(
         watch=_watch(stack, three),
     )
     _kill_when_cut(stack, three, a, _secure(experiment, 1).round_id, "masked")
-    _expire(stack, three, experiment, 1, "masked", three[1:])
+    _expire(stack, three, experiment, 1, "masked", ["remote-1", "remote-2"])
     wait_until(
         lambda: Experiment.objects.get(pk=experiment.pk).status == Experiment.Status.FAILED,
         timeout=180,
