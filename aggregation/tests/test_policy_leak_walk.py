@@ -125,9 +125,11 @@ def ids_for(trio) -> dict[str, list[int]]:
         "round-": rounds,
         "update-": list(ClientUpdate.objects.values_list("pk", flat=True)),
         "modelversion-": versions,
+        "invitation-": experiments,  # a site's invitations, by experiment id
         # pages
         "experiment_": experiments,
         "model_list": experiments,
+        "consent_": experiments,
         "model_download": versions,
         "model_card": versions,
         "dataset_": datasets,
@@ -321,7 +323,9 @@ def test_a_draft_shows_a_site_nothing_of_the_others(trio):
 
     body = api_client.get(f"/api/v1/experiments/{trio.draft.pk}/").json()
 
-    assert body["participants"] == [{"site": "ashgrove", "dataset": trio.datasets["ashgrove"].pk}]
+    assert [{k: p[k] for k in ("site", "dataset", "consent")} for p in body["participants"]] == [
+        {"site": "ashgrove", "dataset": trio.datasets["ashgrove"].pk, "consent": "accepted"}
+    ]
     assert body["num_sites"] is None
     coordinator = (
         trio.personas["coordinator"][1].get(f"/api/v1/experiments/{trio.draft.pk}/").json()
