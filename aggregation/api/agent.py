@@ -30,7 +30,13 @@ from aggregation.models import (
 )
 from aggregation.permissions import visible_rounds, visible_versions
 from aggregation.reasons import Reason
-from aggregation.services import UpdateRefused, fail_update, record_evaluation, submit_update
+from aggregation.services import (
+    UpdateRefused,
+    consent,
+    fail_update,
+    record_evaluation,
+    submit_update,
+)
 from aggregation.services import privacy as privacy_ledger
 from aggregation.services.artifacts import global_weights_for
 from aggregation.services.rounds import OPEN_UPDATE, claim_update
@@ -108,9 +114,22 @@ class AssignmentsView(APIView):
             .select_related("secure_round__round")
             .order_by("secure_round__round_id")
         ]
+        # The terms travel with the work, so the agent's own policy can refuse them
+        # before it claims anything (fedhealth/agent/policy.py).
+        terms = {
+            e.pk: consent.terms(e)
+            for e in Experiment.objects.filter(pk__in={item["experiment"] for item in training})
+            .select_related("created_by")
+        }
+        for item in training:
+            item["terms"] = terms[item["experiment"]]
+            item["terms_sha256"] = consent.hash_terms(item["terms"])
+        # Only experiments this site accepted (and did not withdraw from) are evaluated.
         versions = list(
             ModelVersion.objects.filter(
-                experiment__participants__site=site, experiment__status__in=EVALUATED
+                experiment__participants__site=site,
+                experiment__participants__consent=Participant.Consent.ACCEPTED,
+                experiment__status__in=EVALUATED,
             )
             .exclude(evaluations__site=site)
             .select_related("experiment")
@@ -174,9 +193,14 @@ class AgentRoundViewSet(SecureStepsMixin, AgentBase):
         """Start (or, after a restart, resume) training this round: returns the
         configuration to train exactly as a hosted worker would."""
         round_, update = self.selected()
-        if not claim_update(update.pk):
+        if not claim_update(update.pk):  # checks the site's consent first
             update.refresh_from_db()
             round_.refresh_from_db()
+            if update.error_code in (Reason.WITHDRAWN, Reason.NO_CONSENT):
+                raise Conflict(
+                    f"site {self.site.slug} has no valid consent for experiment "
+                    f"{round_.experiment_id}: {Reason(update.error_code).label}"
+                )
             if update.status == ClientUpdate.Status.RECEIVED:
                 raise Conflict(f"this site's update for round {round_.number} was already received")
             if round_.status != Round.Status.OPEN:

@@ -47,6 +47,11 @@ class TrainingItemSerializer(serializers.Serializer):
     experiment = serializers.IntegerField()
     number = serializers.IntegerField()
     update = serializers.IntegerField()
+    terms = serializers.DictField(
+        help_text="The experiment's terms, as the site's admin accepted them: the agent's own "
+        "policy (--consent-policy) checks them before it claims."
+    )
+    terms_sha256 = serializers.CharField()
     status = serializers.CharField()
     deadline = serializers.DateTimeField()
     secure = serializers.BooleanField(
@@ -207,7 +212,7 @@ class UpdateUploadSerializer(serializers.Serializer):
 class FailureSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
     code = serializers.ChoiceField(
-        choices=["site_reported", "privacy_budget", "privacy_settings"],
+        choices=["site_reported", "privacy_budget", "privacy_settings", "site_policy"],
         default="site_reported",
         help_text="Why, in the product's words: privacy_budget when the site's own budget "
         "refuses the round.",

@@ -26,6 +26,7 @@ from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_b
 from .client import ApiClient, ApiError, Unavailable
 from .data import LocalData
 from .ledger import AgentLedger, BudgetExceeded, fingerprint
+from .policy import LocalPolicy, terms_sha256
 from .secure import SecureSteps, SecureStore
 
 log = logging.getLogger("fedhealth.agent")
@@ -54,6 +55,7 @@ class SiteAgent:
         name: str = "local.csv",
         poll_interval: float = 5.0,
         ledger: AgentLedger | None = None,
+        policy: LocalPolicy | None = None,
         state_dir: Path | None = None,
     ) -> None:
         self.client, self.data, self.name = client, data, name
@@ -62,6 +64,9 @@ class SiteAgent:
         # so a DP round is refused rather than trained unaccounted).
         self.ledger = ledger
         self.rows = fingerprint(data.X, data.y)
+        # The site's own policy over experiments (--consent-policy): checked before every
+        # claim, whatever the server says.
+        self.policy = policy
         self.dataset_id: int | None = None
         self.site = ""
         self._skipped: set[tuple[str, int]] = set()
@@ -110,7 +115,9 @@ class SiteAgent:
         done = 0
         for item in work["training"]:
             done += self._guard(
-                self.train, item, f"round {item['number']} of experiment {item['experiment']}"
+                self.train_if_allowed,
+                item,
+                f"round {item['number']} of experiment {item['experiment']}",
             )
         for item in work.get("secure", []):
             done += self._guard(
@@ -143,6 +150,33 @@ class SiteAgent:
             return 0
 
     # -- training ----------------------------------------------------------------------
+
+    def train_if_allowed(self, item: dict[str, Any]) -> None:
+        """Claim and train, unless the site's own policy refuses the experiment's terms:
+        then report a failure (code ``site_policy``) with the reasons, and never claim."""
+        refusals = self.refusals(item)
+        if not refusals:
+            self.train(item)
+            return
+        note = "refused by this site's policy: " + "; ".join(refusals)
+        self.client.post_json(
+            f"/agent/rounds/{item['round']}/failure/",
+            {"reason": note[:2000], "code": "site_policy"},
+        )
+        log.error(
+            "round %d of experiment %d: %s; reported as a failure",
+            item["number"],
+            item["experiment"],
+            note,
+        )
+
+    def refusals(self, item: dict[str, Any]) -> list[str]:
+        if self.policy is None:
+            return []
+        terms = item.get("terms")
+        if isinstance(terms, dict) and terms_sha256(terms) != item.get("terms_sha256"):
+            return ["the terms the server sent do not match their SHA-256"]
+        return self.policy.refusals(terms)
 
     def train(self, item: dict[str, Any]) -> None:
         """Claim an update, train on the local split from the global model, upload it."""

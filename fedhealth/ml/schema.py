@@ -130,7 +130,9 @@ class PositiveClass:
         for key in ("name", "other"):
             text = getattr(self, key)
             if not isinstance(text, str) or len(text) > MAX_CLASS_NAME or "\x00" in text:
-                raise SchemaError(f"positive {key} must be text of at most {MAX_CLASS_NAME} characters")
+                raise SchemaError(
+                    f"positive {key} must be text of at most {MAX_CLASS_NAME} characters"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {"value": self.value, "name": self.name, "other": self.other}
@@ -269,7 +271,9 @@ def _positive_from(raw: Any) -> PositiveClass:
     unknown = sorted(set(raw) - _POSITIVE_KEYS)
     if unknown:
         raise SchemaError(f"positive: unknown keys: {', '.join(map(str, unknown))}")
-    return PositiveClass(value=raw.get("value", 1), name=raw.get("name", ""), other=raw.get("other", ""))
+    return PositiveClass(
+        value=raw.get("value", 1), name=raw.get("name", ""), other=raw.get("other", "")
+    )
 
 
 # The expected ranges are the seed's (a resting adult); the hard limits are what a monitor
