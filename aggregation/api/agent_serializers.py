@@ -10,7 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from fedhealth.api import parsers
-from fedhealth.api.fields import FiniteFloatField
+from fedhealth.api.fields import FiniteFloatField, json_object_text
 from fedhealth.ml.metrics import MAX_CALIBRATION_BINS, MAX_ROC_POINTS
 
 MAX_METRICS = 64
@@ -23,7 +23,16 @@ METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # Ranges of the metrics the core computes (fedhealth.ml.metrics); anything else a site
 # sends must be finite and within +-METRIC_MAGNITUDE.
 PROBABILITY_METRICS = frozenset(
-    {"accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "precision", "f1", "brier"}
+    {
+        "accuracy",
+        "balanced_accuracy",
+        "auroc",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "f1",
+        "brier",
+    }
 )
 LOSS_METRICS = frozenset({"log_loss", "loss"})
 MAX_LOSS = 1e6
@@ -80,7 +89,9 @@ class EvaluationItemSerializer(serializers.Serializer):
 class AssignmentsSerializer(serializers.Serializer):
     site = serializers.CharField()
     training = TrainingItemSerializer(many=True)
-    secure = SecureItemSerializer(many=True, help_text="Secure rounds owing this site a protocol step.")
+    secure = SecureItemSerializer(
+        many=True, help_text="Secure rounds owing this site a protocol step."
+    )
     evaluations = EvaluationItemSerializer(many=True)
 
 
@@ -166,16 +177,7 @@ class PrivacyReportField(serializers.JSONField):
     """The agent's report of its round's spend, as JSON text inside a multipart form."""
 
     def to_internal_value(self, data):
-        if isinstance(data, str):
-            try:
-                data = parsers.loads(data)
-            except parsers.JSONTooDeep as exc:
-                raise serializers.ValidationError(str(exc)) from None
-            except ValueError:
-                raise serializers.ValidationError("must be a JSON object") from None
-        if not isinstance(data, dict):
-            raise serializers.ValidationError("must be a JSON object of the round's spend")
-        return data
+        return json_object_text(data, "a JSON object of the round's spend")
 
 
 class UpdateUploadSerializer(serializers.Serializer):
@@ -239,20 +241,28 @@ def _non_decreasing(values: list[float]) -> bool:
 
 
 class RocSerializer(serializers.Serializer):
-    fpr = _unit_points(MAX_CURVE_POINTS, f"False-positive rates, non-decreasing; at most {MAX_CURVE_POINTS}.")
-    tpr = _unit_points(MAX_CURVE_POINTS, f"True-positive rates, non-decreasing; at most {MAX_CURVE_POINTS}.")
+    fpr = _unit_points(
+        MAX_CURVE_POINTS, f"False-positive rates, non-decreasing; at most {MAX_CURVE_POINTS}."
+    )
+    tpr = _unit_points(
+        MAX_CURVE_POINTS, f"True-positive rates, non-decreasing; at most {MAX_CURVE_POINTS}."
+    )
 
     def validate(self, attrs):
         if len(attrs["fpr"]) != len(attrs["tpr"]):
             raise serializers.ValidationError("fpr and tpr must have the same length")
         for name in ("fpr", "tpr"):
             if not _non_decreasing(attrs[name]):
-                raise serializers.ValidationError({name: ["an ROC curve never goes back: values must not decrease"]})
+                raise serializers.ValidationError(
+                    {name: ["an ROC curve never goes back: values must not decrease"]}
+                )
         return attrs
 
 
 class CalibrationSerializer(serializers.Serializer):
-    mean_predicted = _unit_points(MAX_CALIBRATION_POINTS, f"Per bin; at most {MAX_CALIBRATION_POINTS} bins.")
+    mean_predicted = _unit_points(
+        MAX_CALIBRATION_POINTS, f"Per bin; at most {MAX_CALIBRATION_POINTS} bins."
+    )
     fraction_positive = _unit_points(MAX_CALIBRATION_POINTS, "Per bin.")
     count = BoundedListField(
         child=FiniteFloatField(min_value=0, max_value=2**31 - 1), max_length=MAX_CALIBRATION_POINTS
@@ -309,7 +319,9 @@ class TrainedSerializer(serializers.Serializer):
 
     num_samples = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
     loss = FiniteFloatField(required=False, allow_null=True)
-    metrics = serializers.DictField(required=False, help_text="Local model on the site's test split.")
+    metrics = serializers.DictField(
+        required=False, help_text="Local model on the site's test split."
+    )
 
     def validate_metrics(self, value):
         return metrics_from(value)
@@ -326,7 +338,9 @@ class SecureTaskSerializer(serializers.Serializer):
     )
     threshold = serializers.IntegerField(allow_null=True)
     status = serializers.CharField(help_text="active or dropped.")
-    last_phase = serializers.CharField(help_text="The last phase whose message from this site counted.")
+    last_phase = serializers.CharField(
+        help_text="The last phase whose message from this site counted."
+    )
     dropped_in = serializers.CharField()
     task = serializers.DictField(
         allow_null=True,
@@ -347,4 +361,6 @@ class SecureMessageSerializer(serializers.Serializer):
 
 class SecurePostedSerializer(serializers.Serializer):
     round = serializers.IntegerField()
-    result = serializers.CharField(help_text="posted, or replay (already counted: nothing changed).")
+    result = serializers.CharField(
+        help_text="posted, or replay (already counted: nothing changed)."
+    )

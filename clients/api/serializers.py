@@ -9,8 +9,13 @@ from rest_framework import serializers
 from clients.models import Dataset, Site
 from clients.permissions import site_of
 from clients.policy import dataset_summary
-from fedhealth.api import parsers
-from fedhealth.api.fields import FiniteFloatField, ReadJSONField, finite, reject_nul
+from fedhealth.api.fields import (
+    FiniteFloatField,
+    ReadJSONField,
+    finite,
+    json_object_text,
+    reject_nul,
+)
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
 from fedhealth.ml.validation import Policy
 
@@ -148,13 +153,7 @@ class SchemaJSONField(serializers.JSONField):
     """A feature schema as JSON (object, or a JSON string inside a multipart form)."""
 
     def to_internal_value(self, data):
-        if isinstance(data, str):
-            try:
-                data = parsers.loads(data)
-            except parsers.JSONTooDeep as exc:
-                raise serializers.ValidationError(str(exc)) from None
-            except ValueError:
-                raise serializers.ValidationError("must be a JSON object") from None
+        data = json_object_text(data, "a JSON object (the schema)")
         reject_nul(data, "schema")
         try:
             return Schema.from_dict(data)

@@ -9,6 +9,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from fedhealth.api import parsers
+
 
 def finite(value: Any) -> Any:
     """JSON-ready copy with NaN/Inf turned into null (strict JSON has no NaN; a metric
@@ -20,6 +22,21 @@ def finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
+
+
+def json_object_text(data: Any, what: str = "a JSON object") -> Any:
+    """A JSON object sent as JSON text inside a multipart form (a form field cannot hold
+    an object): parsed with the API's depth limit; anything but an object is refused."""
+    if isinstance(data, str):
+        try:
+            data = parsers.loads(data)
+        except parsers.JSONTooDeep as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        except ValueError:
+            raise serializers.ValidationError("must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise serializers.ValidationError(f"must be {what}")
+    return data
 
 
 def reject_nul(value: Any, field: str = "value") -> None:
