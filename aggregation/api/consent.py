@@ -12,12 +12,13 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from clients.api.permissions import IsSiteMember
 from fedhealth.api.exceptions import Conflict
+from fedhealth.api.filters import MAX_ID
 from fedhealth.api.schema import ErrorSerializer
 
 from ..models import Participant
@@ -73,6 +74,14 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     def get_queryset(self):
         return consent.invitations(self.request.user)
+
+    def get_object(self):
+        # The lookup is on a foreign key's column (experiment_id), which Django does not
+        # range-check as it does a primary key: an id past bigint reached the database.
+        raw = str(self.kwargs.get(self.lookup_url_kwarg, ""))
+        if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+            raise NotFound("no such invitation")
+        return super().get_object()
 
     def _decide(self, decide) -> Response:
         p = self.get_object()  # 404 for another site's

@@ -284,3 +284,19 @@ def test_terms_name_what_leaves_the_site_and_hash_canonically(two_sites, make_ex
     assert body["secure_aggregation"] is True and body["features"][0] == "heart_rate"
     assert any("sufficient statistics" in item for item in body["leaves_site"])
     assert consent.hash_terms(dict(reversed(list(body.items())))) == consent.terms_hash(experiment)
+
+
+def test_an_invitation_id_past_the_database_range_is_a_404_not_a_500(client, make_site):
+    """Schemathesis found it: the lookup is on experiment_id, which Django does not
+    range-check, and SQLite raised OverflowError."""
+    from clients.models import ApiToken
+
+    token = ApiToken.issue(site=make_site("far", mode="agent"))[1]
+    for action in ("withdraw", "decline"):
+        response = client.post(
+            f"/api/v1/invitations/{2**63}/{action}/",
+            {"reason": "no"},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Token {token}",
+        )
+        assert response.status_code == 404, (action, response.content)

@@ -17,7 +17,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.filters import BaseFilterBackend
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
-_MAX_ID = 2**63 - 1
+# The largest id a database integer key holds (PostgreSQL bigint; SQLite refuses more).
+MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Param:
 
     def parse(self, name: str, raw: str) -> Any:
         if self.type == "int":
-            if not raw.isdigit() or not 0 < int(raw) <= _MAX_ID:
+            if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
                 raise ValidationError({name: [f"must be a positive integer, got {raw[:50]!r}"]})
             return int(raw)
         if self.type == "bool":
