@@ -204,8 +204,10 @@ def _locked(participant_id: int, user: Any, *, person_only: bool) -> Participant
     if not person_only and not (is_site_admin(user) or _is_site_token(user)):
         raise PermissionError("Only a site admin of this site (or its site token) may do this.")
     site = site_of(user)
+    # of=self: the dataset is a nullable join, and PostgreSQL cannot lock the nullable
+    # side of an outer join (SQLite ignores FOR UPDATE, so only PostgreSQL's pass saw it).
     return (
-        Participant.objects.select_for_update()
+        Participant.objects.select_for_update(of=("self",))
         .select_related("experiment", "site", "dataset")
         .get(pk=participant_id, site=site)
     )
