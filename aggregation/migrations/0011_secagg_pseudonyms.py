@@ -1,0 +1,8 @@
+# Reserved in the chain so that parallel work can add its operations without renumbering.
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("aggregation", "0010_site_level_dp")]
+
+    operations: list = []
