@@ -1,4 +1,5 @@
-"""Record-level differential privacy for local training: accounting and DP-SGD."""
+"""Differential privacy: record-level (DP-SGD at each site, its accounting) and site-level
+(DP-FedAvg, ``sitelevel``)."""
 
 from .accounting import (
     ALPHAS,
@@ -16,24 +17,44 @@ from .accounting import (
     steps_per_round,
 )
 from .dpsgd import GRAD_SAMPLERS, dp_optimizer, poisson_batches, private_gradients, train_local_dp
+from .sitelevel import (
+    DEFAULT_SITE_DELTA,
+    MIN_SITE_DP_SITES,
+    SiteDPSettings,
+    SiteSpend,
+    apply_mean_change,
+    clip_change,
+    dp_fedavg,
+    site_epsilon,
+    site_share,
+)
 
 __all__ = [
     "ALPHAS",
     "DEFAULT_CLIP_NORM",
     "DEFAULT_EPSILON",
+    "DEFAULT_SITE_DELTA",
+    "MIN_SITE_DP_SITES",
     "DP_TRAIN_DEFAULTS",
     "GRAD_SAMPLERS",
     "PrivacySettings",
     "RoundSpend",
+    "SiteDPSettings",
+    "SiteSpend",
+    "apply_mean_change",
+    "clip_change",
     "composed_epsilon",
     "default_delta",
     "derive_noise",
+    "dp_fedavg",
     "dp_optimizer",
     "epsilon_for",
     "plan_round_spend",
     "poisson_batches",
     "private_gradients",
     "sample_rate",
+    "site_epsilon",
+    "site_share",
     "steps_per_round",
     "train_local_dp",
 ]

@@ -1,0 +1,277 @@
+"""Site-level differential privacy: DP-FedAvg and its accounting.
+
+McMahan, Ramage, Talwar, Zhang (2018), "Learning Differentially Private Recurrent Language
+Models", ICLR. https://arxiv.org/abs/1710.06963
+
+The unit protected is a whole site: the guarantee says that the published models are
+almost as likely whether or not one site took part at all, whatever its rows. Each round:
+
+* each site's update is taken as its change from the round's global model,
+  ``delta_k = w_k - w_global``, and clipped to L2 norm ``clip_norm`` (S) over all its
+  parameters together: ``delta_k * min(1, S / ||delta_k||)``;
+* the clipped changes are **summed with weight 1 each** (not by row count: a weight that
+  grows with a site's rows would let one site's influence grow without bound), and
+  Gaussian noise ``N(0, (z S)^2)`` is added to the sum, once per coordinate;
+* the sum is divided by a **fixed denominator** ``m``, the expected number of sites per
+  round (``q * N``), never by the number that actually reported: this is McMahan et al.'s
+  fixed-denominator estimator ``f~_f`` with every ``w_k = 1``. Adding or removing one site
+  changes the sum by at most ``S``, whoever else reported, so the mechanism is the
+  Gaussian mechanism with sensitivity ``S`` and noise multiplier ``z`` (the division is
+  post-processing). With ``f~_c`` (dividing by the reporters' count) the sensitivity
+  would depend on who reported.
+
+Accounting: each round is one step of the subsampled Gaussian mechanism with sampling
+rate ``q`` (the share of sites selected per round) and noise multiplier ``z``; ``rounds``
+steps compose in RDP with Opacus's accountant (the same ``epsilon_for`` record-level DP
+uses). With ``q = 1`` (every site every round, the usual case with a few hospitals) the
+bound is the Gaussian mechanism's, exact. With ``q < 1`` it is the Poisson-subsampled
+Gaussian's bound, which assumes each site is selected independently and secretly.
+
+With secure aggregation the server sees only the sum, so it cannot clip or add noise:
+each site clips its own change and adds its share of the noise, ``N(0, (z S)^2 / t)``
+with ``t`` the protocol's threshold (``site_share``). The sum over any ``t`` honest
+sites then carries at least ``N(0, (z S)^2)``; with more sites reporting it carries more
+(never less) noise than calibrated.
+
+With a handful of hospitals this epsilon is large: ``q`` is near 1 (no amplification by
+sampling), and the noise needed to hide a whole hospital's change is divided only by a
+handful of sites, so it swamps the model unless epsilon is allowed to grow. Record-level
+DP (DP-SGD at each site, ``accounting.py``) is the default for that reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedhealth.ml.strategies.base import AggregateResult, Rejected
+from fedhealth.ml.strategies.checks import check_aggregate, screen
+from fedhealth.ml.types import Update, Weights
+
+from .accounting import DEFAULT_CLIP_NORM, DEFAULT_EPSILON, _noise_for, _number, epsilon_for
+
+__all__ = [
+    "DEFAULT_SITE_DELTA",
+    "MIN_SITE_DP_SITES",
+    "SiteDPSettings",
+    "SiteSpend",
+    "apply_mean_change",
+    "clip_change",
+    "dp_fedavg",
+    "site_epsilon",
+    "site_share",
+]
+
+# The unit is a whole site: a delta of 1/(10 x sites), record-level's rule of thumb, would
+# be a failure probability of a few percent with a few hospitals. A fixed small delta,
+# which must also be below 1/sites.
+DEFAULT_SITE_DELTA = 1e-5
+# Fewer sites than this cannot hide one of them: the noise on the mean is z x S / m, and
+# with m of one or two it is as large as a whole clipped update times z, so the model
+# learns nothing before epsilon is meaningless. Refused rather than run.
+MIN_SITE_DP_SITES = 3
+
+
+@dataclass(frozen=True)
+class SiteDPSettings:
+    """The (epsilon, delta) target for each site's whole contribution, and DP-FedAvg's knobs.
+
+    Attributes:
+        epsilon: target epsilon over all ``rounds``, > 0.
+        delta: target delta, in (0, 1/sites).
+        clip_norm: L2 bound S on one site's change per round (all parameters together), > 0.
+        rounds: rounds the noise is spread over (>= 1).
+        sites: sites in the federation, N (>= ``MIN_SITE_DP_SITES``).
+        per_round: sites selected per round, m (1..N); ``q = m / N``. It is also the fixed
+            denominator of the average.
+    """
+
+    epsilon: float = DEFAULT_EPSILON
+    delta: float = DEFAULT_SITE_DELTA
+    clip_norm: float = DEFAULT_CLIP_NORM
+    rounds: int = 1
+    sites: int = MIN_SITE_DP_SITES
+    per_round: int | None = None
+
+    def __post_init__(self) -> None:
+        if _number("epsilon", self.epsilon) <= 0:
+            raise ValueError(f"epsilon must be > 0, got {self.epsilon}")
+        if _number("clip_norm", self.clip_norm) <= 0:
+            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
+        for name in ("rounds", "sites"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.sites < MIN_SITE_DP_SITES:
+            raise ValueError(
+                f"site-level DP needs at least {MIN_SITE_DP_SITES} sites, got {self.sites}: "
+                "with fewer, the noise that hides one site swamps the model"
+            )
+        m = self.per_round
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= self.sites):
+            raise ValueError(f"per_round must be an int from 1 to sites ({self.sites}), got {m!r}")
+        delta = _number("delta", self.delta)
+        if not 0 < delta < 1.0 / self.sites:
+            raise ValueError(
+                f"delta must be above 0 and below 1/sites = {1.0 / self.sites:.3g} "
+                f"for {self.sites} sites, got {self.delta}"
+            )
+
+    @property
+    def denominator(self) -> int:
+        """m: the sites expected per round, the fixed denominator of the average."""
+        return self.sites if self.per_round is None else self.per_round
+
+    @property
+    def sample_rate(self) -> float:
+        """q = m / N: the share of sites selected per round."""
+        return self.denominator / self.sites
+
+    def noise_multiplier(self) -> float:
+        """z that spends ``epsilon`` over ``rounds`` steps at rate ``q`` (Opacus's
+        ``get_noise_multiplier``, RDP; the result's epsilon is within 0.01 under the target)."""
+        return _noise_for(float(self.epsilon), float(self.delta), self.sample_rate, self.rounds)
+
+    def spend(self, rounds_done: int, noise_multiplier: float | None = None) -> SiteSpend:
+        """Each site's guarantee after ``rounds_done`` rounds at ``noise_multiplier``
+        (default: the derived one)."""
+        z = self.noise_multiplier() if noise_multiplier is None else float(noise_multiplier)
+        return SiteSpend(
+            rounds=rounds_done, noise_multiplier=z, sample_rate=self.sample_rate,
+            delta=float(self.delta), clip_norm=float(self.clip_norm),
+            denominator=self.denominator,
+            epsilon=site_epsilon(z, self.sample_rate, rounds_done, float(self.delta)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SiteSpend:
+    """What DP-FedAvg has spent after ``rounds`` rounds: ``(epsilon, delta)`` for each
+    site's whole contribution to every model published so far."""
+
+    rounds: int
+    noise_multiplier: float
+    sample_rate: float
+    delta: float
+    clip_norm: float
+    denominator: int
+    epsilon: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def site_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """Epsilon of ``rounds`` steps of the subsampled Gaussian (Opacus's RDP accountant)."""
+    return epsilon_for([(noise_multiplier, sample_rate, rounds)], delta)
+
+
+def clip_change(weights: Weights, reference: Weights, clip_norm: float) -> tuple[dict[str, npt.NDArray[np.float64]], float]:
+    """``(clipped change, its norm before clipping)``: ``weights - reference`` in float64,
+    scaled by ``min(1, clip_norm / ||change||)``, the L2 norm over every parameter."""
+    change = {
+        name: np.asarray(weights[name], dtype=np.float64) - np.asarray(ref, dtype=np.float64)
+        for name, ref in reference.items()
+    }
+    norm = math.sqrt(sum(float(np.dot(a.reshape(-1), a.reshape(-1))) for a in change.values()))
+    if norm > clip_norm:
+        scale = clip_norm / norm
+        for array in change.values():
+            array *= scale
+    return change, norm
+
+
+def _gaussian(reference: Weights, std: float, rng: np.random.Generator) -> dict[str, npt.NDArray[np.float64]]:
+    return {name: rng.normal(0.0, std, size=ref.shape) for name, ref in reference.items()}
+
+
+def dp_fedavg(
+    previous: Weights,
+    updates: Iterable[Update],
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    denominator: int,
+    rng: np.random.Generator,
+    failures: Sequence[Rejected] = (),
+) -> AggregateResult:
+    """One round of DP-FedAvg at the server (no secure aggregation).
+
+    ``previous + (sum_k clip(w_k - previous) + N(0, (noise_multiplier * clip_norm)^2 I))
+    / denominator``, with every valid update weighted 1 (its ``num_samples`` is ignored).
+    ``denominator``: the fixed m (expected sites per round), however many reported.
+    ``rng`` must be secret (OS entropy) wherever the result is published: whoever knows
+    it can subtract the noise. Updates pass ``screen`` first (shape, finite, plausible);
+    an update's rejection depends on that update alone. The result is refused like
+    FedAvg's when not finite and plausible.
+    """
+    if clip_norm <= 0 or noise_multiplier < 0 or denominator < 1:
+        raise ValueError(
+            f"need clip_norm > 0, noise_multiplier >= 0 and denominator >= 1; got "
+            f"{clip_norm}, {noise_multiplier}, {denominator}"
+        )
+    rejected = list(failures)
+    accepted: list[str] = []
+    total = 0
+    summed = {name: np.zeros(ref.shape, dtype=np.float64) for name, ref in previous.items()}
+    for update in screen(updates, previous, rejected):
+        change, _ = clip_change(update.weights, previous, clip_norm)
+        for name, array in change.items():
+            summed[name] += array
+        accepted.append(update.site)
+        total += update.num_samples
+        del update, change
+    if not accepted:
+        return AggregateResult(weights=None, rejected=rejected)
+    noise = _gaussian(previous, noise_multiplier * clip_norm, rng) if noise_multiplier > 0 else {}
+    result: dict[str, npt.NDArray[np.float64]] = {}
+    for name, ref in previous.items():
+        step = summed[name] + noise[name] if noise else summed[name]
+        result[name] = np.asarray(ref, dtype=np.float64) + step / denominator
+    problem = check_aggregate(result)
+    if problem is not None:
+        return AggregateResult.refusal(problem, accepted, rejected, total)
+    return AggregateResult(
+        weights={name: a.astype(np.float32) for name, a in result.items()},
+        accepted=accepted, rejected=rejected, num_samples=total,
+    )
+
+
+def site_share(
+    weights: Weights,
+    reference: Weights,
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    threshold: int,
+    rng: np.random.Generator,
+) -> dict[str, npt.NDArray[np.float64]]:
+    """A site's own DP-FedAvg step under secure aggregation: its clipped change plus its
+    share of the noise, ``N(0, (noise_multiplier * clip_norm)^2 / threshold)``, before
+    masking. The sum over any ``threshold`` honest sites carries at least the calibrated
+    ``N(0, (z S)^2)``. ``rng``: the site's secret randomness."""
+    if threshold < 1:
+        raise ValueError(f"threshold must be >= 1, got {threshold}")
+    change, _ = clip_change(weights, reference, clip_norm)
+    if noise_multiplier > 0:
+        std = noise_multiplier * clip_norm / math.sqrt(threshold)
+        for name, array in _gaussian(reference, std, rng).items():
+            change[name] += array
+    return change
+
+
+def apply_mean_change(reference: Weights, changes_sum: Mapping[str, npt.NDArray[np.floating[Any]]], denominator: int) -> Weights:
+    """``reference + changes_sum / denominator`` in float32: the server's step once the sum
+    of the sites' noisy clipped changes is known (under secure aggregation)."""
+    return {
+        name: (np.asarray(ref, dtype=np.float64) + np.asarray(changes_sum[name], dtype=np.float64) / denominator).astype(np.float32)
+        for name, ref in reference.items()
+    }
