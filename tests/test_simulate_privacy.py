@@ -50,7 +50,7 @@ def test_the_sweep_writes_the_privacy_utility_curve(tmp_path):
             ("--dp", "record", "--delta", "0.01"),
             "--dp record: site site-1: delta must be below 1/rows = 0.00333 for a site of 300 rows, got 0.01",
         ),
-        (("--epsilon", "2"), "--epsilon needs --dp record"),
+        (("--epsilon", "2"), "--epsilon needs --dp record or --dp site"),
         (("--dp-sweep", "1,x"), "--dp-sweep must be comma-separated numbers, not '1,x'"),
     ],
 )

@@ -25,7 +25,7 @@ from .personalize import (
     validation_split,
     with_head,
 )
-from .privacy import PrivacySettings, plan_round_spend, train_local_dp
+from .privacy import PrivacySettings, SiteDPSettings, dp_fedavg, plan_round_spend, train_local_dp
 from .secagg import RoundContext
 from .secagg.federated import SecureOptions, incompatibility, secure_aggregate
 from .split import split_indices
@@ -66,6 +66,9 @@ class FederatedConfig:
     seed: int = 0
     # Record-level DP at each site (DP-SGD); None: off. ``rounds`` must match.
     privacy: PrivacySettings | None = None
+    # Site-level DP (DP-FedAvg at the server, ``privacy.sitelevel``); None: off. Its
+    # ``rounds`` must match and its ``sites`` equal the number of sites. Not with ``privacy``.
+    site_privacy: SiteDPSettings | None = None
     # Share of each site's training rows held out to select the best round (0: off,
     # the last round is the model) and, with ``early_stopping`` (rounds without
     # improvement), to stop the experiment early.
@@ -96,6 +99,7 @@ class FederatedConfig:
             "train": self.train.to_dict(),
             "seed": self.seed,
             "privacy": None if self.privacy is None else self.privacy.to_dict(),
+            "site_privacy": None if self.site_privacy is None else self.site_privacy.to_dict(),
             "validation_fraction": self.validation_fraction,
             "early_stopping": self.early_stopping,
             "personalize": self.personalize,
@@ -221,6 +225,24 @@ def run_experiment(
             raise ValueError(f"privacy rounds ({config.privacy.rounds}) must equal rounds ({config.rounds})")
         for site in sites:
             config.privacy.delta_for(len(site.y_train))  # a clear error before any training
+    site_dp = config.site_privacy
+    site_noise = 0.0
+    if site_dp is not None:
+        if config.privacy is not None:
+            raise ValueError("choose record-level or site-level DP, not both")
+        if site_dp.rounds != config.rounds or site_dp.sites != len(sites):
+            raise ValueError(
+                f"site-level DP settings are for {site_dp.sites} sites and {site_dp.rounds} rounds; "
+                f"the run has {len(sites)} and {config.rounds}"
+            )
+        if secure is not None:
+            raise ValueError("site-level DP with secure aggregation is not built in simulate")
+        reason = incompatibility(get_strategy(config.strategy, **config.strategy_params))
+        if reason is not None or config.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(f"site-level DP is DP-FedAvg: use strategy fedavg or fedprox, not {config.strategy}")
+        site_noise = site_dp.noise_multiplier()
+        # In one process there is no server to hide the noise from: seeded, reproducible.
+        site_rng = np.random.default_rng([config.seed, 0x51DE])
     normalizer = global_normalizer(sites)
     work = []
     for s in sites:
@@ -270,7 +292,14 @@ def run_experiment(
                     config.model, personal[site.name], X, y, ditto, anchor=round_start
                 ).weights
             updates.append(Update(result.weights, result.num_samples, site.name, result.metrics | {"loss": result.loss}))
-        if secure is None:
+        if site_dp is not None:
+            outcome = dp_fedavg(
+                weights, updates, clip_norm=site_dp.clip_norm, noise_multiplier=site_noise,
+                denominator=site_dp.denominator, rng=site_rng,
+            )
+            spend = site_dp.spend(r, site_noise).to_dict()
+            spends = {u.site: spend for u in updates}
+        elif secure is None:
             outcome = strategy.aggregate(weights, updates)
         else:
             ctx = RoundContext(f"simulate-{config.seed}", r)

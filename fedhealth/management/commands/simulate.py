@@ -33,7 +33,13 @@ from fedhealth.ml.metrics import json_safe
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.model_file import describe
 from fedhealth.ml.personalize import DEFAULT_PERSONALIZE, PERSONALIZE_MODES
-from fedhealth.ml.privacy import DEFAULT_CLIP_NORM, DEFAULT_EPSILON, PrivacySettings
+from fedhealth.ml.privacy import (
+    DEFAULT_CLIP_NORM,
+    DEFAULT_EPSILON,
+    DEFAULT_SITE_DELTA,
+    PrivacySettings,
+    SiteDPSettings,
+)
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
 from fedhealth.ml.strategies import STRATEGIES, get_strategy
 from fedhealth.ml.training import TrainConfig, evaluate
@@ -113,14 +119,19 @@ class Command(BaseCommand):
                             help="probability that a site drops after sharing keys, each round (simulated)")
         parser.add_argument("--secagg-degree", type=int, metavar="D",
                             help="SecAgg+: each site masks with D neighbours (even) instead of every site")
-        parser.add_argument("--dp", choices=["off", "record"], default="off",
-                            help="record: record-level differential privacy (DP-SGD) at each site")
+        parser.add_argument("--dp", choices=["off", "record", "site"], default="off",
+                            help="record: record-level differential privacy (DP-SGD) at each site; "
+                                 "site: site-level DP (DP-FedAvg: each site's whole contribution, "
+                                 "at least 3 sites; with a few sites its epsilon is large)")
         parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
-                            help="with --dp record: epsilon per patient at each site over all rounds")
+                            help="with --dp: epsilon over all rounds (record: per patient at each site; "
+                                 "site: per site)")
         parser.add_argument("--delta", type=float, default=None,
-                            help="with --dp record: delta (default 1/(10 x rows) at each site; below 1/rows)")
+                            help="with --dp record: delta (default 1/(10 x rows) at each site; below 1/rows); "
+                                 f"with --dp site: default {DEFAULT_SITE_DELTA:g}, below 1/sites")
         parser.add_argument("--clip", type=float, default=DEFAULT_CLIP_NORM,
-                            help="with --dp record: per-row gradient clip norm")
+                            help="with --dp record: per-row gradient clip norm; with --dp site: the L2 "
+                                 "bound on each site's change per round")
         parser.add_argument("--dp-sweep", metavar="E1,E2,...",
                             help="run once without DP and once per epsilon; print and write (--json) "
                                  "the privacy-utility curve")
@@ -200,11 +211,25 @@ class Command(BaseCommand):
             for figures in result["privacy"].values():
                 figures["epsilon"] = figures.pop("epsilon_total")
             self.stdout.write("privacy at each site (record-level, whole experiment):")
-            for name, figures in result["privacy"].items():
-                self.stdout.write(
-                    f"  {name}: epsilon {figures['epsilon']:.3f}, delta {figures['delta']:.2g}, "
-                    f"noise multiplier {figures['noise_multiplier']:.3f}"
-                )
+            self._print_privacy(result["privacy"])
+        if config.site_privacy is not None:
+            result["privacy"] = {
+                name: {"level": "site", **{k: spend[k] for k in (
+                    "epsilon", "delta", "noise_multiplier", "clip_norm", "sample_rate", "denominator")}}
+                for name, spend in history[-1].privacy.items()
+            }
+            self.stdout.write("privacy of each site's whole contribution (site-level, DP-FedAvg):")
+            self._print_privacy(result["privacy"])
+        self._finish(opts, schema, config, run, result, sites)
+
+    def _print_privacy(self, privacy: dict[str, dict[str, Any]]) -> None:
+        for name, figures in privacy.items():
+            self.stdout.write(
+                f"  {name}: epsilon {figures['epsilon']:.3f}, delta {figures['delta']:.2g}, "
+                f"noise multiplier {figures['noise_multiplier']:.3f}"
+            )
+
+    def _finish(self, opts, schema: Schema, config: FederatedConfig, run, result, sites) -> None:
         if opts["save_model"]:
             self._save_model(Path(opts["save_model"]), schema, config, run, result)
         if not opts["no_baselines"]:
@@ -268,9 +293,20 @@ class Command(BaseCommand):
                  "delta": None, "clip": DEFAULT_CLIP_NORM}[k]]
         if opts["dp"] == "off":
             if given and not opts["dp_sweep"]:
-                raise CommandError(f"--{given[0]} needs --dp record")
+                raise CommandError(f"--{given[0]} needs --dp record or --dp site")
             if not opts["dp_sweep"]:
                 return config
+        if opts["dp"] == "site":
+            if opts["dp_sweep"]:
+                raise CommandError("--dp-sweep runs record-level DP; leave out --dp site")
+            try:
+                site = SiteDPSettings(
+                    epsilon=opts["epsilon"], clip_norm=opts["clip"], rounds=config.rounds, sites=len(sites),
+                    delta=DEFAULT_SITE_DELTA if opts["delta"] is None else opts["delta"],
+                )
+            except ValueError as exc:
+                raise CommandError(f"--dp site: {exc}") from None
+            return replace(config, site_privacy=site)
         try:
             settings = PrivacySettings(epsilon=opts["epsilon"], delta=opts["delta"], clip_norm=opts["clip"],
                                        rounds=config.rounds)
