@@ -148,7 +148,10 @@ def unmask_time(
         if s not in dropped:
             w = {"w": rng.normal(scale=0.1, size=length - 1).astype(np.float32)}
             server.receive_masked(s, clients[s].masked_input(inbox[s], w, 100, reference))
-    request = server.close_masked()
+    told = server.close_masked()
+    for s in told.survivors:
+        server.receive_signature(s, clients[s].sign(told))
+    request = server.close_consistency()
     for s in request.survivors:
         server.receive_unmask(s, clients[s].unmask(request))
     best = float("inf")

@@ -144,7 +144,17 @@ class Run:
         for s in self.sites:
             self.vectors[s] = self.masked(s)
             self.server.receive_masked(s, self.vectors[s])
-        self.request = self.server.close_masked()
+        self.told = self.server.close_masked()
+
+    def sign_all(self):
+        """The consistency check: every survivor signs; ``request`` carries the signatures."""
+        if not hasattr(self, "told"):
+            self.mask_all()
+        self.signatures = {}
+        for s in self.told.survivors:
+            self.signatures[s] = self.sites[s].sign(self.told)
+            self.server.receive_signature(s, self.signatures[s])
+        self.request = self.server.close_consistency()
 
 
 def test_a_replayed_masked_vector_is_refused():
@@ -222,6 +232,9 @@ def test_a_site_refuses_steps_out_of_order_and_a_second_unmask():
     with pytest.raises(ProtocolViolation, match="sharing keys is not allowed at stage 'new'"):
         run.sites["site-0"].share_keys(None)
     run.mask_all()
+    with pytest.raises(ProtocolViolation, match="unmasking is not allowed at stage 'masked'"):
+        run.sites["site-0"].unmask(run.told)  # before signing the survivor list
+    run.sign_all()
     run.sites["site-0"].unmask(run.request)
     with pytest.raises(ProtocolViolation, match="unmasking is not allowed at stage 'done'"):
         run.sites["site-0"].unmask(run.request)
@@ -230,17 +243,17 @@ def test_a_site_refuses_steps_out_of_order_and_a_second_unmask():
 def test_a_site_never_reveals_its_own_seed_while_listed_as_dropped():
     run = Run()
     run.mask_all()
-    request = replace(run.request, survivors=("site-1", "site-2", "site-3"))
+    request = replace(run.told, survivors=("site-1", "site-2", "site-3"))
     with pytest.raises(
         ProtocolViolation,
         match="site 'site-0': sent its masked input but is not listed as a survivor",
     ):
-        run.sites["site-0"].unmask(request)
+        run.sites["site-0"].sign(request)
 
 
 def test_the_server_refuses_revealed_shares_that_are_not_the_senders_own_or_mixed():
     run = Run()
-    run.mask_all()
+    run.sign_all()
     reply = run.sites["site-0"].unmask(run.request)
     forged = replace(reply, site="site-1")
     with pytest.raises(ProtocolViolation, match="revealed a share that is not its own"):
@@ -254,7 +267,7 @@ def test_the_server_refuses_revealed_shares_that_are_not_the_senders_own_or_mixe
 
 def test_an_altered_share_makes_the_round_fail_closed_not_wrong():
     run = Run()
-    run.mask_all()
+    run.sign_all()
     replies = {s: run.sites[s].unmask(run.request) for s in run.sites}
     bad = dict(replies["site-2"].seed_shares)
     blob = bytearray(bad["site-0"])
@@ -272,7 +285,7 @@ def test_an_altered_share_makes_the_round_fail_closed_not_wrong():
 
 def test_the_unmasking_runs_exactly_once():
     run = Run()
-    run.mask_all()
+    run.sign_all()
     for s in run.sites:
         run.server.receive_unmask(s, run.sites[s].unmask(run.request))
     run.server.finish()
@@ -314,6 +327,9 @@ def test_no_single_masked_vector_decodes_to_its_sites_update_while_the_sum_does(
             w, n = dequantise(masked.copy(), run.ref, spec)
             if n != u.num_samples:
                 raise ValueError("not this site's weight")
+    for s in run.told.survivors:
+        run.server.receive_signature(s, run.sites[s].sign(run.told))
+    run.request = run.server.close_consistency()
     for s in run.sites:
         run.server.receive_unmask(s, run.sites[s].unmask(run.request))
     assert_fedavg(run.server.finish(), run.ref, run.ups)
@@ -339,6 +355,9 @@ def test_phases_close_at_their_deadline_with_the_late_sites_counted_as_dropped()
             u.site, sites[u.site].masked_input(inbox[u.site], u.weights, u.num_samples, ref)
         )
     assert server.pending() == ["site-3"]
+    told = server.close_phase()
+    for s in told.survivors:
+        server.receive_signature(s, sites[s].sign(told))
     request = server.close_phase()
     for s in request.survivors:
         server.receive_unmask(s, sites[s].unmask(request))

@@ -34,7 +34,7 @@ def saved(state):
     return json.loads(json.dumps(state))  # what site-private storage gives back
 
 
-def run_round(ref, ups, server, *, on_masked=None):
+def run_round(ref, ups, server, *, on_masked=None, before_unmask=None):
     states = {u.site: None for u in ups}
 
     def step(u, task, **kw):
@@ -61,7 +61,12 @@ def run_round(ref, ups, server, *, on_masked=None):
         )
         if on_masked:
             on_masked(u, states, task)
-    request = {"phase": "unmask", "request": wire.encode(server.close_masked())}
+    told = {"phase": "consistency", "request": wire.encode(server.close_masked())}
+    for u in ups:
+        server.receive_signature(u.site, step(u, told))
+    request = {"phase": "unmask", "request": wire.encode(server.close_consistency())}
+    if before_unmask:
+        before_unmask({k: saved(v) for k, v in states.items()}, request)
     for u in ups:
         server.receive_unmask(u.site, step(u, request))
     return server.finish(), states
@@ -110,7 +115,12 @@ def test_steps_out_of_order_are_refused():
     state, _ = site_step(None, {"phase": "advertise", "ctx": wire.encode_ctx(CTX)}, site="s0")
     request = {
         "phase": "unmask",
-        "request": {"kind": "unmask_request", "ctx": wire.encode_ctx(CTX), "survivors": ["s0"]},
+        "request": {
+            "kind": "unmask_request",
+            "ctx": wire.encode_ctx(CTX),
+            "survivors": ["s0"],
+            "signatures": {},
+        },
     }
     with pytest.raises(ProtocolViolation, match="unmasking is not allowed at stage 'advertised'"):
         site_step(state, request, site="s0")
@@ -120,21 +130,20 @@ def test_a_site_answers_one_unmask_request_and_refuses_a_different_second_one():
     """Bonawitz's consistency rule: a server that lists s3 as a survivor to get its seed
     share, then as dropped to get its mask-key share, is refused the second time."""
     ref, ups, server = setup()
-    masked: dict = {}
+    signed: dict = {}
 
-    def on_masked(u, states, task):
-        masked[u.site] = saved(states[u.site])  # s0's state after its masked input
+    def before_unmask(states, request):
+        signed.update(states=states, request=request)  # every site has signed the full list
 
-    run_round(ref, ups, server, on_masked=on_masked)
-    full = {
-        "phase": "unmask",
-        "request": {
-            "kind": "unmask_request",
-            "ctx": wire.encode_ctx(CTX),
-            "survivors": ["s0", "s1", "s2", "s3"],
-        },
-    }
-    state, reply = site_step(masked["s0"], full, site="s0")
+    run_round(ref, ups, server, before_unmask=before_unmask)
+    full = signed["request"]
+    assert full["request"]["survivors"] == ["s0", "s1", "s2", "s3"]
+    # s3 listed as dropped in the first request: not the list s0 signed, refused
+    first_lie = {"phase": "unmask", "request": {**full["request"], "survivors": ["s0", "s1", "s2"]}}
+    with pytest.raises(ProtocolViolation, match="but this site signed") as err:
+        site_step(signed["states"]["s0"], first_lie, site="s0")
+    assert err.value.code == "secagg_inconsistent"
+    state, reply = site_step(signed["states"]["s0"], full, site="s0")
     assert set(wire.decode(reply).seed_shares) == {"s0", "s1", "s2", "s3"}
     assert wire.decode(reply).key_shares == {}
     # the same request again (a restart): the saved reply, byte for byte

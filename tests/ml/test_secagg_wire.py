@@ -68,7 +68,13 @@ def test_a_whole_round_through_json_with_restarts_equals_fedavg():
         )
         states[u.site] = c.export_state()
     server = restart_server()
-    request = through_json(server.close_masked())
+    told = through_json(server.close_masked())
+    for u in ups[:3]:
+        c = site(u.site)
+        server.receive_signature(u.site, through_json(c.sign(told)))
+        states[u.site] = c.export_state()
+        server = restart_server()
+    request = through_json(server.close_consistency())
     for u in ups[:3]:
         c = site(u.site)
         server.receive_unmask(u.site, through_json(c.unmask(request)))
@@ -177,6 +183,7 @@ def test_the_servers_state_holds_no_site_secret():
                 "enc_key": "",
                 "mask_key": "",
                 "seed_commit": "",
+                "sign_key": "",
             },
             "field 'site': expected a non-empty string",
         ),
@@ -236,7 +243,10 @@ def test_nothing_the_server_receives_or_stores_decodes_to_one_sites_update():
             sites[u.site].masked_input(inbox[u.site], u.weights, u.num_samples, ref),
         )
     seen.append(server.export_state())
-    request = server.close_masked()
+    told = server.close_masked()
+    for s, c in sites.items():
+        post("signature", s, c.sign(told))
+    request = server.close_consistency()
     for s, c in sites.items():
         post("unmask", s, c.unmask(request))
     seen.append(server.export_state())

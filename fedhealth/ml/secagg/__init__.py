@@ -10,14 +10,15 @@ graph of Bell et al. (2020, SecAgg+) as an option (``degree``). Modules:
 * ``graph``    who masks with whom;
 * ``messages`` what travels, stage by stage;
 * ``client``   ``SiteSession``: a site's state machine;
+* ``consistency`` Bonawitz's ConsistencyCheck: Ed25519 signatures over the survivor list;
 * ``server``   ``AggregationSession``: the relay that unmasks only the sum;
 * ``inprocess`` ``secure_round``: all of it in one process (simulate, benchmarks).
 
 Threat model: an honest-but-curious server and up to t - 1 colluding sites learn nothing
 about one site's update beyond the sum. Not covered: a malicious site can still poison the
-sum (no robust rule can run on a sum), and without Bonawitz's signed consistency round a
-server that lies to different sites about who survived is detected only by the sites'
-local checks.
+sum (no robust rule can run on a sum), and the signing keys reach the sites through the
+server, so a server that invents whole sites at key advertisement is out of scope without a
+PKI (docs/secure-aggregation.md).
 """
 
 from .errors import BelowThreshold, ProtocolViolation, SecAggError

@@ -17,7 +17,7 @@ import numpy as np
 from fedhealth.ml.strategies.checks import update_problem
 from fedhealth.ml.types import Update, Weights
 
-from . import shamir, wire
+from . import consistency, shamir, wire
 from .errors import BelowThreshold, ProtocolViolation, SecAggError
 from .keys import (
     RoundContext,
@@ -33,6 +33,7 @@ from .keys import (
 from .masking import apply_mask, quantise, vector_length
 from .messages import (
     Advertise,
+    ConsistencySignature,
     MaskedInput,
     Roster,
     SharePackage,
@@ -47,6 +48,7 @@ class Stage(StrEnum):
     ADVERTISED = "advertised"
     SHARED = "shared"
     MASKED = "masked"
+    SIGNED = "signed"
     DONE = "done"
 
 
@@ -60,6 +62,8 @@ class SiteSession:
         self._enc = new_private_key()
         self._mask = new_private_key()
         self._seed = os.urandom(32)
+        self._sign = consistency.new_signing_key()
+        self._signed: tuple[str, ...] | None = None  # the survivor set this site signed
         self._roster: Roster | None = None
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (seed share, key share)
         self.clipped = 0
@@ -87,6 +91,7 @@ class SiteSession:
             public_bytes(self._enc),
             public_bytes(self._mask),
             seed_commitment(self.ctx, self.site, self._seed),
+            consistency.signing_public(self._sign),
         )
 
     # 2. share keys
@@ -95,9 +100,10 @@ class SiteSession:
         self._expect(Stage.ADVERTISED, "sharing keys")
         self._same_round(roster.ctx, "the roster")
         own = roster.by_site.get(self.site)
-        if own is None or (own.enc_key, own.mask_key) != (
+        if own is None or (own.enc_key, own.mask_key, own.sign_key) != (
             public_bytes(self._enc),
             public_bytes(self._mask),
+            consistency.signing_public(self._sign),
         ):
             raise ProtocolViolation(
                 f"site {self.site!r}: the roster does not carry this site's keys"
@@ -175,11 +181,21 @@ class SiteSession:
         self.stage = Stage.MASKED
         return MaskedInput(self.ctx, self.site, vector.astype("<u4", copy=False).tobytes())
 
-    # 4. unmask
-    def unmask(self, request: UnmaskRequest) -> UnmaskReply:
-        """Reveal seed shares of survivors and key shares of the others that shared; once."""
-        self._expect(Stage.MASKED, "unmasking")
-        self._same_round(request.ctx, "the unmask request")
+    # 4. consistency check: sign the survivor set this site was told
+    def sign(self, request: UnmaskRequest) -> ConsistencySignature:
+        """Sign the survivor set (once); the unmasking later needs t signatures over it."""
+        self._expect(Stage.MASKED, "signing the survivor list")
+        self._same_round(request.ctx, "the survivor list")
+        self._check_survivors(request)
+        self._signed = tuple(sorted(set(request.survivors)))
+        self.stage = Stage.SIGNED
+        return ConsistencySignature(
+            self.ctx,
+            self.site,
+            consistency.sign_survivors(self._sign, self.ctx, self.site, self._signed),
+        )
+
+    def _check_survivors(self, request: UnmaskRequest) -> None:
         roster = self._roster
         assert roster is not None
         survivors = set(request.survivors)
@@ -192,6 +208,31 @@ class SiteSession:
             raise ProtocolViolation(
                 f"site {self.site!r}: survivors not in the roster: {sorted(unknown)}"
             )
+
+    # 5. unmask
+    def unmask(self, request: UnmaskRequest) -> UnmaskReply:
+        """Reveal seed shares of survivors and key shares of the others that shared; once,
+        and only if at least t sites signed the same survivor set this site signed."""
+        self._expect(Stage.SIGNED, "unmasking")
+        self._same_round(request.ctx, "the unmask request")
+        roster = self._roster
+        assert roster is not None
+        if tuple(sorted(set(request.survivors))) != self._signed:
+            raise ProtocolViolation(
+                f"site {self.site!r}: the unmask request lists survivors "
+                f"{sorted(set(request.survivors))}, but this site signed {list(self._signed or ())}; "
+                "it reveals no share",
+                code="secagg_inconsistent",
+            )
+        consistency.check_signatures(
+            site=self.site,
+            ctx=self.ctx,
+            survivors=request.survivors,
+            signatures=request.signatures,
+            keys={e.site: e.sign_key for e in roster.entries},
+            threshold=roster.threshold,
+        )
+        survivors = set(request.survivors)  # checked when signed: this site, all in the roster
         if len(survivors & set(self._held)) < roster.threshold:
             raise BelowThreshold(
                 f"site {self.site!r}: {len(survivors & set(self._held))} surviving shareholders, fewer than the threshold {roster.threshold}"
@@ -213,6 +254,8 @@ class SiteSession:
             "enc": wire.b64(private_bytes(self._enc)),
             "mask": wire.b64(private_bytes(self._mask)),
             "seed": wire.b64(self._seed),
+            "sign": wire.b64(consistency.signing_private_bytes(self._sign)),
+            "signed": None if self._signed is None else list(self._signed),
             "roster": None if self._roster is None else wire.encode(self._roster),
             "held": {o: [wire.b64(s), wire.b64(k)] for o, (s, k) in self._held.items()},
             "clipped": self.clipped,
@@ -227,6 +270,8 @@ class SiteSession:
         session._enc = private_from_bytes(wire.unb64(state["enc"], "enc"))
         session._mask = private_from_bytes(wire.unb64(state["mask"], "mask"))
         session._seed = wire.unb64(state["seed"], "seed")
+        session._sign = consistency.signing_from_bytes(wire.unb64(state["sign"], "sign"))
+        session._signed = None if state["signed"] is None else tuple(state["signed"])
         roster = None if state["roster"] is None else wire.decode(state["roster"])
         if roster is not None and not isinstance(roster, Roster):
             raise ProtocolViolation("saved state: 'roster' is not a roster")

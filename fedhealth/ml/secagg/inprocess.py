@@ -27,7 +27,8 @@ def secure_round(
     max_weight: int = 1 << 20,
     degree: int | None = None,
 ) -> SecureResult:
-    """Run the four stages for ``updates`` (one per site, ``Update.site`` its id).
+    """Run the five stages (with the consistency check) for ``updates`` (one per site,
+    ``Update.site`` its id).
 
     Sites in ``drop_after_sharing`` share keys and then vanish. Raises ``BelowThreshold``
     (fail closed) when too few remain, ``ProtocolViolation`` on a broken message.
@@ -55,7 +56,10 @@ def secure_round(
             u.site,
             sessions[u.site].masked_input(inbox[u.site], u.weights, u.num_samples, reference),
         )
-    request = server.close_masked()
+    told = server.close_masked()
+    for s in told.survivors:
+        server.receive_signature(s, sessions[s].sign(told))
+    request = server.close_consistency()
     for s in request.survivors:
         server.receive_unmask(s, sessions[s].unmask(request))
     return server.finish()

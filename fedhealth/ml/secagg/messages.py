@@ -5,7 +5,10 @@
    ``SharePackage`` site -> server: one ciphertext per shareholder (its neighbours and itself).
    The server forwards to each site the ciphertexts addressed to it.
 3. ``MaskedInput``  site -> server: the masked uint32 vector (little-endian bytes).
-4. ``UnmaskRequest`` server -> sites: who sent a masked input.
+4. ``UnmaskRequest`` server -> sites: who sent a masked input (no signatures yet).
+   ``ConsistencySignature`` site -> server: its Ed25519 signature over that survivor set
+   (Bonawitz's ConsistencyCheck, ``consistency``).
+5. ``UnmaskRequest`` server -> signers: the same set with every signature relayed.
    ``UnmaskReply``  site -> server: self-mask-seed shares of survivors, mask-key shares of
    sites that shared keys but sent no masked input. Never both for one site.
 Every message names its ``RoundContext`` and its sender; the server checks both against the
@@ -30,6 +33,7 @@ class Advertise:
     enc_key: bytes  # X25519 public key for share encryption
     mask_key: bytes  # X25519 public key for pairwise masks
     seed_commit: bytes  # SHA-256 commitment to the self-mask seed
+    sign_key: bytes  # Ed25519 verification key for the consistency check
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class RosterEntry:
     enc_key: bytes
     mask_key: bytes
     seed_commit: bytes
+    sign_key: bytes
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Roster:
     def graph(self) -> dict[str, frozenset[str]]:
         digest = hashlib.sha256(self.ctx.binding(b"neighbours"))
         for e in self.entries:
-            digest.update(e.enc_key + e.mask_key + e.seed_commit)
+            digest.update(e.enc_key + e.mask_key + e.seed_commit + e.sign_key)
         return neighbours([e.site for e in self.entries], self.degree, digest.digest())
 
     def holders(self, site: str) -> frozenset[str]:
@@ -86,6 +91,15 @@ class MaskedInput:
 class UnmaskRequest:
     ctx: RoundContext
     survivors: tuple[str, ...]
+    # signer -> Ed25519 signature over ``survivors``; empty when asking for signatures
+    signatures: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    ctx: RoundContext
+    site: str
+    signature: bytes  # over (round, site, the survivor set it was told)
 
 
 @dataclass(frozen=True)

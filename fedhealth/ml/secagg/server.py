@@ -18,13 +18,14 @@ import numpy as np
 
 from fedhealth.ml.types import Weights
 
-from . import shamir, wire
+from . import consistency, shamir, wire
 from .errors import BelowThreshold, ProtocolViolation
 from .graph import check_degree
 from .keys import RoundContext, mask_seed, private_from_bytes, public_bytes, public_from_bytes
 from .masking import QuantSpec, apply_mask, dequantise, vector_length
 from .messages import (
     Advertise,
+    ConsistencySignature,
     MaskedInput,
     Roster,
     RosterEntry,
@@ -39,6 +40,7 @@ class Phase(StrEnum):
     ADVERTISE = "advertise"
     SHARE = "share"
     MASKED = "masked"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     DONE = "done"
 
@@ -102,6 +104,7 @@ class AggregationSession:
         self._packages: dict[str, SharePackage] = {}
         self._sum = np.zeros(self.length, dtype=np.uint32)
         self._survivors: list[str] = []
+        self._signatures: dict[str, bytes] = {}
         self._replies: dict[str, UnmaskReply] = {}
 
     def _check(
@@ -140,6 +143,7 @@ class AggregationSession:
         public_from_bytes(msg.mask_key, site=msg.site)
         if len(msg.seed_commit) != 32:
             raise ProtocolViolation(f"site {msg.site!r}: a seed commitment is 32 bytes")
+        consistency.check_public(msg.sign_key, site=msg.site)
         self._adverts[msg.site] = msg
 
     def close_advertise(self) -> Roster:
@@ -153,6 +157,7 @@ class AggregationSession:
                 self._adverts[s].enc_key,
                 self._adverts[s].mask_key,
                 self._adverts[s].seed_commit,
+                self._adverts[s].sign_key,
             )
             for i, s in enumerate(sorted(self._adverts))
         )
@@ -203,18 +208,48 @@ class AggregationSession:
         self._survivors.append(msg.site)
 
     def close_masked(self) -> UnmaskRequest:
+        """The survivor set, without signatures: each survivor is asked to sign it."""
         if self.phase is not Phase.MASKED:
             raise ProtocolViolation(
                 f"cannot close masked input during the {self.phase.value} phase"
             )
         self._need(len(self._survivors), "sent masked inputs")
-        self.phase = Phase.UNMASK
+        self.phase = Phase.CONSISTENCY
         return UnmaskRequest(self.ctx, tuple(sorted(self._survivors)))
 
-    # 4. unmask
+    # 4. consistency check
+    def receive_signature(self, authenticated: str, msg: ConsistencySignature) -> None:
+        """A survivor's signature over the survivor set; an honest server relays only valid ones."""
+        roster = self._roster()
+        self._check(authenticated, msg.site, msg.ctx, Phase.CONSISTENCY, set(self._survivors))
+        if msg.site in self._signatures:
+            raise ProtocolViolation(
+                f"site {msg.site!r} already signed the survivor list this round (replay)"
+            )
+        if not consistency.valid(
+            roster.by_site[msg.site].sign_key, self.ctx, msg.site, self._survivors, msg.signature
+        ):
+            raise ProtocolViolation(
+                f"site {msg.site!r}: the signature does not verify over this round's survivor list"
+            )
+        self._signatures[msg.site] = msg.signature
+
+    def close_consistency(self) -> UnmaskRequest:
+        """The survivor set with every signature, for the signers to check before unmasking."""
+        if self.phase is not Phase.CONSISTENCY:
+            raise ProtocolViolation(
+                f"cannot close the consistency check during the {self.phase.value} phase"
+            )
+        self._need(len(self._signatures), "signed the survivor list")
+        self.phase = Phase.UNMASK
+        return UnmaskRequest(
+            self.ctx, tuple(sorted(self._survivors)), dict(sorted(self._signatures.items()))
+        )
+
+    # 5. unmask
     def receive_unmask(self, authenticated: str, reply: UnmaskReply) -> None:
         roster = self._roster()
-        self._check(authenticated, reply.site, reply.ctx, Phase.UNMASK, set(self._survivors))
+        self._check(authenticated, reply.site, reply.ctx, Phase.UNMASK, set(self._signatures))
         if reply.site in self._replies:
             raise ProtocolViolation(
                 f"site {reply.site!r} already answered the unmask request (replay)"
@@ -292,8 +327,10 @@ class AggregationSession:
             waiting = set(self._roster().by_site) - set(self._packages)
         elif self.phase is Phase.MASKED:
             waiting = set(self._packages) - set(self._survivors)
+        elif self.phase is Phase.CONSISTENCY:
+            waiting = set(self._survivors) - set(self._signatures)
         elif self.phase is Phase.UNMASK:
-            waiting = set(self._survivors) - set(self._replies)
+            waiting = set(self._signatures) - set(self._replies)
         else:
             waiting = set()
         return sorted(waiting)
@@ -307,6 +344,8 @@ class AggregationSession:
             return self.close_shares()
         if self.phase is Phase.MASKED:
             return self.close_masked()
+        if self.phase is Phase.CONSISTENCY:
+            return self.close_consistency()
         return self.finish()
 
     # state, for a server that restarts mid-round (holds no secret: shares are encrypted
@@ -326,6 +365,7 @@ class AggregationSession:
             "packages": [wire.encode(m) for m in self._packages.values()],
             "sum": wire.b64(self._sum.astype("<u4").tobytes()),
             "survivors": list(self._survivors),
+            "signatures": {k: wire.b64(v) for k, v in self._signatures.items()},
             "replies": [wire.encode(m) for m in self._replies.values()],
         }
 
@@ -359,6 +399,7 @@ class AggregationSession:
             raise ProtocolViolation("saved state: the running sum does not fit this model")
         session._sum = np.frombuffer(total, dtype="<u4").astype(np.uint32)
         session._survivors = list(state["survivors"])
+        session._signatures = wire.bytes_map(state["signatures"], "signatures")
         for data in state["replies"]:
             reply = wire.decode(data)
             assert isinstance(reply, UnmaskReply)

@@ -21,7 +21,9 @@ unmasked.
 Tasks (JSON, from the server):
 ``{"phase": "advertise", "ctx": {...}}``, ``{"phase": "share", "roster": {...}}``,
 ``{"phase": "masked", "ctx": {...}, "inbox": {sender: base64}}``,
-``{"phase": "unmask", "request": {...}}``.
+``{"phase": "consistency", "request": {...}}`` (the survivor list to sign),
+``{"phase": "unmask", "request": {...}}`` (the same list with every signature: the site
+reveals shares only if t of them verify over the list it signed, ``consistency``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .client import SiteSession
 from .errors import ProtocolViolation
 from .messages import Roster, UnmaskRequest
 
-PHASES = ("advertise", "share", "masked", "unmask")
+PHASES = ("advertise", "share", "masked", "consistency", "unmask")
 
 
 def site_step(
@@ -98,7 +100,8 @@ def site_step(
                 raise ProtocolViolation(
                     "field 'request': not an unmask request", code="secagg_malformed"
                 )
-            message = wire.encode(session.unmask(request))
+            step = session.sign if phase == "consistency" else session.unmask
+            message = wire.encode(step(request))
     done[phase] = message
     asked[phase] = {"digest": _digest(task)}
     if phase == "unmask":

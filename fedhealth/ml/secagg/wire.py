@@ -22,6 +22,7 @@ from .keys import RoundContext
 from .masking import QuantSpec
 from .messages import (
     Advertise,
+    ConsistencySignature,
     MaskedInput,
     Roster,
     RosterEntry,
@@ -30,7 +31,15 @@ from .messages import (
     UnmaskRequest,
 )
 
-Message = Advertise | Roster | SharePackage | MaskedInput | UnmaskRequest | UnmaskReply
+Message = (
+    Advertise
+    | Roster
+    | SharePackage
+    | MaskedInput
+    | UnmaskRequest
+    | ConsistencySignature
+    | UnmaskReply
+)
 
 
 def b64(data: bytes) -> str:
@@ -108,6 +117,7 @@ def encode(msg: Message) -> dict[str, Any]:
             "enc_key": b64(msg.enc_key),
             "mask_key": b64(msg.mask_key),
             "seed_commit": b64(msg.seed_commit),
+            "sign_key": b64(msg.sign_key),
         }
     if isinstance(msg, Roster):
         return {
@@ -128,6 +138,7 @@ def encode(msg: Message) -> dict[str, Any]:
                     "enc_key": b64(e.enc_key),
                     "mask_key": b64(e.mask_key),
                     "seed_commit": b64(e.seed_commit),
+                    "sign_key": b64(e.sign_key),
                 }
                 for e in msg.entries
             ],
@@ -142,7 +153,14 @@ def encode(msg: Message) -> dict[str, Any]:
     if isinstance(msg, MaskedInput):
         return {"kind": "masked", "ctx": ctx, "site": msg.site, "vector": b64(msg.vector)}
     if isinstance(msg, UnmaskRequest):
-        return {"kind": "unmask_request", "ctx": ctx, "survivors": list(msg.survivors)}
+        return {
+            "kind": "unmask_request",
+            "ctx": ctx,
+            "survivors": list(msg.survivors),
+            "signatures": {k: b64(v) for k, v in sorted(msg.signatures.items())},
+        }
+    if isinstance(msg, ConsistencySignature):
+        return {"kind": "signature", "ctx": ctx, "site": msg.site, "signature": b64(msg.signature)}
     return {
         "kind": "unmask_reply",
         "ctx": ctx,
@@ -153,11 +171,12 @@ def encode(msg: Message) -> dict[str, Any]:
 
 
 _KINDS = {
-    "advertise": {"ctx", "site", "enc_key", "mask_key", "seed_commit"},
+    "advertise": {"ctx", "site", "enc_key", "mask_key", "seed_commit", "sign_key"},
     "roster": {"ctx", "threshold", "degree", "spec", "length", "entries"},
     "shares": {"ctx", "site", "ciphertexts"},
     "masked": {"ctx", "site", "vector"},
-    "unmask_request": {"ctx", "survivors"},
+    "unmask_request": {"ctx", "survivors", "signatures"},
+    "signature": {"ctx", "site", "signature"},
     "unmask_reply": {"ctx", "site", "seed_shares", "key_shares"},
 }
 
@@ -178,6 +197,7 @@ def decode(data: Any) -> Message:
             unb64(d["enc_key"], "enc_key"),
             unb64(d["mask_key"], "mask_key"),
             unb64(d["seed_commit"], "seed_commit"),
+            unb64(d["sign_key"], "sign_key"),
         )
     if kind == "roster":
         spec = _fields(d["spec"], "spec", {"clip", "max_weight", "n_sites"})
@@ -187,7 +207,11 @@ def decode(data: Any) -> Message:
             raise _bad("entries", d["entries"], "a list")
         entries = []
         for i, e in enumerate(d["entries"]):
-            e = _fields(e, f"entries[{i}]", {"site", "index", "enc_key", "mask_key", "seed_commit"})
+            e = _fields(
+                e,
+                f"entries[{i}]",
+                {"site", "index", "enc_key", "mask_key", "seed_commit", "sign_key"},
+            )
             entries.append(
                 RosterEntry(
                     _str(e["site"], f"entries[{i}].site"),
@@ -195,6 +219,7 @@ def decode(data: Any) -> Message:
                     unb64(e["enc_key"], f"entries[{i}].enc_key"),
                     unb64(e["mask_key"], f"entries[{i}].mask_key"),
                     unb64(e["seed_commit"], f"entries[{i}].seed_commit"),
+                    unb64(e["sign_key"], f"entries[{i}].sign_key"),
                 )
             )
         degree = None if d["degree"] is None else _int(d["degree"], "degree")
@@ -223,7 +248,15 @@ def decode(data: Any) -> Message:
     if kind == "unmask_request":
         if not isinstance(d["survivors"], list):
             raise _bad("survivors", d["survivors"], "a list of site ids")
-        return UnmaskRequest(ctx, tuple(_str(s, "survivors[]") for s in d["survivors"]))
+        return UnmaskRequest(
+            ctx,
+            tuple(_str(s, "survivors[]") for s in d["survivors"]),
+            bytes_map(d["signatures"], "signatures"),
+        )
+    if kind == "signature":
+        return ConsistencySignature(
+            ctx, _str(d["site"], "site"), unb64(d["signature"], "signature")
+        )
     return UnmaskReply(
         ctx,
         _str(d["site"], "site"),
