@@ -10,7 +10,13 @@ from django.db import models
 
 from fedhealth.ml.federation import FederatedConfig
 from fedhealth.ml.model import ModelConfig
-from fedhealth.ml.privacy import DEFAULT_CLIP_NORM, DEFAULT_EPSILON, PrivacySettings
+from fedhealth.ml.privacy import (
+    DEFAULT_CLIP_NORM,
+    DEFAULT_EPSILON,
+    DEFAULT_SITE_DELTA,
+    PrivacySettings,
+    SiteDPSettings,
+)
 from fedhealth.ml.schema import Schema
 from fedhealth.ml.training import TrainConfig
 
@@ -66,10 +72,13 @@ class Experiment(models.Model):
         "the median of the round's other updates.",
     )
     # Record-level differential privacy (fedhealth.ml.privacy): a request to each site,
-    # which derives its own noise from it and enforces its own budget.
+    # which derives its own noise from it and enforces its own budget. Site-level
+    # (fedhealth.ml.privacy.sitelevel, DP-FedAvg): each site's change is clipped and noised
+    # at aggregation; the same epsilon, delta and clip fields, read per site.
     class DPMode(models.TextChoices):
         OFF = "off", "Off"
         RECORD = "record", "Record-level (DP-SGD at each site)"
+        SITE = "site", "Site-level (DP-FedAvg: each site's whole contribution)"
 
     dp_mode = models.CharField(max_length=10, choices=DPMode.choices, default=DPMode.OFF)
     dp_epsilon = models.FloatField(default=DEFAULT_EPSILON)
@@ -141,6 +150,17 @@ class Experiment(models.Model):
             return None
         return PrivacySettings(
             epsilon=self.dp_epsilon, delta=self.dp_delta, clip_norm=self.dp_clip_norm, rounds=self.num_rounds
+        )
+
+    def site_dp_settings(self, *, sites: int, per_round: int) -> SiteDPSettings | None:
+        """Site-level DP-FedAvg's settings for a round of ``per_round`` of ``sites`` sites;
+        ``None`` unless ``dp_mode`` is site. ValueError on settings the core refuses."""
+        if self.dp_mode != self.DPMode.SITE:
+            return None
+        return SiteDPSettings(
+            epsilon=self.dp_epsilon, clip_norm=self.dp_clip_norm, rounds=self.num_rounds,
+            delta=DEFAULT_SITE_DELTA if self.dp_delta is None else self.dp_delta,
+            sites=sites, per_round=per_round,
         )
 
     def federated_config(self) -> FederatedConfig:
