@@ -50,6 +50,9 @@ AGGREGATE_ROUND = Budget(attempts=4, first_wait=5, max_wait=60)
 # A hosted site's evaluation of a version: as training, 3 tries over at most ~30 s
 # of waiting (EvaluationAttempt.attempts), then it is recorded as failed.
 EVALUATE_SITE = Budget(attempts=3, first_wait=10, max_wait=60)
+# A hosted site's end-of-experiment comparison (alone / global / personalised): as
+# evaluation, 3 tries (SiteComparison.attempts), then it is recorded as failed.
+COMPARE_SITE = Budget(attempts=3, first_wait=10, max_wait=60)
 # The sweeper itself is never retried: Celery beat runs it again every
 # FEDHEALTH_SWEEP_SECONDS, which is its backoff. One item failing (logged) does not
 # stop it from sweeping the others.

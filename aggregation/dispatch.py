@@ -186,3 +186,18 @@ def queue_evaluations(version_id: int, *, include_training: bool = False, quiet_
         if not created:
             EvaluationAttempt.objects.filter(pk=attempt.pk).update(updated_at=now)
     return _send_all("evaluate_site", (([version_id, s.pk], s.queue) for s in sites))
+
+
+# -- the end of an experiment: alone / global / personalised at each hosted site --------
+
+def queue_site_comparisons(experiment_id: int) -> int:
+    """Send each hosted site's pending (or interrupted) comparison to its own queue.
+    Safe to repeat: the task claims its row first (site_comparison.begin_comparison)."""
+    from .models import SiteComparison
+
+    rows = SiteComparison.objects.filter(
+        participant__experiment_id=experiment_id, source=SiteComparison.Source.HOSTED,
+        status__in=[SiteComparison.Status.PENDING, SiteComparison.Status.RUNNING],
+        participant__site__is_active=True,
+    ).select_related("participant__site")
+    return _send_all("compare_site", (([c.pk], c.participant.site.queue) for c in rows))

@@ -44,8 +44,11 @@ class Reason(models.TextChoices):
     ROUND_FAILED = "round_failed", "A round failed."
     SECAGG_THRESHOLD = "secagg_threshold", "Too few sites completed the secure-aggregation protocol (below its threshold): the round failed closed and the previous global model is kept."
     SECAGG_FAILED = "secagg_failed", "The secure-aggregation protocol could not unmask the sum (a message did not check out): the round failed closed and the previous global model is kept."
+    EARLY_STOPPED = "early_stopped", "The experiment stopped early: the sites' weighted validation loss had not improved for the rounds its early stopping allows."
     # An evaluation
     EVALUATION_FAILED = "evaluation_failed", "The site could not evaluate this model version."
+    # A site's end-of-experiment comparison (alone / global / personalised)
+    COMPARISON_FAILED = "comparison_failed", "The site could not train its local-only and personalised models."
     INTERNAL = "internal", "An internal error stopped this work; the operator's logs have the details."
 
 

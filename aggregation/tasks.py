@@ -21,10 +21,18 @@ from celery import shared_task
 from django.core.exceptions import ObjectDoesNotExist
 
 from . import services, sweeper
-from .budgets import AGGREGATE_ROUND, EVALUATE_SITE, SWEEP, TRAIN_SITE, TRANSIENT, Budget
+from .budgets import (
+    AGGREGATE_ROUND,
+    COMPARE_SITE,
+    EVALUATE_SITE,
+    SWEEP,
+    TRAIN_SITE,
+    TRANSIENT,
+    Budget,
+)
 from .models import ClientUpdate
 from .reasons import Reason
-from .services import failures, secure_round
+from .services import failures, secure_round, site_comparison
 from .services.sitework import SiteDataError
 
 log = logging.getLogger(__name__)
@@ -183,6 +191,36 @@ def evaluate_site(self, version_id: int, site_id: int) -> str:
     except Exception:
         log.exception("evaluate_site(%s, %s): permanent failure", version_id, site_id)
         failures.fail_evaluation(version_id, site_id, Reason.EVALUATION_FAILED)
+        return "failed"
+
+
+# -- the end of an experiment: alone / global / personalised at each hosted site --------
+
+@shared_task(name="aggregation.compare_site", max_retries=COMPARE_SITE.attempts - 1, **GUARDED)
+@_unless_gone
+def compare_site(self, comparison_id: int) -> str:
+    tries = site_comparison.begin_comparison(comparison_id)
+    if not tries:
+        return "skipped: compared or given up"
+    if tries > COMPARE_SITE.attempts:
+        site_comparison.fail_comparison(comparison_id, Reason.ATTEMPTS_EXHAUSTED)
+        return "given up"
+    try:
+        return site_comparison.compare_hosted(comparison_id)
+    except TRANSIENT as exc:
+        return _retry_or_give_up(
+            self, COMPARE_SITE, tries, exc,
+            lambda: site_comparison.fail_comparison(comparison_id, Reason.ATTEMPTS_EXHAUSTED),
+        )
+    except ObjectDoesNotExist:
+        raise
+    except SiteDataError as exc:
+        log.exception("compare_site(%s): the site's data cannot be used", comparison_id)
+        site_comparison.fail_comparison(comparison_id, exc.code)
+        return "failed: site data"
+    except Exception:
+        log.exception("compare_site(%s): permanent failure", comparison_id)
+        site_comparison.fail_comparison(comparison_id, Reason.COMPARISON_FAILED)
         return "failed"
 
 

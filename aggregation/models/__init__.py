@@ -1,3 +1,4 @@
+from .comparison import SiteComparison
 from .experiment import Experiment, Participant
 from .model_version import EvaluationAttempt, ModelVersion, SiteEvaluation, WorkerHeartbeat
 from .privacy import PrivacyBudget, PrivacyLedgerEntry
@@ -15,6 +16,7 @@ __all__ = [
     "Round",
     "SecureRound",
     "SecureSite",
+    "SiteComparison",
     "SiteEvaluation",
     "WorkerHeartbeat",
 ]

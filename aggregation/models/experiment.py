@@ -98,6 +98,26 @@ class Experiment(models.Model):
         default=_FED.validation_fraction, validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
         help_text="Share of each site's training rows held out to pick the best round (0: off).",
     )
+    # Platform early stopping: the experiment completes once the sites' weighted
+    # validation loss has not improved for this many scored rounds (empty: off; needs
+    # a validation fraction). Why it finished early: ``finish_code`` (aggregation.reasons).
+    early_stopping = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Stop after this many rounds without a better validation loss (empty: off).",
+    )
+    finish_code = models.CharField(max_length=32, blank=True)
+    stopped_after_round = models.PositiveIntegerField(null=True, blank=True)
+
+    # Personalisation (fedhealth.ml.personalize): at the end, each site builds its own
+    # model from the selected global version, and compares it with the global model
+    # and a local-only model on its own test rows (aggregation.SiteComparison).
+    class Personalize(models.TextChoices):
+        OFF = "off", "Off"
+        FEDPER = "fedper", "FedPer (a site-kept output layer)"
+        FINETUNE = "finetune", "Fine-tuning"
+        DITTO = "ditto", "Ditto (fine-tuning pulled toward the global model)"
+
+    personalize = models.CharField(max_length=10, choices=Personalize.choices, default=Personalize.OFF)
     sites = models.ManyToManyField("clients.Site", through="Participant", related_name="experiments")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)

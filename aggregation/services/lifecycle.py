@@ -24,7 +24,7 @@ from .. import dispatch
 from ..models import ClientUpdate, Experiment, Round
 from ..reasons import Reason
 from ..reasons import text as reason_text
-from . import artifacts, consent
+from . import artifacts, consent, site_comparison
 from .schema_fit import fit_problems
 
 
@@ -147,6 +147,7 @@ def advance(experiment: Experiment, finished_round: int) -> None:
         experiment.save(update_fields=["status", "finished_at"])
         artifacts.write_log_event(experiment, {"event": "completed", "round": finished_round,
                                                "at": timezone.now().isoformat()})
+        site_comparison.open_comparisons(experiment)
     else:
         open_round(experiment, finished_round + 1)
 

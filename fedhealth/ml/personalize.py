@@ -49,6 +49,7 @@ __all__ = [
     "PERSONALIZE_MODES",
     "fit_early_stopping",
     "validation_loss",
+    "validation_size",
     "validation_split",
     "with_head",
 ]
@@ -79,14 +80,23 @@ def validation_split(
     n = len(y)
     if fraction == 0.0:
         return X, y, X[:0], y[:0]
-    if n < 2:
-        raise ValueError(f"a validation slice needs at least 2 training rows, got {n}")
-    n_val = min(max(1, round(fraction * n)), n - 1)
+    n_val = validation_size(n, fraction)
     counts = np.bincount(y.astype(np.int64), minlength=2)
     present = counts[counts > 0]
     stratify = y if (present >= 2).all() and len(present) <= n_val <= n - len(present) else None
     fit, val = split_indices(y, test=n_val, seed=seed, stratify=stratify is not None)
     return X[fit], y[fit], X[val], y[val]
+
+
+def validation_size(n: int, fraction: float) -> int:
+    """How many of ``n`` training rows ``validation_split`` holds out (0 when ``fraction``
+    is 0). The server checks a site's reported ``validation_n`` against it. Raises
+    ValueError when a slice is asked of fewer than 2 rows."""
+    if fraction == 0.0:
+        return 0
+    if n < 2:
+        raise ValueError(f"a validation slice needs at least 2 training rows, got {n}")
+    return min(max(1, round(fraction * n)), n - 1)
 
 
 def validation_loss(
@@ -117,6 +127,8 @@ def fit_early_stopping(
     *,
     max_epochs: int,
     patience: int = 5,
+    only: str | None = None,
+    proximal_mu: float = 0.0,
 ) -> tuple[Weights, int]:
     """Train from ``start`` epoch by epoch; return the best weights and their epoch.
 
@@ -125,6 +137,10 @@ def fit_early_stopping(
     included. Stops after ``patience`` epochs without improvement or ``max_epochs``.
     With an empty validation slice it trains ``max_epochs`` and returns the last
     weights. Inputs are normalised; deterministic for ``train.seed``.
+
+    ``only``: train only the parameters whose name starts with it (FedPer's head,
+    ``HEAD_PREFIX``), the rest frozen. ``proximal_mu`` > 0 adds Ditto's pull
+    ``mu/2 ||v - start||^2`` toward ``start``.
     """
     x = torch.from_numpy(np.array(X, dtype=np.float32))
     t = torch.from_numpy(np.asarray(y, dtype=np.float32))
@@ -139,7 +155,14 @@ def fit_early_stopping(
     set_weights(model, start)
     generator = torch.Generator().manual_seed(train.seed)
     model.generator = generator
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    named = [(name, p) for name, p in model.named_parameters() if only is None or name.startswith(only)]
+    if not named:
+        raise ValueError(f"no parameter starts with {only!r}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(only is None or name.startswith(only))
+    params = [p for _, p in named]
+    anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    optimizer = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
     batch = min(train.batch_size, n)
     for epoch in range(1, max_epochs + 1):
         model.train()
@@ -147,15 +170,18 @@ def fit_early_stopping(
         for start_row in range(0, n, batch):
             idx = perm[start_row : start_row + batch]
             optimizer.zero_grad(set_to_none=True)
-            F.binary_cross_entropy_with_logits(model(x[idx]), t[idx]).backward()
+            loss = F.binary_cross_entropy_with_logits(model(x[idx]), t[idx])
+            if anchors:
+                loss = loss + proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+            loss.backward()
             optimizer.step()
         current = get_weights(model)
         if not has_val:
             best, best_epoch = current, epoch
             continue
-        loss = validation_loss(cfg, current, X_val, y_val)
-        if loss < best_loss - 1e-6:
-            best, best_loss, best_epoch = current, loss, epoch
+        val = validation_loss(cfg, current, X_val, y_val)
+        if val < best_loss - 1e-6:
+            best, best_loss, best_epoch = current, val, epoch
         elif epoch - best_epoch >= patience:
             break
     model.generator = None
