@@ -22,6 +22,7 @@ class SecureRound(models.Model):
         ADVERTISE = "advertise", "Advertising keys"
         SHARE = "share", "Sharing keys"
         MASKED = "masked", "Sending masked updates"
+        CONSISTENCY = "consistency", "Signing the survivor list"
         UNMASK = "unmask", "Unmasking the sum"
         DONE = "done", "Done"
         FAILED = "failed", "Failed closed"
@@ -49,12 +50,21 @@ class SecureSite(models.Model):
 
     secure_round = models.ForeignKey(SecureRound, on_delete=models.CASCADE, related_name="sites")
     site = models.ForeignKey("clients.Site", on_delete=models.CASCADE, related_name="secure_rounds")
+    # The site's name inside the protocol for this round only: random, never its slug or pk,
+    # so that rosters, share recipients and survivor lists do not say which sites take part.
+    # Mapped back to the site here, on the server's side only.
+    protocol_id = models.CharField(max_length=32, default="", blank=True)
     last_phase = models.CharField(max_length=12, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     dropped_in = models.CharField(max_length=12, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["secure_round", "site"], name="one_secure_site")]
+        constraints = [
+            models.UniqueConstraint(fields=["secure_round", "site"], name="one_secure_site"),
+            models.UniqueConstraint(
+                fields=["secure_round", "protocol_id"], name="one_protocol_id_per_secure_round"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.secure_round}: {self.site} {self.last_phase or '-'}"
