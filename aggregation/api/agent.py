@@ -40,6 +40,7 @@ from aggregation.services import (
 from aggregation.services import privacy as privacy_ledger
 from aggregation.services.artifacts import global_weights_for
 from aggregation.services.rounds import OPEN_UPDATE, claim_update
+from aggregation.services.selection import reported_validation_problem
 from aggregation.services.sitework import site_plan
 from clients.api.permissions import IsSiteAgent
 from fedhealth.api.exceptions import Conflict, PayloadTooLarge, field_error
@@ -149,6 +150,7 @@ class AssignmentsView(APIView):
                 "dataset": datasets.get(v.experiment_id),
                 "test_fraction": v.experiment.test_fraction,
                 "seed": v.experiment.seed,
+                "validation_fraction": v.experiment.validation_fraction,
             }
             for v in versions
         ]
@@ -381,10 +383,29 @@ class AgentModelViewSet(AgentBase):
     )
     @action(detail=True, methods=["post"])
     def evaluation(self, request, pk=None):
-        """Report metrics and curves (aggregates of predictions, never rows)."""
+        """Report metrics and curves (aggregates of predictions, never rows).
+
+        With a validation slice in the experiment, ``metrics`` carry the version's
+        ``validation_loss`` and ``validation_n`` on it, checked against the site's
+        registered rows; the best version is selected by them, as for hosted sites.
+        """
         version = self.get_object()
         form = s.EvaluationSerializer(data=request.data)
         form.is_valid(raise_exception=True)
+        experiment = version.experiment
+        rows = (
+            Participant.objects.filter(experiment=experiment, site=self.site)
+            .values_list("dataset__row_count", flat=True)
+            .first()
+        )
+        problem = reported_validation_problem(
+            form.validated_data["metrics"],
+            validation_fraction=experiment.validation_fraction,
+            test_fraction=experiment.test_fraction,
+            rows=rows or 0,
+        )
+        if problem:
+            raise field_error("metrics", problem)
         curves = {k: dict(v) for k, v in form.validated_data.get("curves", {}).items()}
         recorded = record_evaluation(
             version.pk, self.site.pk, form.validated_data["metrics"], curves

@@ -36,6 +36,12 @@ PROBABILITY_METRICS = frozenset(
 )
 LOSS_METRICS = frozenset({"log_loss", "loss"})
 MAX_LOSS = 1e6
+# A version's mean log loss per row on the site's validation slice (from the logits,
+# exact): what the best version is selected by, so bounded tighter than other losses.
+# Clipped probabilities never score past 36.04 nats a row; 100 leaves room for exact
+# logits, and caps what one site's report can add to a version's weighted loss.
+MAX_VALIDATION_LOSS = 100.0
+ROW_COUNTS = frozenset({"n", "validation_n"})
 METRIC_MAGNITUDE = 1e12
 
 
@@ -44,8 +50,13 @@ def _metric_problem(key: str, v: float) -> str | None:
         return f"metric {key!r} must be between 0 and 1, got {v!r}"
     if key in LOSS_METRICS and not 0.0 <= v <= MAX_LOSS:
         return f"metric {key!r} must be between 0 and {MAX_LOSS:g}, got {v!r}"
-    if key == "n" and not (0 <= v <= 2**31 - 1 and float(v).is_integer()):
-        return f"metric 'n' must be a whole number of rows, got {v!r}"
+    if key == "validation_loss" and not 0.0 <= v <= MAX_VALIDATION_LOSS:
+        return (
+            f"metric 'validation_loss' (mean log loss per row) must be between 0 and "
+            f"{MAX_VALIDATION_LOSS:g}, got {v!r}"
+        )
+    if key in ROW_COUNTS and not (0 <= v <= 2**31 - 1 and float(v).is_integer()):
+        return f"metric {key!r} must be a whole number of rows, got {v!r}"
     if abs(v) > METRIC_MAGNITUDE:
         return f"metric {key!r} is implausibly large: {v!r}"
     return None
@@ -84,6 +95,10 @@ class EvaluationItemSerializer(serializers.Serializer):
     dataset = serializers.IntegerField(allow_null=True)
     test_fraction = serializers.FloatField()
     seed = serializers.IntegerField()
+    validation_fraction = serializers.FloatField(
+        help_text="Share of the training rows held out (seeded with seed): report the version's "
+        "validation_loss and validation_n on it with the evaluation (0: none, omit them)."
+    )
 
 
 class AssignmentsSerializer(serializers.Serializer):
@@ -98,6 +113,11 @@ class AssignmentsSerializer(serializers.Serializer):
 class SplitSerializer(serializers.Serializer):
     test_fraction = serializers.FloatField()
     seed = serializers.IntegerField()
+    validation_fraction = serializers.FloatField(
+        required=False,
+        help_text="Share of the training rows held out (seeded with seed) and never trained "
+        "on; absent: none.",
+    )
 
 
 class TrainingTaskSerializer(serializers.Serializer):
@@ -149,7 +169,7 @@ def metrics_from(value) -> dict[str, float]:
             )
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise serializers.ValidationError(
-                f"metric {key!r} must be a finite number (omit undefined ones)"
+                f"metric {key!r} must be a finite number (omit undefined ones), got {v!r}"
             )
         problem = _metric_problem(key, float(v))
         if problem:
@@ -330,7 +350,8 @@ class TrainedSerializer(serializers.Serializer):
 class SecureTaskSerializer(serializers.Serializer):
     round = serializers.IntegerField()
     phase = serializers.CharField(
-        help_text="training (not open yet), advertise, share, masked, unmask, done, failed, or "
+        help_text="training (not open yet), advertise, share, masked, consistency, unmask, done, "
+        "failed, or "
         "over (this site has no part: forget the round)."
     )
     deadline = serializers.DateTimeField(
@@ -342,6 +363,10 @@ class SecureTaskSerializer(serializers.Serializer):
         help_text="The last phase whose message from this site counted."
     )
     dropped_in = serializers.CharField()
+    protocol_id = serializers.CharField(
+        help_text="This site's name in the round's protocol (random, fresh each round): the "
+        "roster, shares and survivor lists name every site by such an id, never by its slug."
+    )
     task = serializers.DictField(
         allow_null=True,
         help_text="This site's step now (the core's site_step input: the round's context, the "

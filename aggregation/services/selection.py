@@ -18,6 +18,7 @@ from typing import Any
 from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.model_file import describe
 from fedhealth.ml.schema import Schema
+from fedhealth.ml.sitework import validation_rows
 from fedhealth.ml.stats import Normalizer
 
 from ..models import ModelVersion
@@ -38,6 +39,40 @@ def validation_summary(evaluations: Iterable[Mapping[str, Any]]) -> dict[str, An
     if not sites:
         return {}
     return {"validation_loss": total / rows, "validation_sites": sites}
+
+
+def reported_validation_problem(
+    metrics: Mapping[str, float], *, validation_fraction: float, test_fraction: float, rows: int
+) -> str | None:
+    """What is wrong with the validation figures a site sent with its evaluation, or None.
+
+    An experiment with a validation slice needs both ``validation_loss`` and
+    ``validation_n`` from every site (so that agents count in the selection exactly as
+    hosted sites do), and ``validation_n`` must be the slice the experiment's fraction
+    gives the site's registered ``rows``: a site cannot weigh its loss above its rows.
+    Without a slice neither may be sent. Ranges (finite, non-negative, bounded) are the
+    serializer's (``aggregation.api.agent_serializers``).
+    """
+    sent = [k for k in ("validation_loss", "validation_n") if k in metrics]
+    if validation_fraction <= 0:
+        if sent:
+            return f"this experiment holds out no validation slice: omit {' and '.join(sent)}"
+        return None
+    if len(sent) < 2:
+        return (
+            f"this experiment holds out a validation slice ({validation_fraction:g} of the training "
+            "rows): send validation_loss and validation_n with the evaluation"
+        )
+    try:
+        expected = validation_rows(rows, test_fraction=test_fraction, validation_fraction=validation_fraction)
+    except ValueError:
+        return f"the site's {rows} registered rows cannot hold a validation slice"
+    if metrics["validation_n"] != expected:
+        return (
+            f"metric 'validation_n' must be the {expected} rows of this site's validation slice "
+            f"(of its {rows} registered rows), got {metrics['validation_n']!r}"
+        )
+    return None
 
 
 def best_version(versions: Iterable[ModelVersion]) -> ModelVersion | None:
@@ -85,4 +120,4 @@ def describe_version(
     )
 
 
-__all__ = ["best_version", "describe_version", "validation_summary"]
+__all__ = ["best_version", "describe_version", "reported_validation_problem", "validation_summary"]

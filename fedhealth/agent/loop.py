@@ -325,6 +325,10 @@ class SiteAgent:
             # The experiment's positive class (the version carries its schema); this
             # CSV's own schema when talking to a server that does not send it.
             positive=_positive_value(meta.get("schema"), self.data.schema),
+            # The version's loss on this site's validation slice, as a hosted site
+            # reports it: what the server selects the best version by.
+            validation_fraction=float(item.get("validation_fraction") or 0.0),
+            split_seed=item["seed"],
         )
         self.client.post_json(
             f"/agent/models/{item['model']}/evaluation/",

@@ -85,10 +85,16 @@ class MetricsField(serializers.DictField):
 
 
 class FiniteFloatField(serializers.FloatField):
-    """A float that must be finite ("nan" and "inf" strings are refused)."""
+    """A float that must be finite ("nan" and "inf" strings are refused, naming the value)."""
 
     def to_internal_value(self, data: Any) -> float:
+        try:  # DRF refuses these too, but as "A valid number is required." without the value
+            number = float(data) if isinstance(data, str | int | float) and not isinstance(data, bool) else 0.0
+        except (ValueError, OverflowError):
+            number = 0.0
+        if not math.isfinite(number):
+            raise serializers.ValidationError(f"must be a finite number, got {data!r}")
         value = super().to_internal_value(data)
         if not math.isfinite(value):
-            raise serializers.ValidationError("must be a finite number")
+            raise serializers.ValidationError(f"must be a finite number, got {value!r}")
         return value

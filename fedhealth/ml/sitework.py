@@ -14,6 +14,7 @@ these functions, so a site trains exactly the same way whichever door it uses:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from .federation import SiteSplit, round_seed
 from .metrics import calibration_points, compute_metrics, confusion, roc_points
 from .model import ModelConfig
-from .personalize import validation_loss, validation_split
+from .personalize import validation_loss, validation_size, validation_split
 from .privacy import PrivacySettings, RoundSpend, plan_round_spend, train_local_dp
 from .stats import Normalizer
 from .strategies import Strategy
@@ -125,6 +126,17 @@ def plan_site_round(
         privacy=privacy,
         validation_fraction=validation_fraction,
     )
+
+
+def validation_rows(rows: int, *, test_fraction: float, validation_fraction: float) -> int:
+    """The ``validation_n`` a site with ``rows`` rows reports (0 without a slice): its
+    validation slice of the training rows ``split_site`` leaves (``ceil(test_fraction *
+    rows)`` are held out for testing). The server checks an agent's report against the
+    rows it registered, so a site cannot weigh its validation loss more than its rows.
+    Raises ValueError when ``rows`` cannot hold a slice."""
+    if validation_fraction <= 0:
+        return 0
+    return validation_size(rows - math.ceil(test_fraction * rows), validation_fraction)
 
 
 def fit_rows(plan: SitePlan, split: SiteSplit) -> tuple[np.ndarray, np.ndarray]:
