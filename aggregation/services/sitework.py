@@ -77,16 +77,23 @@ def site_split(experiment: Experiment, site: Site) -> SiteSplit:
     except (ValueError, OSError) as exc:
         raise SiteDataError(str(exc)) from exc
     _splits[key] = split
-    while len(_splits) > _SPLIT_CACHE_SIZE:
+    while len(_splits) > 1 and sum(_split_bytes(s) for s in _splits.values()) > _SPLIT_CACHE_BYTES:
         _splits.popitem(last=False)
     return split
 
 
-# A site's worker re-reads the same validated CSV every round; keeping the last few
-# parsed splits in this process (keyed by the file's checksum) saves a parse per task.
-# The rows stay in the site's own worker process, as they would on disk.
+def _split_bytes(split: SiteSplit) -> int:
+    return split.X_train.nbytes + split.y_train.nbytes + split.X_test.nbytes + split.y_test.nbytes
+
+
+# A site's worker re-reads the same validated CSV every round; keeping the parsed
+# splits in this process (keyed by the file's checksum) saves a parse per task. The
+# rows stay in the site's own worker process, as they would on disk. Bounded by bytes,
+# not entries: an all-in-one worker serves every hosted site in turn, and an entry
+# bound below the number of sites evicted each split just before its next use (10
+# sites, 8 entries: every task re-parsed its CSV).
 _splits: OrderedDict[tuple, SiteSplit] = OrderedDict()
-_SPLIT_CACHE_SIZE = 8
+_SPLIT_CACHE_BYTES = 256 * 2**20
 
 
 def train_hosted_update(update_id: int) -> str:
