@@ -76,6 +76,8 @@ X = np.random.default_rng(0).normal(size=(200, 4)).astype("float32")
 y = (X[:, 0] > 0).astype("float32")
 result = train_local(cfg, init_weights(cfg, 0), X, y, TrainConfig(epochs=1))
 evaluate(cfg, result.weights, X, y)
+from fedhealth.ml.metrics import calibration_points, roc_points  # a site's evaluation curves
+roc_points(y, np.linspace(0.0, 1.0, 200)), calibration_points(y, np.linspace(0.0, 1.0, 200))
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} | {m for m in sys.modules if m.startswith("torch._")})))
 """
 
@@ -83,6 +85,7 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} | {m for m in sys
 def test_local_training_imports_neither_the_compiler_nor_sympy():
     # torch.optim's constructor imports torch._dynamo and skip_init's meta-device round
     # trip imports SymPy: ~2 s CPU together at each process's first round (fedhealth/ml/adam.py).
+    # The evaluation curves import no scikit-learn (~2.4 s in a worker's first evaluation).
     proc = subprocess.run(
         [sys.executable, "-c", TRAIN_PROBE], cwd=ROOT, capture_output=True, text=True, check=True
     )

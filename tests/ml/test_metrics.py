@@ -241,6 +241,26 @@ def test_roc_points_match_sklearn_and_are_json_ready() -> None:
     json.dumps(points, allow_nan=False)
 
 
+@pytest.mark.parametrize("ties", ["none", "rounded", "float32"])
+def test_roc_points_equal_sklearn_exactly_with_ties(ties: str) -> None:
+    # Prepare: many sizes and balances; scores with heavy ties, float32 ties, or none
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        n = int(rng.integers(2, 2_000))
+        y = (rng.random(n) < rng.uniform(0.05, 0.95)).astype(int)
+        y[:2] = [0, 1]
+        p = rng.random(n)
+        p = {"none": p, "rounded": np.round(p, 1), "float32": p.astype(np.float32).astype(np.float64)}[ties]
+
+        # Execute
+        points = roc_points(y, p, max_points=10**9)
+        fpr, tpr, _ = roc_curve(y, p)
+
+        # Assert: the same points, bit for bit
+        np.testing.assert_array_equal(points["fpr"], fpr)
+        np.testing.assert_array_equal(points["tpr"], tpr)
+
+
 def test_roc_points_single_class_is_empty() -> None:
     # Execute / Assert
     assert roc_points(np.zeros(3, int), np.array([0.1, 0.5, 0.9])) == {"fpr": [], "tpr": []}
