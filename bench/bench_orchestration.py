@@ -15,9 +15,11 @@ re-reads at the sites.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1,
                         help="worker processes (1 = like for like with the single-process loop)")
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="run the worker under cProfile (pool solo) and write its stats to PATH")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fedhealth-bench-"))
@@ -107,8 +111,11 @@ def main() -> int:
 
     # (b) the platform: a real worker over Redis.
     log = open(tmp / "worker.log", "wb")  # noqa: SIM115
+    pool = "solo" if args.profile else os.environ.get("BENCH_WORKER_POOL", "prefork")
+    profiler = [sys.executable, "-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else [sys.executable]
     worker = subprocess.Popen(
-        [sys.executable, "manage.py", "worker", "--concurrency", str(args.concurrency), "--pool", os.environ.get("BENCH_WORKER_POOL", "prefork"), "--loglevel", os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING")],
+        [*profiler, "manage.py", "worker", "--concurrency", str(args.concurrency), "--pool", pool,
+         "--loglevel", os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING")],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -128,8 +135,7 @@ def main() -> int:
             time.sleep(0.05)
         platform = time.perf_counter() - t0
     finally:
-        os.killpg(worker.pid, 9)
-        worker.wait()
+        _stop(worker, graceful=bool(args.profile))
         log.close()
 
     rounds = list(experiment.rounds.order_by("number"))
@@ -155,6 +161,18 @@ def main() -> int:
         Path(args.json_path).write_text(json.dumps(result, indent=2))
     redis.Redis.from_url(REDIS_URL).flushdb()
     return 0
+
+
+def _stop(worker: subprocess.Popen, *, graceful: bool) -> None:
+    """Kill the worker's process group; with ``graceful`` (profiling) let it shut down
+    warm first so cProfile writes its stats."""
+    if graceful:
+        os.killpg(worker.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(timeout=60)
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
 
 
 def _wait_ready(worker: subprocess.Popen, tmp: Path) -> None:
