@@ -280,13 +280,18 @@ def _reject(site: str, code: str, detail: str = "") -> Rejected:
     return Rejected(site, reason_text(code, detail), code=code)
 
 
-def screen_stored_updates(round_: Round, previous: Weights) -> tuple[set[int], list[Rejected]]:
+def screen_stored_updates(
+    round_: Round, previous: Weights, *, outliers: bool = True
+) -> tuple[set[int], list[Rejected]]:
     """First pass over a round's stored updates: which may be aggregated.
 
     Refused here: an unreadable file, an update that does not fit the model, and an
     update whose distance from the global model is more than the experiment's
     ``outlier_factor`` times the median of the round's other updates (one site's
     update must not be able to drag the model anywhere). Holds one update at a time.
+    ``outliers=False`` (site-level DP): only what depends on the update alone, since a
+    rejection decided by comparing the sites' updates would let one site change whether
+    another's counts, beyond the clipping bound the accounting assumes.
     """
     experiment = round_.experiment
     kept: dict[str, int] = {}
@@ -304,7 +309,7 @@ def screen_stored_updates(round_: Round, previous: Weights) -> tuple[set[int], l
         distances[slug] = update_distance(weights, previous)
         kept[slug] = u.pk
         del weights
-    for slug, why in find_outliers(distances, experiment.outlier_factor).items():
+    for slug, why in (find_outliers(distances, experiment.outlier_factor) if outliers else {}).items():
         rejected.append(_reject(slug, Reason.OUTLIER, f"({why})"))
         kept.pop(slug)
     return set(kept.values()), rejected
@@ -378,6 +383,10 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
         from .secure_round import advance
 
         return advance(round_id)
+    if experiment.dp_mode == Experiment.DPMode.SITE:  # DP-FedAvg: clip, noise, fixed denominator
+        from .site_dp import aggregate_site_dp
+
+        return aggregate_site_dp(round_)
     previous, _ = artifacts.global_weights_for(round_)
     strategy = _load_strategy(experiment)
     failed = [
@@ -404,12 +413,14 @@ def aggregate_round(round_id: int) -> ModelVersion | None:
 
 
 def publish_aggregate(
-    round_: Round, strategy: Any, result: Any, rejected: list[dict[str, str]], used: list[ClientUpdate]
+    round_: Round, strategy: Any, result: Any, rejected: list[dict[str, str]], used: list[ClientUpdate],
+    *, extra_metrics: dict[str, Any] | None = None,
 ) -> ModelVersion | None:
     """Store an aggregating round's result as the next version and complete the round,
     once: the commit re-checks the round is still aggregating. A non-finite or
     implausible aggregate is refused (the previous model stays). ``used``: the updates
-    whose loss makes the round's training loss."""
+    whose loss makes the round's training loss. ``extra_metrics``: kept in the round's
+    metrics and log line (site-level DP's figures)."""
     round_id = round_.pk
     experiment = round_.experiment
     weights = result.weights
@@ -458,6 +469,7 @@ def publish_aggregate(
             "kept_previous_model": weights is None,
             "refused": reason_text(Reason.AGGREGATE_INVALID) if refused else None,
             "duration_seconds": (now - round_.started_at).total_seconds(),
+            **(extra_metrics or {}),
         }
         round_.save(update_fields=["status", "completed_at", "metrics"])
         artifacts.write_log_event(experiment, {
@@ -465,9 +477,12 @@ def publish_aggregate(
             "version": version.version if version else None, "sha256": sha or None,
             **round_.metrics,
         })
-        advance(experiment, round_.number)
         if version is not None:
+            # Registered before advance's own on-commit work: at the last round the
+            # sites evaluate the final version before their end-of-experiment
+            # comparisons (each a full local-only training), not after them.
             transaction.on_commit(lambda: dispatch.queue_evaluations(version.pk))
+        advance(experiment, round_.number)
     return version
 
 
