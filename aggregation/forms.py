@@ -92,7 +92,8 @@ NUMBER_HELP = {
                   "derives its noise from this and its own row count. 3 is a common choice for a few "
                   "thousand rows (1 is strong, 8 weak).",
     "dp_clip_norm": "Each patient's gradient is clipped to this norm before noise; 1 suits the "
-                    "default model.",
+                    "default model. Site-level: the bound on each site's change of the model per "
+                    "round (all weights together).",
 }
 # DP settings came after the others: a form without them keeps the defaults.
 OPTIONAL_NUMBERS = ("outlier_factor", "dp_epsilon", "dp_clip_norm", "validation_fraction")
@@ -159,14 +160,24 @@ class ExperimentForm(forms.Form):
     )
     dp_mode = forms.ChoiceField(
         label="Differential privacy",
-        choices=[("off", "Off"), ("record", "Record-level: DP-SGD at each site (recommended for patient data)")],
+        choices=[
+            ("off", "Off"),
+            ("record", "Record-level: DP-SGD at each site (recommended for patient data)"),
+            ("site", "Site-level: DP-FedAvg, each hospital's whole contribution (for many sites)"),
+        ],
         widget=forms.RadioSelect, initial="off", required=False,
         help_text="Record-level DP bounds what the shared models can reveal about any one patient. "
-                  "Each site keeps its own ledger and refuses to train past the budget its admin set.",
+                  "Each site keeps its own ledger and refuses to train past the budget its admin set. "
+                  "Site-level DP hides whether a whole hospital took part: each site's change is "
+                  "clipped and noise is added to the sum. With a handful of hospitals its epsilon is "
+                  "large (every site trains every round, so there is no sampling to amplify it, and "
+                  "the noise that hides one hospital is divided among only a few): that is why "
+                  "record-level is the default. It needs at least 3 sites and FedAvg or FedProx.",
     )
     dp_delta = forms.FloatField(
         label="Delta", required=False, widget=_number("any"),
-        help_text="Leave empty for 1/(10 x rows) at each site; it must stay below 1/rows at every site.",
+        help_text="Leave empty for 1/(10 x rows) at each site; it must stay below 1/rows at every site. "
+                  "Site-level: empty for 1e-05, below 1/sites.",
     )
     secure_aggregation = forms.BooleanField(
         label="Secure aggregation", required=False,

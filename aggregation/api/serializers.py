@@ -157,13 +157,16 @@ class ExperimentCreateSerializer(serializers.Serializer):
     dp_mode = serializers.ChoiceField(
         choices=list(DP_MODES),
         required=False,
-        help_text="record: DP-SGD at each site, with each site's own ledger and budget.",
+        help_text="record: DP-SGD at each site, with each site's own ledger and budget. site: "
+        "DP-FedAvg (each site's whole contribution; at least 3 sites, fedavg or fedprox; with a "
+        "handful of sites its epsilon is large, which is why record is the default).",
     )
     dp_epsilon = _bounded("dp_epsilon")
     dp_delta = FiniteFloatField(
         required=False,
         allow_null=True,
-        help_text="Below 1/rows at every site; null: 1/(10 x rows) at each site.",
+        help_text="Below 1/rows at every site; null: 1/(10 x rows) at each site. Site-level: "
+        "below 1/sites; null: 1e-05.",
     )
     dp_clip_norm = _bounded("dp_clip_norm")
     secure_aggregation = serializers.BooleanField(

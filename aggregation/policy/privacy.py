@@ -48,6 +48,14 @@ def privacy_rounds(viewer: Viewer, experiment: Experiment) -> list[dict[str, Any
 
 def guarantee(experiment: Experiment) -> str:
     """The guarantee an experiment asks of each site, in words ('' without DP)."""
+    if experiment.dp_mode == Experiment.DPMode.SITE:
+        delta = "1e-05" if experiment.dp_delta is None else f"{experiment.dp_delta:g}"
+        return (
+            f"({experiment.dp_epsilon:g}, {delta})-DP for each site's whole contribution over the "
+            f"whole experiment (site-level DP-FedAvg: each site's change clipped to "
+            f"{experiment.dp_clip_norm:g}, noise on the sum). It covers a hospital, not each "
+            "patient more tightly; with a handful of hospitals this epsilon is large."
+        )
     settings = experiment.privacy_settings
     if settings is None:
         return ""
@@ -81,6 +89,9 @@ def version_privacy(
         by_experiment[v.experiment_id].append(v)
     for experiment_id, group in by_experiment.items():
         experiment = group[0].experiment
+        if experiment.dp_mode == Experiment.DPMode.SITE:
+            out.update({v.pk: _site_level_at(v) for v in group})
+            continue
         settings = experiment.privacy_settings
         if settings is None:
             out.update({v.pk: None for v in group})
@@ -102,6 +113,24 @@ def version_privacy(
         for v in group:
             out[v.pk] = _guarantee_at(viewer, settings.clip_norm, v.round.number, entries, sent)
     return out
+
+
+def _site_level_at(version: ModelVersion) -> dict[str, Any]:
+    """Site-level DP: one figure for every site, the same for every viewer (it names no
+    site and depends on no site's data): the round's composed epsilon, from the figures
+    aggregation kept in the round's metrics."""
+    figures = (version.round.metrics or {}).get("site_dp") or {}
+    return {
+        "round": version.round.number,
+        "mechanism": "site-level DP-FedAvg",
+        "scope": "each_site",
+        "epsilon": figures.get("epsilon"),
+        "delta": figures.get("delta"),
+        "clip_norm": figures.get("clip_norm"),
+        "noise_multiplier": figures.get("noise_multiplier"),
+        "sample_rate": figures.get("sample_rate"),
+        "noise_added_by": figures.get("noise_added_by"),
+    }
 
 
 def _guarantee_at(viewer: Viewer, clip_norm: float, number: int, entries, sent) -> dict[str, Any]:
@@ -145,6 +174,11 @@ def guarantee_text(shown: dict[str, Any] | None) -> str:
         return ""
     if shown["epsilon"] is None:
         return "No privacy spend recorded yet."
+    if shown["scope"] == "each_site":
+        return (
+            f"({shown['epsilon']:.3g}, {shown['delta']:.2g})-DP for each site's whole contribution "
+            f"(site-level DP-FedAvg), rounds 1-{shown['round']} composed."
+        )
     figure = f"({shown['epsilon']:.3g}, {shown['delta']:.2g})-DP for each patient"
     if shown["scope"] == "own_site":
         text = f"{figure} at your site, rounds 1-{shown['round']} composed."

@@ -20,7 +20,7 @@ from django.db import transaction
 from audit import services as audit
 from clients.models import Dataset, Site
 from clients.policy import join_problems
-from fedhealth.ml.privacy import DP_TRAIN_DEFAULTS
+from fedhealth.ml.privacy import DP_TRAIN_DEFAULTS, MIN_SITE_DP_SITES
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
 from fedhealth.ml.secagg.federated import incompatibility
 from fedhealth.ml.secagg.server import check_threshold
@@ -63,7 +63,7 @@ BOUNDS: dict[str, Bound] = {
     "dp_epsilon": Bound(0.01, 100.0),
     "dp_clip_norm": Bound(0.001, 1000.0),
 }
-DP_MODES = ("off", "record")
+DP_MODES = ("off", "record", "site")
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 1024
 MAX_NAME_LENGTH = 200  # Experiment.name's column
@@ -308,7 +308,16 @@ def validate_experiment(
                 f"{clean['strategy']} with these parameters needs at least "
                 f"{required()} sites; {n} take part.",
             )
-    if clean.get("dp_delta") and rows:
+    site_dp = clean.get("dp_mode") == "site"
+    if site_dp:
+        _site_level_dp(clean, rows, fail)
+        if config.get("secure_aggregation") is True:
+            # The sites' noise shares (fedhealth.ml.privacy.site_share) are in the core;
+            # the platform's secure rounds do not add them yet, and a secure round must
+            # never publish a sum without the noise.
+            fail("dp_mode", "site-level DP with secure aggregation is not available yet: "
+                 "turn one of them off.")
+    if clean.get("dp_delta") and rows and not site_dp:
         # delta is a probability of failure per patient: at or above 1/rows it allows
         # releasing a whole row. Checked against each site's training rows.
         test_fraction = clean.get("test_fraction") or Experiment._meta.get_field("test_fraction").default
@@ -324,6 +333,30 @@ def validate_experiment(
     if errors:
         raise ExperimentInvalid(errors)
     return clean
+
+
+def _site_level_dp(clean: dict[str, Any], rows: list[Dataset], fail: Any) -> None:
+    """Site-level DP (DP-FedAvg, fedhealth.ml.privacy.sitelevel): the unit is a site, so
+    delta must be below 1/sites; at least ``MIN_SITE_DP_SITES`` sites (with fewer the
+    noise that hides one swamps the model); the server's rule is DP-FedAvg's clipped,
+    weight-1 sum, so only FedAvg or FedProx (whose extra term is local)."""
+    strategy = clean.get("strategy", "fedavg")
+    if strategy not in ("fedavg", "fedprox"):
+        fail("strategy", f"site-level DP aggregates with DP-FedAvg: choose fedavg or fedprox, not {strategy}.")
+    n = len(rows)
+    if rows and n < MIN_SITE_DP_SITES:
+        fail(
+            "dp_mode",
+            f"site-level DP needs at least {MIN_SITE_DP_SITES} sites; {n} take{'s' if n == 1 else ''} "
+            "part. With so few, the noise that hides one site swamps the model: use record-level DP.",
+        )
+    delta = clean.get("dp_delta")
+    if delta and rows and delta >= 1 / n:
+        fail(
+            "dp_delta",
+            f"dp_delta must be below 1/sites = {1 / n:.2g} with site-level DP ({n} sites); "
+            f"got {delta:g}. Leave it empty for 1e-05.",
+        )
 
 
 def _secure_aggregation(config: Mapping[str, Any], clean: dict[str, Any], rows: list[Dataset], fail: Any) -> None:
@@ -393,7 +426,8 @@ def create_experiment(
 
     ``config``: any of ``CONFIG_KEYS``; settings left out keep the model's defaults, except
     that a record-level DP experiment gets DP-SGD's measured batch size and learning rate
-    (``DP_TRAIN_DEFAULTS``) where they are left out. Raises ``ExperimentInvalid``.
+    (``DP_TRAIN_DEFAULTS``) where they are left out (site-level DP trains without
+    DP-SGD: no change). Raises ``ExperimentInvalid``.
     """
     if config.get("dp_mode") == Experiment.DPMode.RECORD:
         config = {**DP_TRAIN_DEFAULTS, **config}

@@ -111,7 +111,11 @@ def select_sites(experiment: Experiment, round_number: int) -> list[Site]:
     k = min(len(sites), max(experiment.min_sites, math.ceil(experiment.fraction_fit * len(sites))))
     if k >= len(sites):
         return sites
-    rng = np.random.default_rng([experiment.seed, round_number])
+    # Site-level DP's accounting amplifies by sampling only if nobody can tell which
+    # sites were chosen: a selection from the experiment's seed could be replayed, so it
+    # comes from the operating system (chosen once: the round's updates record it).
+    secret = experiment.dp_mode == Experiment.DPMode.SITE
+    rng = np.random.default_rng() if secret else np.random.default_rng([experiment.seed, round_number])
     chosen = sorted(rng.choice(len(sites), size=k, replace=False))
     return [sites[i] for i in chosen]
 

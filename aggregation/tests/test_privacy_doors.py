@@ -64,7 +64,7 @@ def test_the_service_message_names_field_and_value(world):
             name="x", datasets=[world.ds_a], dp_mode="laplace", dp_epsilon=0, dp_clip_norm=-1, dp_delta=2
         )
     errors = caught.value.errors
-    assert errors["dp_mode"] == ["dp_mode must be one of off, record, not 'laplace'."]
+    assert errors["dp_mode"] == ["dp_mode must be one of off, record, site, not 'laplace'."]
     assert errors["dp_epsilon"] == ["dp_epsilon must be between 0.01 and 100; got 0."]
     assert errors["dp_clip_norm"] == ["dp_clip_norm must be between 0.001 and 1000; got -1."]
     assert errors["dp_delta"] == ["dp_delta must be above 0 and below 1; got 2."]
