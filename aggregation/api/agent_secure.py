@@ -3,7 +3,7 @@
 A secure round for an agent: ``POST rounds/<id>/trained/`` (figures only, the weights stay
 at the site), then, once the round closes, ``GET rounds/<id>/secure/`` for this site's task
 in the open phase and one POST per step: ``secure/advertise/``, ``secure/shares/``,
-``secure/masked/``, ``secure/unmask/``. Bodies are the core's JSON wire format (bytes as
+``secure/masked/``, ``secure/consistency/``, ``secure/unmask/``. Bodies are the core's JSON wire format (bytes as
 base64, never pickle); each endpoint bounds its body before parsing it, takes only its own
 message kind, and the protocol checks the rest (round, sender, recipients, length, replay).
 Every POST is safe to retry: a message already counted answers ``replay``.
@@ -142,7 +142,14 @@ class SecureStepsMixin:
         return self._post_step(request, "masked")
 
     @_STEP_SCHEMA
+    @action(detail=True, methods=["post"], url_path="secure/consistency")
+    def secure_consistency(self, request, pk=None):
+        """Step 4: this site's Ed25519 signature over the survivor list it was told."""
+        return self._post_step(request, "consistency")
+
+    @_STEP_SCHEMA
     @action(detail=True, methods=["post"], url_path="secure/unmask")
     def secure_unmask(self, request, pk=None):
-        """Step 4: the shares this site reveals (seed shares of survivors, key shares of the dropped)."""
+        """Step 5: the shares this site reveals (seed shares of survivors, key shares of the
+        dropped), once it has checked t signatures over the survivor list it signed."""
         return self._post_step(request, "unmask")

@@ -28,7 +28,13 @@ from .rounds import OPEN_UPDATE, UpdateRefused, _check_sample_count
 from .secure_round import TERMINAL, _site_task, mark_kept, post
 
 # Which message kind each agent endpoint takes (one endpoint per protocol step).
-KINDS = {"advertise": "advertise", "shares": "shares", "masked": "masked", "unmask": "unmask_reply"}
+KINDS = {
+    "advertise": "advertise",
+    "shares": "shares",
+    "masked": "masked",
+    "consistency": "signature",
+    "unmask": "unmask_reply",
+}
 
 
 class NotInProtocol(Exception):
@@ -103,6 +109,7 @@ def task_for(round_: Round, site: Site) -> dict[str, Any]:
             "status": "",
             "last_phase": "",
             "dropped_in": "",
+            "protocol_id": "",
             "task": None,
         }
     task = None
@@ -112,7 +119,7 @@ def task_for(round_: Round, site: Site) -> dict[str, Any]:
         and place.status == SecureSite.Status.ACTIVE
         and place.last_phase != secure.phase
     ):
-        task = _site_task(secure, site.slug)
+        task = _site_task(secure, place.protocol_id)
     return {
         "round": round_.pk,
         "phase": secure.phase,
@@ -121,13 +128,15 @@ def task_for(round_: Round, site: Site) -> dict[str, Any]:
         "status": place.status,
         "last_phase": place.last_phase,
         "dropped_in": place.dropped_in,
+        # this site's own name in the round's protocol (others appear by theirs only)
+        "protocol_id": place.protocol_id,
         "task": task,
     }
 
 
 def post_for(round_: Round, site: Site, kind: str, message: Any) -> str:
     """Take ``site``'s message for the step ``kind`` ("advertise", "shares", "masked",
-    "unmask"). Returns "posted", or "replay" for a message already counted.
+    "consistency", "unmask"). Returns "posted", or "replay" for a message already counted.
     ProtocolViolation (the sender's fault, a 400) names the field, site, stage or value;
     NotInProtocol and PhaseClosed are the round's state (409)."""
     expected = KINDS[kind]
@@ -160,6 +169,10 @@ class PhaseClosed(Exception):
 
 
 def _phase_of(kind: str) -> str:
-    return {"advertise": "advertise", "shares": "share", "masked": "masked", "unmask": "unmask"}[
-        kind
-    ]
+    return {
+        "advertise": "advertise",
+        "shares": "share",
+        "masked": "masked",
+        "consistency": "consistency",
+        "unmask": "unmask",
+    }[kind]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -41,7 +42,13 @@ from fedhealth.ml.secagg import (
     wire,
 )
 from fedhealth.ml.secagg.federated import AGGREGATE_SITE
-from fedhealth.ml.secagg.messages import Advertise, MaskedInput, SharePackage, UnmaskReply
+from fedhealth.ml.secagg.messages import (
+    Advertise,
+    ConsistencySignature,
+    MaskedInput,
+    SharePackage,
+    UnmaskReply,
+)
 from fedhealth.ml.secagg.server import SecureResult, default_threshold
 from fedhealth.ml.secagg.sitestep import site_step
 from fedhealth.ml.strategies.checks import update_problem
@@ -71,7 +78,8 @@ log = logging.getLogger(__name__)
 Phase = SecureRound.Phase
 TERMINAL = (Phase.DONE, Phase.FAILED)
 _MESSAGE_PHASE = {Advertise: Phase.ADVERTISE, SharePackage: Phase.SHARE, MaskedInput: Phase.MASKED,
-                  UnmaskReply: Phase.UNMASK}
+                  ConsistencySignature: Phase.CONSISTENCY, UnmaskReply: Phase.UNMASK}
+ORDER = [p.value for p in (Phase.ADVERTISE, Phase.SHARE, Phase.MASKED, Phase.CONSISTENCY, Phase.UNMASK)]
 
 
 def session_id(experiment_id: int) -> str:
@@ -154,31 +162,47 @@ def start(round_: Round, sites: list[Site]) -> SecureRound | None:
     # The selected sites' threshold can be below a majority of the fewer sites that trained.
     threshold = max(threshold, default_threshold(n))
     max_weight = max(sample_limit(experiment.pk, s.pk) for s in sites)
+    ids = pseudonyms(len(sites))
     session = AggregationSession(
-        RoundContext(session_id(experiment.pk), round_.number), sites=[s.slug for s in sites],
+        RoundContext(session_id(experiment.pk), round_.number), sites=ids,
         reference=reference_weights(experiment), threshold=threshold, max_weight=max(1, max_weight),
     )
     secure = SecureRound.objects.create(
         round=round_, phase=Phase.ADVERTISE, phase_deadline=_deadline(round_), threshold=threshold,
         state=session.export_state(), task={"ctx": wire.encode_ctx(session.ctx)},
     )
-    SecureSite.objects.bulk_create([SecureSite(secure_round=secure, site=s) for s in sites])
+    SecureSite.objects.bulk_create(
+        [SecureSite(secure_round=secure, site=s, protocol_id=i) for s, i in zip(sites, ids, strict=True)]
+    )
     transaction.on_commit(lambda: dispatch.queue_secure_phase(round_.pk))
     return secure
 
 
+def pseudonyms(n: int) -> list[str]:
+    """``n`` distinct protocol ids for one round: 64 random bits each (``secrets``), drawn
+    afresh every round, so an id says nothing about the site (not its slug, pk or position)
+    and links nothing across rounds. The roster is sorted by id, so its order is random too."""
+    ids: set[str] = set()
+    while len(ids) < n:
+        ids.add(f"p{secrets.token_hex(8)}")
+    return sorted(ids)
+
+
 # -- the site side (on the site's queue) ----------------------------------------------------
 
-def _site_task(secure: SecureRound, slug: str) -> dict[str, Any] | None:
-    """The server's task for ``slug`` in the open phase, or None if it has no part in it."""
+def _site_task(secure: SecureRound, protocol_id: str) -> dict[str, Any] | None:
+    """The server's task for the site named ``protocol_id`` in this round's protocol, in the
+    open phase, or None if it has no part in it. Sites appear in it by protocol id only."""
     task = secure.task
     if secure.phase == Phase.ADVERTISE:
         return {"phase": "advertise", "ctx": task["ctx"]}
     if secure.phase == Phase.SHARE:
         return {"phase": "share", "roster": task["roster"]}
     if secure.phase == Phase.MASKED:
-        inbox = task["inbox"].get(slug)
+        inbox = task["inbox"].get(protocol_id)
         return None if inbox is None else {"phase": "masked", "ctx": task["ctx"], "inbox": inbox}
+    if secure.phase == Phase.CONSISTENCY:
+        return {"phase": "consistency", "request": task["request"]}
     return {"phase": "unmask", "request": task["request"]}
 
 
@@ -196,7 +220,7 @@ def run_site_phase(round_id: int, site_id: int) -> str:
         return "skipped: dropped"
     if place.last_phase == secure.phase:
         return "skipped: already counted"
-    task = _site_task(secure, site.slug)
+    task = _site_task(secure, place.protocol_id)
     if task is None:
         return "skipped: no part in this phase"
     saved = _read_json(_state_name(site, round_))
@@ -209,7 +233,7 @@ def run_site_phase(round_id: int, site_id: int) -> str:
             "num_samples": saved["num_samples"],
             "reference": artifacts.global_weights_for(round_)[0],
         }
-    state, message = site_step(saved["protocol"], task, site=site.slug, **extra)
+    state, message = site_step(saved["protocol"], task, site=place.protocol_id, **extra)
     # Saved before posting: a worker killed in between resends the same bytes.
     write_bytes(_state_name(site, round_), json.dumps({**saved, "protocol": state}).encode())
     return post(round_id, site.slug, message)
@@ -218,7 +242,8 @@ def run_site_phase(round_id: int, site_id: int) -> str:
 # -- the server side ------------------------------------------------------------------------
 
 def post(round_id: int, slug: str, message: dict[str, Any]) -> str:
-    """Take one site's message for the open phase (``slug``: the authenticated sender).
+    """Take one site's message for the open phase (``slug``: the authenticated sender, whose
+    protocol id in this round the session checks the message against).
     A message already counted is harmless ("replay"); one for a phase that has closed is
     refused ("late"). ProtocolViolation for anything else the session refuses."""
     decoded = wire.decode(message)
@@ -235,8 +260,9 @@ def post(round_id: int, slug: str, message: dict[str, Any]) -> str:
             return "late"
         session = _session(secure, reference)
         receive = {Phase.ADVERTISE: session.receive_advertise, Phase.SHARE: session.receive_shares,
-                   Phase.MASKED: session.receive_masked, Phase.UNMASK: session.receive_unmask}[phase]
-        receive(slug, decoded)
+                   Phase.MASKED: session.receive_masked, Phase.CONSISTENCY: session.receive_signature,
+                   Phase.UNMASK: session.receive_unmask}[phase]
+        receive(place.protocol_id, decoded)
         place.last_phase = phase
         place.save(update_fields=["last_phase"])
         if session.pending():
@@ -248,8 +274,7 @@ def post(round_id: int, slug: str, message: dict[str, Any]) -> str:
 
 
 def _after(done: str, phase: str) -> bool:
-    order = [p.value for p in (Phase.ADVERTISE, Phase.SHARE, Phase.MASKED, Phase.UNMASK)]
-    return done in order and phase in order and order.index(done) > order.index(phase)
+    return done in ORDER and phase in ORDER and ORDER.index(done) > ORDER.index(phase)
 
 
 def _session(secure: SecureRound, reference: Weights | None) -> AggregationSession:
@@ -288,7 +313,7 @@ def _close(secure: SecureRound, session: AggregationSession) -> None:
     closing = secure.phase
     late = session.pending()
     if late:
-        SecureSite.objects.filter(secure_round=secure, site__slug__in=late).update(
+        SecureSite.objects.filter(secure_round=secure, protocol_id__in=late).update(
             status=SecureSite.Status.DROPPED, dropped_in=closing)
     if closing == Phase.UNMASK:
         reference = session.reference
@@ -313,7 +338,9 @@ def _close(secure: SecureRound, session: AggregationSession) -> None:
     elif closing == Phase.SHARE:
         inbox = {r: {s: wire.b64(blob) for s, blob in senders.items()} for r, senders in out.items()}
         secure.phase, secure.task = Phase.MASKED, {"ctx": ctx, "inbox": inbox}
-    else:
+    elif closing == Phase.MASKED:  # the survivor list, for each survivor to sign
+        secure.phase, secure.task = Phase.CONSISTENCY, {"ctx": ctx, "request": wire.encode(out)}
+    else:  # the same list with every signature relayed
         secure.phase, secure.task = Phase.UNMASK, {"ctx": ctx, "request": wire.encode(out)}
     secure.state = session.export_state()
     secure.phase_deadline = _deadline(round_)
@@ -344,23 +371,25 @@ def _publish(round_: Round, secure: SecureResult, previous: Weights) -> ModelVer
     """The unmasked mean, through the experiment's strategy (FedAvg's mean, or a server
     optimiser's step from it), checked and stored as the next version."""
     experiment = round_.experiment
-    if len(secure.survivors) < experiment.min_sites:
+    slug = dict(SecureSite.objects.filter(secure_round__round=round_).values_list("protocol_id", "site__slug"))
+    survivors, dropped = [slug[i] for i in secure.survivors], [slug[i] for i in secure.dropped]
+    if len(survivors) < experiment.min_sites:
         fail_aggregation(round_.pk, Reason.QUORUM, f"{len(secure.survivors)} usable of the {experiment.min_sites} required.")
         return None
     strategy = _load_strategy(experiment)
     result = strategy.aggregate(previous, [Update(secure.weights, secure.total_weight, AGGREGATE_SITE)])
-    result.accepted = list(secure.survivors)
+    result.accepted = sorted(survivors)
     result.num_samples = secure.total_weight
-    rejected = [_dropped(s) for s in secure.dropped]
+    rejected = [_dropped(s) for s in sorted(dropped)]
     rejected += [
         {"site": slug, "code": code or Reason.TRAINING_FAILED, "reason": reason_text(code or Reason.TRAINING_FAILED)}
         for slug, code in round_.updates.filter(status=ClientUpdate.Status.FAILED).values_list("site__slug", "error_code")
     ]
-    used = list(round_.updates.filter(status=ClientUpdate.Status.RECEIVED, site__slug__in=secure.survivors))
+    used = list(round_.updates.filter(status=ClientUpdate.Status.RECEIVED, site__slug__in=survivors))
     version = publish_aggregate(round_, strategy, result, rejected, used)
     # What the page shows of the protocol: counts and the quantisation bound, no update.
     metrics = Round.objects.values_list("metrics", flat=True).get(pk=round_.pk)
     Round.objects.filter(pk=round_.pk).update(metrics={**metrics, "secure": {
-        "survivors": len(secure.survivors), "dropped": list(secure.dropped), "error_bound": secure.error_bound,
+        "survivors": len(survivors), "dropped": sorted(dropped), "error_bound": secure.error_bound,
     }})
     return version

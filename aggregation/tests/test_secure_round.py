@@ -36,7 +36,7 @@ from .conftest import train_pending
 
 pytestmark = pytest.mark.django_db
 
-PHASES = ("advertise", "share", "masked", "unmask")
+PHASES = ("advertise", "share", "masked", "consistency", "unmask")
 
 
 @pytest.fixture
@@ -314,6 +314,56 @@ def test_a_redelivered_phase_task_is_harmless(four_sites, make_experiment, drive
     secure_round.advance(round_.pk, now=timezone.now() + timedelta(days=1))
     assert ModelVersion.objects.filter(experiment=experiment).count() == 1
     assert ModelVersion.objects.get(pk=version.pk).sha256 == version.sha256
+
+
+def _step_until(experiment_id: int, phase: str) -> SecureRound:
+    """Train, then take every owed site step until the round's protocol reaches ``phase``."""
+    for _ in range(40):
+        train_pending(experiment_id)
+        secure = SecureRound.objects.filter(round__experiment_id=experiment_id).first()
+        if secure is not None and secure.phase == phase:
+            return secure
+        if secure is not None:
+            for place in secure.sites.exclude(last_phase=secure.phase):
+                tasks.secure_site_step.apply(args=[secure.round_id, place.site_id])
+    raise AssertionError(f"the protocol never reached {phase}")
+
+
+def test_a_hosted_site_reveals_nothing_without_t_signatures_over_the_list_it_signed(
+    four_sites, make_experiment, drive_secure, kept
+):
+    """Bonawitz's ConsistencyCheck on a hosted site's queue: the server's unmask task with a
+    forged signature, too few signatures, or another survivor list is refused
+    (secagg_inconsistent) before any share is revealed; the honest task is answered."""
+    experiment = _secure_experiment(make_experiment, four_sites, num_rounds=1)
+    services.start_experiment(experiment.pk)
+    secure = _step_until(experiment.pk, "unmask")
+    site = four_sites[0].site
+    place = secure.sites.get(site=site)
+    assert place.last_phase == "consistency"
+    honest = json.loads(json.dumps(secure.task))
+    request = honest["request"]
+    assert sorted(request["signatures"]) == sorted(request["survivors"])  # all four signed
+    first, second = sorted(request["signatures"])[:2]
+    forged = {**request["signatures"], first: request["signatures"][second]}
+    lies = [
+        {**request, "signatures": forged},
+        {**request, "signatures": dict(list(request["signatures"].items())[:2])},  # 2 < t = 3
+        {**request, "survivors": request["survivors"][:3]},
+    ]
+    for lie in lies:
+        SecureRound.objects.filter(pk=secure.pk).update(task={**honest, "request": lie})
+        with pytest.raises(ProtocolViolation) as info:
+            secure_round.run_site_phase(secure.round_id, site.pk)
+        assert info.value.code == "secagg_inconsistent"
+        place.refresh_from_db()
+        assert place.last_phase == "consistency"  # nothing posted
+        state = json.loads(read_bytes(secure_round._state_name(site, secure.round)))
+        assert "unmask" not in state["protocol"]["outbox"]  # nothing revealed, nothing saved
+    SecureRound.objects.filter(pk=secure.pk).update(task=honest)
+    experiment = drive_secure(experiment.pk)
+    assert experiment.status == Experiment.Status.COMPLETED
+    _assert_version_is_fedavg(experiment, 1, [kept[(1, f"site-{i}")] for i in range(4)])
 
 
 def test_plain_experiment_is_unchanged(four_sites, make_experiment, drive):

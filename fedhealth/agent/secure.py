@@ -12,8 +12,10 @@ new computation. They are deleted when the round is over.
 
 An honest agent refuses, rather than answers, a task that breaks the protocol: a step out
 of order, a task for another round, shares that do not authenticate, and a second unmask
-request that differs from the one it answered (Bonawitz's consistency rule: it could reveal
-both a site's self-mask share and its mask-key share).
+request that differs from the one it answered (it could reveal both a site's self-mask share
+and its mask-key share), and an unmask request whose survivor list is not the one it signed
+or lacks t valid signatures over it (Bonawitz's ConsistencyCheck: ``secagg_inconsistent``).
+Other sites appear only by per-round pseudonyms (``protocol_id``), never by name.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from .client import ApiClient, ApiError
 log = logging.getLogger("fedhealth.agent")
 
 # The agent endpoint of each phase's message.
-ENDPOINT = {"advertise": "advertise", "share": "shares", "masked": "masked", "unmask": "unmask"}
+ENDPOINT = {
+    "advertise": "advertise",
+    "share": "shares",
+    "masked": "masked",
+    "consistency": "consistency",
+    "unmask": "unmask",
+}
 OVER = ("done", "failed", "over")
 
 
@@ -146,7 +154,9 @@ class SecureSteps:
                 "num_samples": saved["num_samples"],
             }
         try:
-            state, message = site_step(saved["protocol"], task, site=site, **extra)
+            # In the protocol this site is its round's pseudonym, as every other site is.
+            me = info.get("protocol_id") or site
+            state, message = site_step(saved["protocol"], task, site=me, **extra)
         except SecAggError as exc:  # the server asked for something an honest site refuses
             self._refused.add((rid, phase))
             log.error("round %d: refused the server's %s task: %s", rid, phase, exc.message)

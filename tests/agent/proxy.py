@@ -1,5 +1,6 @@
 """A recording reverse proxy on loopback: every request an agent sends passes through
-here on its way to the server, and its method, path, headers and body are kept."""
+here on its way to the server, and its method, path, headers and body are kept, with the
+server's answer (status and body)."""
 
 from __future__ import annotations
 
@@ -41,11 +42,14 @@ class RecordingProxy:
 
     def __init__(self, upstream_port: int) -> None:
         self.requests: list[Recorded] = []
+        # (request, status, response body) for every answer the server gave
+        self.responses: list[tuple[Recorded, int, bytes]] = []
         # A test may set ``refuse``: a request it returns True for is recorded, answered
         # 503 and never forwarded (a site cut off mid-protocol; agents retry a 503).
         self.refuse: Callable[[Recorded], bool] | None = None
         lock = threading.Lock()
         records = self.requests
+        answers = self.responses
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,6 +74,8 @@ class RecordingProxy:
                     except OSError:
                         self.send_error(502, "upstream unavailable")
                         return
+                    with lock:
+                        answers.append((record, reply.status, data))
                     self.send_response(reply.status, reply.reason)
                     for k, v in reply.getheaders():
                         if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import stat
 from urllib.parse import urlparse
 
@@ -167,7 +168,14 @@ def test_a_mixed_secure_round_equals_fedavg_and_no_agent_request_holds_its_updat
     )
     # each agent took every step of both rounds, and deleted its round secrets afterwards
     sent = proxy.requests
-    for step in ("trained", "secure/advertise", "secure/shares", "secure/masked", "secure/unmask"):
+    for step in (
+        "trained",
+        "secure/advertise",
+        "secure/shares",
+        "secure/masked",
+        "secure/consistency",
+        "secure/unmask",
+    ):
         assert sum(r.method == "POST" and r.path.endswith(f"/{step}/") for r in sent) == 4, step
     assert not any(r.path.endswith("/update/") for r in sent)  # never the weights in the clear
     for i in range(2):
@@ -203,6 +211,76 @@ def test_a_mixed_secure_round_equals_fedavg_and_no_agent_request_holds_its_updat
                         for t in targets:
                             assert abs(np.corrcoef(view.astype(np.float64), t)[0, 1]) < limit
     assert checked >= 4  # the agents' masked vectors at least were examined
+
+
+def _strings(value):
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_an_agent_in_a_secure_round_learns_no_other_sites_identity(
+    mixed, make_experiment, eager_celery, proxy
+):
+    """Rosters, share recipients, survivor lists, signatures, unmask requests and errors name
+    the other sites by per-round pseudonyms: no other site's slug, name or pk reaches an agent,
+    and the pseudonyms of one round share nothing with the next."""
+    from clients.models import ApiToken, Site
+
+    agents, datasets = mixed
+    experiment = make_experiment(datasets, num_rounds=2, min_sites=4, secure_aggregation=True)
+    start_experiment(experiment.pk)
+    experiment = drive(agents, experiment.pk)
+    assert experiment.status == Experiment.Status.COMPLETED, experiment.failure_reason
+
+    sites = [d.site for d in datasets]
+    ids_by_round = {}
+    for number in (1, 2):
+        secure = Round.objects.get(experiment=experiment, number=number).secure
+        ids = dict(secure.sites.values_list("site__slug", "protocol_id"))
+        assert all(re.fullmatch(r"p[0-9a-f]{16}", i) for i in ids.values()), ids
+        ids_by_round[number] = ids
+    assert not set(ids_by_round[1].values()) & set(ids_by_round[2].values())
+
+    tokens = {t.site.slug: t for t in ApiToken.objects.select_related("site")}
+    seen_ids = {number: set() for number in (1, 2)}
+    checked = 0
+    for request, _status, body in proxy.responses:
+        auth = request.headers.get("Authorization", "")
+        me = next(
+            s for s in sites if s.mode == Site.Mode.AGENT and tokens[s.slug].matches(auth.split()[-1])
+        )
+        others = [s for s in sites if s != me]
+        for other in others:  # in the raw body: nowhere, in any response (JSON or not)
+            assert other.slug.encode() not in body, (request.path, other.slug)
+            assert other.name.encode() not in body, (request.path, other.name)
+        if "/secure" not in request.path:
+            continue
+        checked += 1
+        data = json.loads(body)
+        texts = set(_strings(data))
+        for other in others:  # as a value or key anywhere in the answer, the pk as text too
+            assert not {other.slug, other.name, str(other.pk)} & texts, (request.path, other)
+        if request.method == "GET" and data.get("task"):
+            number = Round.objects.get(pk=data["round"]).number
+            assert data["protocol_id"] == ids_by_round[number][me.slug]
+            roster = data["task"].get("roster") or {}
+            named = {e["site"] for e in roster.get("entries", [])}
+            named |= set(data["task"].get("inbox") or {})
+            req = data["task"].get("request") or {}
+            named |= set(req.get("survivors", [])) | set(req.get("signatures", {}))
+            assert named <= set(ids_by_round[number].values()), named
+            seen_ids[number] |= named
+    assert checked >= 2 * 2 * 6  # each agent's tasks and posts of both rounds were examined
+    for number in (1, 2):  # the agents did see the other sites, by pseudonym
+        assert seen_ids[number] == set(ids_by_round[number].values())
 
 
 class LyingServer(ApiClient):
@@ -305,9 +383,12 @@ def test_hostile_messages_are_refused_with_a_reason_and_the_round_still_complete
     replay = round1["advertise"]
     refused(post("advertise", replay), 400, "round 1", "this is", "round 2")
     refused(post("masked", replay), 400, "this endpoint takes 'masked' messages, got 'advertise'")
-    for_another = {**replay, "ctx": {**replay["ctx"], "round": 2}, "site": "remote-1"}
+    ids = dict(_secure(experiment.pk, 2).sites.values_list("site__slug", "protocol_id"))
+    for_another = {**replay, "ctx": {**replay["ctx"], "round": 2}, "site": ids["remote-1"]}
     refused(
-        post("advertise", for_another), 400, "site 'remote-0' posted a message for site 'remote-1'"
+        post("advertise", for_another),
+        400,
+        f"site '{ids['remote-0']}' posted a message for site '{ids['remote-1']}'",
     )
     assert post("advertise", replay, token=outsider).status_code == 404  # not its round
     refused(
@@ -323,6 +404,7 @@ def test_hostile_messages_are_refused_with_a_reason_and_the_round_still_complete
     ghost = {
         **shares,
         "ctx": {**shares["ctx"], "round": 2},
+        "site": ids["remote-0"],
         "ciphertexts": {
             **shares["ciphertexts"],
             "ghost-site": next(iter(shares["ciphertexts"].values())),
@@ -331,7 +413,11 @@ def test_hostile_messages_are_refused_with_a_reason_and_the_round_still_complete
     refused(post("shares", ghost), 400, "sent shares for", "'ghost-site'", "expected")
 
     advance("masked")
-    masked = {**round1["masked"], "ctx": {**round1["masked"]["ctx"], "round": 2}}
+    masked = {
+        **round1["masked"],
+        "ctx": {**round1["masked"]["ctx"], "round": 2},
+        "site": ids["remote-0"],
+    }
     length = len(wire.unb64(masked["vector"], "vector"))
     short = {**masked, "vector": wire.b64(bytes(length - 4))}
     refused(post("masked", short), 400, f"masked vector of {length - 4} bytes, expected {length}")
@@ -342,10 +428,41 @@ def test_hostile_messages_are_refused_with_a_reason_and_the_round_still_complete
     )
     refused(post("masked", round1["masked"]), 400, "round 1")
 
+    advance("consistency")
+    signature = {
+        **round1["signature"],
+        "ctx": {**round1["signature"]["ctx"], "round": 2},
+        "site": ids["remote-0"],
+    }
+    refused(post("consistency", signature), 400, "signature does not verify")  # last round's
+
+    # A lying server hands remote-1 the unmask request with remote-2's signature forged:
+    # remote-1 refuses and reveals nothing.
     advance("unmask")
+    honest = agents[1].client.get_json(f"/agent/rounds/{rid}/secure/")
+    request = honest["task"]["request"]
+    assert sorted(request["signatures"]) == sorted(ids.values())
+    forged = {**request["signatures"], ids["remote-2"]: wire.b64(bytes(64))}
+    agents[1].client.forged = {
+        **honest,
+        "task": {**honest["task"], "request": {**request, "signatures": forged}},
+    }
+    agents[1].secure.step({"round": rid}, "remote-1")
+    agents[1].client.forged = None
+    assert (
+        f"the signatures of ['{ids['remote-2']}'] over the survivor list do not verify"
+        in caplog.text
+    )
+    assert _secure(experiment.pk, 2).sites.get(site__slug="remote-1").last_phase == "consistency"
+    agents[1].secure._refused.clear()  # as after a restart: the honest request gets its answer
+
     task = agents[0].client.get_json(f"/agent/rounds/{rid}/secure/")
     assert task["task"]["phase"] == "unmask"
-    reply = {**round1["unmask_reply"], "ctx": {**round1["unmask_reply"]["ctx"], "round": 2}}
+    reply = {
+        **round1["unmask_reply"],
+        "ctx": {**round1["unmask_reply"]["ctx"], "round": 2},
+        "site": ids["remote-0"],
+    }
     wrong = {
         **reply,
         "seed_shares": {"ghost-site": next(iter(reply["seed_shares"].values()))},
@@ -364,14 +481,14 @@ def test_hostile_messages_are_refused_with_a_reason_and_the_round_still_complete
             **task["task"],
             "request": {
                 **request,
-                "survivors": [s for s in request["survivors"] if s != "remote-2"],
+                "survivors": [s for s in request["survivors"] if s != ids["remote-2"]],
             },
         },
     }
     agents[0].secure.step({"round": rid}, "remote-0")
     agents[0].client.forged = None
     assert [m["kind"] for m in sent] == ["unmask_reply"]  # nothing more revealed
-    assert "lists ['remote-2'] differently is refused" in caplog.text
+    assert f"lists ['{ids['remote-2']}'] differently is refused" in caplog.text
 
     experiment = drive(agents, experiment.pk)
     assert experiment.status == Experiment.Status.COMPLETED, experiment.failure_reason
