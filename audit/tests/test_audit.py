@@ -248,3 +248,59 @@ def test_an_agents_registration_is_attributed_to_its_site_token(agent, agent_sit
     assert (event.actor, event.site_id, event.client_address) == (
         f"site token ({agent_site.slug})", agent_site.pk, "10.9.8.7")
     assert event.details == {"name": "local.csv", "rows": 160}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_waiting_for_the_writer_are_appended_as_one_group():
+    """Outside a transaction, events that arrive while another append is being written
+    wait for it, then one of their threads appends them all in one transaction; each
+    caller returns with its event committed and the chain intact."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    from audit import services
+
+    before = dict(services.group_stats)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            record(Kind.PREDICTION, actor=f"thread{n}", details={"records": n})
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(5)]
+    with services._writer:  # an append in progress elsewhere in this process
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(services._pending) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(services._pending) == 5
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    assert services.group_stats["groups"] - before["groups"] == 1
+    assert services.group_stats["events"] - before["events"] == 5
+    assert sorted(AuditEvent.objects.values_list("actor", flat=True)) == [f"thread{n}" for n in range(5)]
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == [1, 2, 3, 4, 5]
+    assert verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_recorded_inside_a_transaction_rolls_back_with_it():
+    from django.db import transaction
+
+    record(Kind.SIGN_IN, actor="kept")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        record(Kind.PREDICTION, actor="rolled back")
+        raise RuntimeError("the change being recorded failed")
+    record(Kind.SIGN_IN, actor="after")
+
+    assert list(AuditEvent.objects.order_by("seq").values_list("actor", "seq")) == [("kept", 1), ("after", 2)]
+    assert verify().ok
