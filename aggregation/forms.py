@@ -11,6 +11,7 @@ from django.utils.timezone import localtime
 
 from clients.models import Dataset, Site
 from clients.policy import join_problems
+from fedhealth.ml.privacy import DP_TRAIN_DEFAULTS
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema
 from fedhealth.ml.strategies import STRATEGIES, strategy_params
 
@@ -214,6 +215,13 @@ class ExperimentForm(forms.Form):
         self.instance = instance
         for name in FORM_NUMBERS:
             self.fields[name] = _bounded_field(name)
+        # DP-SGD's measured local settings (DP_TRAIN_DEFAULTS): the page's script
+        # (static/js/experiment_form.js) switches to them when record-level DP is chosen
+        # and back when it is not, unless the coordinator typed other values.
+        for name, value in DP_TRAIN_DEFAULTS.items():
+            attrs = self.fields[name].widget.attrs
+            attrs["data-dp-default"] = value
+            attrs["data-plain-default"] = Experiment._meta.get_field(name).default
         self.site_fields: list[tuple[Site, str]] = []
         chosen = {p.site_id: p.dataset_id for p in instance.participants.all()} if instance else {}
         by_site: dict[Site, list[Dataset]] = {}

@@ -17,4 +17,21 @@
   }
   kinds.forEach(function (input) { input.addEventListener("change", toggleHidden); });
   toggleHidden();
+
+  /* Record-level DP trains best with its own batch size and learning rate (the fields
+     carry both defaults from the server). Switching DP on or off moves a field between
+     them only while it still holds the other default: a typed value is kept. */
+  var dpFields = document.querySelectorAll("[data-dp-default]");
+  var modes = document.querySelectorAll("input[name='dp_mode']");
+  function same(a, b) { return a !== "" && Number(a) === Number(b); }
+  function applyDpDefaults() {
+    var chosen = document.querySelector("input[name='dp_mode']:checked");
+    var record = !!chosen && chosen.value === "record";
+    dpFields.forEach(function (field) {
+      var from = field.getAttribute(record ? "data-plain-default" : "data-dp-default");
+      var to = field.getAttribute(record ? "data-dp-default" : "data-plain-default");
+      if (same(field.value, from)) { field.value = to; }
+    });
+  }
+  modes.forEach(function (input) { input.addEventListener("change", applyDpDefaults); });
 })();
