@@ -10,6 +10,7 @@ from . import services
 from .models import ClientUpdate, Experiment, ModelVersion, Participant, Round, SiteEvaluation
 from .services.creation import (
     BOUNDS,
+    EARLY_STOPPING,
     ExperimentInvalid,
     create_experiment,
     update_experiment,
@@ -30,7 +31,7 @@ class ExperimentAdminForm(forms.ModelForm):
     class Meta:
         model = Experiment
         fields = ["name", "description", "datasets", "hidden_layers", "strategy", "strategy_params", *BOUNDS,
-                  "dp_mode", "dp_delta", "secure_aggregation", "secagg_threshold"]
+                  "dp_mode", "dp_delta", "secure_aggregation", "secagg_threshold", "personalize", "early_stopping"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -40,6 +41,10 @@ class ExperimentAdminForm(forms.ModelForm):
                 field.widget.attrs.update({"min": bound.low, "max": bound.high})
         if "dp_mode" in self.fields:  # DP came later: a post without it keeps DP off
             self.fields["dp_mode"].required = False
+        if "personalize" in self.fields:  # came later too: a post without it keeps it off
+            self.fields["personalize"].required = False
+        if "early_stopping" in self.fields:  # the service's bound, shown by the widget
+            self.fields["early_stopping"].widget.attrs.update({"min": EARLY_STOPPING.low, "max": EARLY_STOPPING.high})
         if self.instance.pk:
             self.initial["datasets"] = [p.dataset_id for p in self.instance.participants.all() if p.dataset_id]
 
@@ -48,6 +53,8 @@ class ExperimentAdminForm(forms.ModelForm):
         args.setdefault("name", "")
         if not args.get("dp_mode"):
             args.pop("dp_mode", None)
+        if not args.get("personalize"):
+            args.pop("personalize", None)
         args["datasets"] = list(args.get("datasets") or [])
         return args
 

@@ -18,6 +18,7 @@ from fedhealth.ml.strategies import STRATEGIES, strategy_params
 from .models import Experiment, ModelVersion
 from .services.creation import (
     BOUNDS,
+    EARLY_STOPPING,
     MAX_DESCRIPTION_LENGTH,
     MAX_HIDDEN_LAYERS,
     MAX_LAYER_WIDTH,
@@ -193,6 +194,21 @@ class ExperimentForm(forms.Form):
                   "sites, at least 2. With fewer the round fails closed and the previous model stays; "
                   "fewer than this many colluding sites learn nothing about another site's update.",
     )
+    personalize = forms.ChoiceField(
+        label="Personalisation",
+        choices=[("off", "Off"), ("fedper", "FedPer: each site keeps its own output layer (measured best)"),
+                 ("finetune", "Fine-tuning on each site's rows"),
+                 ("ditto", "Ditto: fine-tuning pulled toward the global model")],
+        initial="off", required=False,
+        help_text="At the end, each site builds its own model from the best global version, and every site "
+                  "sees alone / global / personalised on its own test rows. The models stay at the site.",
+    )
+    early_stopping = forms.IntegerField(
+        label="Early stopping (rounds)", required=False,
+        min_value=int(EARLY_STOPPING.low), max_value=int(EARLY_STOPPING.high),
+        help_text="Finish once the sites' validation loss has not improved for this many rounds. "
+                  "Needs a validation fraction above 0. Empty: run every round.",
+    )
     deadline_minutes = forms.IntegerField(
         label="Round deadline (minutes)",
         min_value=math.ceil(BOUNDS["round_timeout"].low / 60), max_value=int(BOUNDS["round_timeout"].high // 60),
@@ -269,6 +285,8 @@ class ExperimentForm(forms.Form):
                 "dp_delta": instance.dp_delta,
                 "secure_aggregation": instance.secure_aggregation,
                 "secagg_threshold": instance.secagg_threshold,
+                "personalize": instance.personalize,
+                "early_stopping": instance.early_stopping,
             })
         else:
             self.initial.setdefault("hidden", ", ".join(map(str, Experiment._meta.get_field("hidden_layers").default())))
@@ -339,6 +357,10 @@ class ExperimentForm(forms.Form):
         args["secure_aggregation"] = bool(cleaned.get("secure_aggregation"))
         if cleaned.get("secagg_threshold") is not None:
             args["secagg_threshold"] = cleaned["secagg_threshold"]
+        if cleaned.get("personalize"):
+            args["personalize"] = cleaned["personalize"]
+        if "early_stopping" in cleaned:
+            args["early_stopping"] = cleaned["early_stopping"]
         if cleaned.get("deadline_minutes") is not None:
             args["round_timeout"] = cleaned["deadline_minutes"] * 60
         if strategy:

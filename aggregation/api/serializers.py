@@ -11,11 +11,13 @@ from aggregation.policy import CONFIG_FIELDS
 from aggregation.services.creation import (
     BOUNDS,
     DP_MODES,
+    EARLY_STOPPING,
     MAX_DESCRIPTION_LENGTH,
     MAX_HIDDEN_LAYERS,
     MAX_LAYER_WIDTH,
     MAX_NAME_LENGTH,
     MAX_SITES,
+    PERSONALIZE_CHOICES,
     ExperimentInvalid,
     validate_experiment,
 )
@@ -79,6 +81,20 @@ class ExperimentSerializer(PolicySerializer, serializers.ModelSerializer):
         "composed, at delta), the noise multiplier and clip it trained with. A coordinator sees "
         "every site's, a site its own.",
     )
+    finish_code = serializers.CharField(
+        read_only=True, help_text="Why a completed experiment finished before its last round "
+        "(early_stopped), or empty.",
+    )
+    stopped_after_round = serializers.IntegerField(read_only=True, allow_null=True)
+    comparison = serializers.DictField(
+        read_only=True, allow_null=True,
+        help_text="Alone / global / personalised on the site's own test rows, once the experiment "
+        "completed. A site: its own row (status, mode, version, alone, global, personalized, "
+        "global_worse_than_alone, personalized_beats_alone). The coordinator: aggregates only "
+        "(reported, mean per kind with defined counts, personalized_beats_alone of "
+        "personalized_compared, global_worse_than_alone), withheld below "
+        "FEDHEALTH_MIN_FIGURE_SITES reports.",
+    )
 
     class Meta:
         model = Experiment
@@ -96,6 +112,9 @@ class ExperimentSerializer(PolicySerializer, serializers.ModelSerializer):
             "normalizer",
             "current_round",
             "privacy",
+            "finish_code",
+            "stopped_after_round",
+            "comparison",
             "created_at",
             "started_at",
             "finished_at",
@@ -178,6 +197,19 @@ class ExperimentCreateSerializer(serializers.Serializer):
         required=False, allow_null=True, min_value=2,
         help_text="Sites that must complete each phase; null: a majority of the sites, at least 2. "
         "Below it a round fails closed (the previous model stays).",
+    )
+
+    personalize = serializers.ChoiceField(
+        choices=[*PERSONALIZE_CHOICES, "on"], required=False,
+        help_text="At the end, each site builds its own model from the best global version "
+        "(fedper, finetune or ditto; on: fedper, the measured best) and reports alone / global / "
+        "personalised on its own test rows. off by default.",
+    )
+    early_stopping = serializers.IntegerField(
+        required=False, allow_null=True,
+        min_value=int(EARLY_STOPPING.low), max_value=int(EARLY_STOPPING.high),
+        help_text="Finish once the sites' weighted validation loss has not improved for this many "
+        "rounds (needs validation_fraction above 0); null: off.",
     )
 
     def validate_schema(self, value):

@@ -55,6 +55,7 @@ Failure reasons shown to anyone are the product's own (``aggregation.reasons``).
 legacy row without a code reads as an internal error to everyone but the coordinator.
 """
 
+from .comparison import comparison
 from .figures import VersionFigures, ending, min_sites, reason, round_metrics, version_figures
 from .privacy import guarantee, guarantee_text, privacy_rounds, version_privacy
 from .represent import (
@@ -85,6 +86,7 @@ __all__ = [
     "SITE_ADMIN",
     "CONFIG_FIELDS",
     "Viewer",
+    "comparison",
     "VersionFigures",
     "ending",
     "evaluation",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import ClientUpdate, Experiment, ModelVersion, Round, SecureRound, SiteEvaluation
+from .comparison import comparison
 from .figures import VersionFigures, ending, reason, round_metrics, version_figures
 from .privacy import privacy_rounds, version_privacy
 from .viewer import Viewer
@@ -34,6 +35,8 @@ CONFIG_FIELDS = [
     "dp_clip_norm",
     "secure_aggregation",
     "secagg_threshold",
+    "personalize",
+    "early_stopping",
 ]
 # Log fields a site may see as they are; anything else in an event (present or added
 # later) is dropped for a site unless a rule below rebuilds it.
@@ -89,6 +92,10 @@ def experiment(viewer: Viewer, obj: Experiment) -> dict[str, Any]:
         "normalizer": obj.normalizer,
         "current_round": max(numbers) if numbers else None,
         "privacy": privacy_rounds(viewer, obj) if obj.dp_mode != Experiment.DPMode.OFF else [],
+        # Why it finished before its last round (early stopping), in the product's words.
+        "finish_code": obj.finish_code,
+        "stopped_after_round": obj.stopped_after_round,
+        "comparison": comparison(viewer, obj),
         "created_at": obj.created_at,
         "started_at": obj.started_at,
         "finished_at": obj.finished_at,

@@ -20,6 +20,7 @@ from django.db import transaction
 from audit import services as audit
 from clients.models import Dataset, Site
 from clients.policy import join_problems
+from fedhealth.ml.personalize import DEFAULT_PERSONALIZE, PERSONALIZE_MODES
 from fedhealth.ml.privacy import DP_TRAIN_DEFAULTS, MIN_SITE_DP_SITES
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
 from fedhealth.ml.secagg.federated import incompatibility
@@ -64,6 +65,12 @@ BOUNDS: dict[str, Bound] = {
     "dp_clip_norm": Bound(0.001, 1000.0),
 }
 DP_MODES = ("off", "record", "site")
+# Platform early stopping: scored rounds without a better weighted validation loss
+# before the experiment completes (None: off; needs a validation fraction above 0).
+EARLY_STOPPING = Bound(1, 1000, integer=True)
+# Personalisation at the end of the experiment (fedhealth.ml.personalize): "off" or a
+# mode; "on" (or true) is the measured best, DEFAULT_PERSONALIZE (FedPer).
+PERSONALIZE_CHOICES = ("off", *PERSONALIZE_MODES)
 MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 1024
 MAX_NAME_LENGTH = 200  # Experiment.name's column
@@ -74,7 +81,7 @@ MAX_STRATEGY_PARAMS = 16
 
 CONFIG_KEYS = (
     *BOUNDS, "hidden_layers", "strategy", "strategy_params", "dp_mode", "dp_delta",
-    "secure_aggregation", "secagg_threshold",
+    "secure_aggregation", "secagg_threshold", "personalize", "early_stopping",
 )
 
 
@@ -277,6 +284,8 @@ def validate_experiment(
     elif "dp_delta" in config:
         clean["dp_delta"] = None
 
+    _personalisation(config, clean, fail)
+
     try:
         schema_dict = (
             Schema.from_dict(schema).to_dict() if schema is not None else DEFAULT_SCHEMA.to_dict()
@@ -357,6 +366,36 @@ def _site_level_dp(clean: dict[str, Any], rows: list[Dataset], fail: Any) -> Non
             f"dp_delta must be below 1/sites = {1 / n:.2g} with site-level DP ({n} sites); "
             f"got {delta:g}. Leave it empty for 1e-05.",
         )
+
+
+def _personalisation(config: Mapping[str, Any], clean: dict[str, Any], fail: Any) -> None:
+    """The personalisation mode ("on" or true: the default mode; false or None: off)
+    and early stopping's patience (None: off), which needs a validation slice."""
+    if "personalize" in config:
+        mode = config["personalize"]
+        if mode is True or mode == "on":
+            mode = DEFAULT_PERSONALIZE
+        elif mode is False or mode is None:
+            mode = "off"
+        if not isinstance(mode, str) or mode not in PERSONALIZE_CHOICES:
+            fail("personalize", f"personalize must be one of {', '.join(PERSONALIZE_CHOICES)}, not {mode!r}.")
+        else:
+            clean["personalize"] = mode
+    if "early_stopping" not in config:
+        return
+    patience = config["early_stopping"]
+    if patience is None:
+        clean["early_stopping"] = None
+        return
+    value, problem = _number("early_stopping", patience, EARLY_STOPPING)
+    if problem:
+        fail("early_stopping", problem)
+        return
+    fraction = clean.get("validation_fraction", Experiment._meta.get_field("validation_fraction").default)
+    if not fraction:
+        fail("early_stopping", "early stopping needs a validation fraction above 0: the validation loss is what it watches.")
+        return
+    clean["early_stopping"] = value
 
 
 def _secure_aggregation(config: Mapping[str, Any], clean: dict[str, Any], rows: list[Dataset], fail: Any) -> None:
@@ -481,11 +520,13 @@ __all__ = [
     "BOUNDS",
     "CONFIG_KEYS",
     "DP_MODES",
+    "EARLY_STOPPING",
     "MAX_DESCRIPTION_LENGTH",
     "MAX_HIDDEN_LAYERS",
     "MAX_LAYER_WIDTH",
     "MAX_NAME_LENGTH",
     "MAX_SITES",
+    "PERSONALIZE_CHOICES",
     "SEED_MAX",
     "Bound",
     "ExperimentInvalid",

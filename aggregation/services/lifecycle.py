@@ -145,15 +145,46 @@ def advance(experiment: Experiment, finished_round: int) -> None:
     A paused experiment waits here until resumed. Caller holds the lock."""
     if experiment.status != Experiment.Status.RUNNING:
         return
-    if finished_round >= experiment.num_rounds:
+    stop = finished_round < experiment.num_rounds and stalled(experiment)
+    if finished_round >= experiment.num_rounds or stop:
         experiment.status = Experiment.Status.COMPLETED
         experiment.finished_at = timezone.now()
-        experiment.save(update_fields=["status", "finished_at"])
-        artifacts.write_log_event(experiment, {"event": "completed", "round": finished_round,
-                                               "at": timezone.now().isoformat()})
+        fields = ["status", "finished_at"]
+        event = {"event": "completed", "round": finished_round, "at": timezone.now().isoformat()}
+        if stop:
+            experiment.finish_code = Reason.EARLY_STOPPED
+            experiment.stopped_after_round = finished_round
+            fields += ["finish_code", "stopped_after_round"]
+            event["early_stopped"] = True
+        experiment.save(update_fields=fields)
+        artifacts.write_log_event(experiment, event)
         site_comparison.open_comparisons(experiment)
     else:
         open_round(experiment, finished_round + 1)
+
+
+def stalled(experiment: Experiment) -> bool:
+    """Whether early stopping ends the experiment now: the sites' weighted validation
+    loss has not improved on the best for ``early_stopping`` scored versions.
+
+    Only versions scored by as many sites as the best-covered one count (as
+    ``selection.best_version`` compares them). A version is scored when the sites
+    evaluate it, at the start of their next round's training, so when round N is
+    aggregated the newest scored version is usually N-1: the stop comes one round
+    after the patience ran out, never before.
+    """
+    from .selection import best_version
+
+    patience = experiment.early_stopping
+    if not patience or not experiment.validation_fraction:
+        return False
+    versions = [v for v in experiment.versions.all() if (v.metrics or {}).get("validation_loss") is not None]
+    best = best_version(versions)
+    if best is None:
+        return False
+    coverage = best.metrics.get("validation_sites", 0)
+    newest = max(v.version for v in versions if v.metrics.get("validation_sites", 0) == coverage)
+    return newest - best.version >= patience
 
 
 def pause_experiment(experiment_id: int) -> Experiment:

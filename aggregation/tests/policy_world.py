@@ -44,6 +44,26 @@ GLOBAL = {
     "culverton": {"accuracy": 0.57919, "auroc": 0.59947, "loss": 0.78229},
     "dunmore": {"accuracy": 0.72161, "auroc": 0.75731, "loss": 0.61847},
 }
+# Each site's end-of-experiment comparison (alone / global / personalised on its own
+# test rows): its own to each site, aggregates only to the coordinator.
+COMPARE = {
+    "ashgrove": {"alone": (0.77713, 0.81229, 0.78817), "global": (0.80137, 0.85561, 0.81449),
+                 "personalized": (0.82273, 0.87119, 0.83391)},
+    "brackenridge": {"alone": (0.52831, 0.56647, 0.53359), "global": (0.59377, 0.61773, 0.60911),
+                     "personalized": (0.60619, 0.63187, 0.61453)},
+    "culverton": {"alone": (0.66151, 0.69733, 0.67247), "global": (0.54283, 0.57811, 0.55529),
+                  "personalized": (0.64417, 0.67959, 0.65863)},
+}
+
+
+def compare_figures(slug: str) -> dict:
+    """``record_site_comparison``'s figures for ``slug`` (balanced accuracy, AUROC, accuracy)."""
+    return {
+        kind: {"balanced_accuracy": ba, "auroc": auc, "accuracy": acc, "n": 40.0}
+        for kind, (ba, auc, acc) in COMPARE[slug].items()
+    } | {"mode": "fedper"}
+
+
 SAMPLES = {"ashgrove": 121, "brackenridge": 283, "culverton": 197, "dunmore": 241}
 ROWS = {"brackenridge": 377, "culverton": 263, "dunmore": 322}
 NOTES = {"ashgrove": "ashgrove-note-quokka", "brackenridge": "brackenridge-note-wombat"}
@@ -87,6 +107,8 @@ class Trio:
             for figures in (LOCAL[slug], GLOBAL[slug]):
                 out += [str(v) for v in figures.values()]
                 out += [f"{figures['accuracy']:.3f}", f"{figures['auroc']:.3f}"]
+            for values in COMPARE.get(slug, {}).values():
+                out += [str(v) for v in values] + [f"{v:.3f}" for v in values]
         out += [
             NOTES["brackenridge"],
             OUTLIER_DETAIL,

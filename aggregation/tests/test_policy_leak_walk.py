@@ -21,10 +21,12 @@ from django.utils import timezone
 from aggregation.models import ClientUpdate
 from aggregation.reasons import Reason
 from aggregation.reasons import text as reason_text
+from aggregation.services.site_comparison import record_site_comparison
 from clients.models import ApiToken, Invitation, Membership
 
 from . import policy_world
 from .policy_world import (
+    COMPARE,
     GLOBAL,
     LEGACY_ERROR,
     LOCAL,
@@ -34,6 +36,7 @@ from .policy_world import (
     OWN_LEGACY_ERROR,
     VOLATILE,
     build_world,
+    compare_figures,
     evaluate,
     time_passes,
 )
@@ -66,6 +69,12 @@ def trio(make_site, make_dataset, remote_dataset, make_experiment, a_personas):
             evaluate(version, slug, trio.sites)
     # v3's evaluation deadline passed with two reports: final, but two sites are too few.
     time_passes(v3, 2 * 24 * 3600)
+    # Every site's alone / global / personalised figures, through the one door.
+    for slug in SLUGS:
+        record_site_comparison(
+            trio.experiment.participants.get(site__slug=slug), compare_figures(slug),
+            source=trio.sites[slug].mode,
+        )
     trio.running = _running(trio, make_experiment)
     a_personas(trio)
     return trio
@@ -119,6 +128,7 @@ def ids_for(trio) -> dict[str, list[int]]:
         "agent-dataset-": datasets,
         "agent-round-": rounds,
         "agent-model-": versions,
+        "agent-experiment-": experiments,  # an agent's comparison report, by experiment id
         "site-": [s.pk for s in trio.sites.values()],
         "dataset-": datasets,
         "experiment-": experiments,
@@ -260,6 +270,28 @@ def test_no_response_to_site_a_holds_anything_of_other_sites(trio):
         f"{published:.3f}" in seen["member"] and str(GLOBAL["ashgrove"]["auroc"]) in seen["member"]
     )
     assert reason_text(Reason.INTERNAL) in seen["member"]  # A's legacy failure, by its product text
+    # A's own alone / global / personalised figures reached every persona (API and pages).
+    for persona in ("member", "site_admin", "agent"):
+        assert str(COMPARE["ashgrove"]["personalized"][1]) in seen[persona], persona
+    assert f"{COMPARE['ashgrove']['alone'][0]:.3f}" in seen["member"]
+
+
+def test_the_comparison_is_a_sites_own_row_and_the_coordinators_aggregate(trio):
+    e = trio.experiment.pk
+    own = trio.personas["agent"][1].get(f"/api/v1/experiments/{e}/").json()["comparison"]
+    assert own["status"] == "done" and own["mode"] == "fedper"
+    assert own["alone"]["balanced_accuracy"] == COMPARE["ashgrove"]["alone"][0]
+    assert own["global_worse_than_alone"] is False and own["personalized_beats_alone"] is True
+    coordinator = trio.personas["coordinator"][1].get(f"/api/v1/experiments/{e}/").json()["comparison"]
+    assert coordinator["reported"] == 3 and coordinator["withheld"] is False
+    assert coordinator["personalized_beats_alone"] == 2 and coordinator["personalized_compared"] == 3
+    assert coordinator["global_worse_than_alone"] == 1  # Culverton's, but not which site
+    mean = sum(COMPARE[s]["alone"][0] for s in SLUGS) / 3
+    assert abs(coordinator["mean"]["alone"]["balanced_accuracy"] - mean) < 1e-9
+    assert not foreign_sites(coordinator, "") and "culverton" not in json.dumps(coordinator)
+    page = trio.personas["coordinator"][0].get(reverse("experiment_detail", args=[e])).content.decode()
+    assert "worse than the site&#x27;s local-only model at 1 site" in page
+    assert f"{mean:.3f}" in page and "Personalised beat alone at 2 of 3 sites" in page
 
 
 def test_the_coordinator_sees_every_sites_reasons_and_figures_but_no_note(trio):

@@ -114,3 +114,130 @@ def test_a_running_experiment_takes_no_comparison(make_site, make_dataset, make_
         record_site_comparison(experiment.participants.get(), figures(), source="agent")
     assert "experiment" in refused.value.errors
     assert not SiteComparison.objects.exists()
+
+
+# -- options through every door ------------------------------------------------------
+
+
+def test_every_door_takes_personalisation_and_early_stopping_within_bounds(make_site, make_dataset):
+    from aggregation.services.creation import ExperimentInvalid, create_experiment
+
+    dataset = make_dataset(make_site("site-o"), rows=120, seed=0)
+    on = create_experiment(name="p", datasets=[dataset], personalize="on", validation_fraction=0.2,
+                           early_stopping=3)
+    assert (on.personalize, on.early_stopping) == ("fedper", 3)  # "on": the measured best
+    off = create_experiment(name="q", datasets=[dataset])
+    assert (off.personalize, off.early_stopping) == ("off", None)
+    for bad, field in (
+        ({"personalize": "magic"}, "personalize"),
+        ({"validation_fraction": 0.2, "early_stopping": 0}, "early_stopping"),
+        ({"validation_fraction": 0.2, "early_stopping": 1001}, "early_stopping"),
+        ({"validation_fraction": 0.2, "early_stopping": 2.5}, "early_stopping"),
+        ({"validation_fraction": 0.2, "early_stopping": math.nan}, "early_stopping"),
+        ({"early_stopping": 3}, "early_stopping"),  # nothing to watch without a validation slice
+    ):
+        with pytest.raises(ExperimentInvalid) as refused:
+            create_experiment(name="r", datasets=[dataset], **bad)
+        assert field in refused.value.errors, bad
+
+
+def test_the_api_and_the_form_take_the_options(client, charlie, make_site, make_dataset):
+    from rest_framework.test import APIClient
+
+    from aggregation.forms import ExperimentForm
+    from clients.models import Dataset
+
+    dataset = make_dataset(make_site("site-f"), rows=120, seed=0)
+    api = APIClient()
+    api.force_authenticate(charlie)
+    base = {"name": "via api", "datasets": [dataset.pk], "validation_fraction": 0.2}
+    made = api.post("/api/v1/experiments/", base | {"personalize": "ditto", "early_stopping": 2}, format="json")
+    assert made.status_code == 201, made.json()
+    body = api.get(f"/api/v1/experiments/{made.json()['id']}/").json()
+    assert (body["personalize"], body["early_stopping"], body["comparison"]) == ("ditto", 2, None)
+    refused = api.post("/api/v1/experiments/", base | {"early_stopping": 0}, format="json")
+    assert refused.status_code == 400 and "early_stopping" in refused.json()["errors"]
+    form = ExperimentForm(datasets=Dataset.objects.all())
+    assert form.fields["early_stopping"].min_value == 1 and form.fields["early_stopping"].max_value == 1000
+    assert [c for c, _ in form.fields["personalize"].choices] == ["off", "fedper", "finetune", "ditto"]
+
+
+# -- platform early stopping ---------------------------------------------------------
+
+
+def test_early_stopping_completes_the_experiment_with_its_reason(client, charlie, make_site, make_dataset,
+                                                                 make_experiment, drive):
+    from django.urls import reverse
+
+    from aggregation.reasons import Reason
+    from aggregation.reasons import text as reason_text
+    from aggregation.services.selection import best_version
+
+    datasets = [make_dataset(make_site(f"es-{i}"), rows=100, seed=i) for i in range(3)]
+    # A learning rate this large makes the validation loss worse after round 1.
+    experiment = make_experiment(datasets, num_rounds=12, validation_fraction=0.2, early_stopping=2, lr=0.3)
+    services.start_experiment(experiment.pk)
+    experiment = drive(experiment.pk)
+
+    assert experiment.status == Experiment.Status.COMPLETED
+    assert experiment.finish_code == Reason.EARLY_STOPPED
+    last = experiment.stopped_after_round
+    assert last is not None and last < experiment.num_rounds
+    assert experiment.rounds.count() == last  # no round opened after the stop
+    # When round `last` was aggregated, versions up to last-1 were scored and the best was
+    # at least `patience` versions behind; one round earlier it was not.
+    scored = [v for v in experiment.versions.all() if v.version < last]
+    assert last - 1 - best_version(scored).version >= 2
+    assert (last - 2) - best_version([v for v in scored if v.version < last - 1]).version < 2
+    # A retried aggregation of the last round finds it done: nothing moves.
+    final = experiment.rounds.get(number=last)
+    assert services.aggregate_round(final.pk).version == last
+    assert experiment.rounds.count() == last
+    assert SiteComparison.objects.filter(participant__experiment=experiment).count() == 3
+    # The reason, shown on the page and in the API.
+    client.force_login(charlie)
+    page = client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
+    assert "data-finish-reason" in page and f"stopped after round {last} of 12" in page
+    assert reason_text(Reason.EARLY_STOPPED).split(":")[0] in page
+    api = client.get(f"/api/v1/experiments/{experiment.pk}/").json()
+    assert api["finish_code"] == "early_stopped" and api["stopped_after_round"] == last
+
+
+# -- a single-label site, end to end, on its pages ----------------------------------
+
+
+def test_a_single_label_site_gets_its_comparison_with_na(client, make_site, make_dataset, make_user,
+                                                         make_experiment, drive):
+    from django.urls import reverse
+
+    from aggregation.tests.test_heterogeneous_sites import ingest
+    from fedhealth.ml.synthetic import generate_site
+
+    mixed = [make_dataset(make_site(f"mixed-{i}"), rows=150, seed=30 + i) for i in range(2)]
+    pool = generate_site(300, seed=7, healthy_fraction=0.2)
+    referral_site = make_site("referral")
+    referral = ingest(referral_site, pool[pool.healthy == 0].head(40))
+    experiment = make_experiment([*mixed, referral], num_rounds=2, validation_fraction=0.2,
+                                 personalize="finetune", min_sites=3)
+    services.start_experiment(experiment.pk)
+    experiment = drive(experiment.pk)
+    assert experiment.status == Experiment.Status.COMPLETED, experiment.failure_reason
+    for row in SiteComparison.objects.filter(participant__experiment=experiment):
+        assert tasks.compare_site.apply(args=[row.pk]).get() == "compared"
+    row = SiteComparison.objects.get(participant__site=referral_site)
+    for kind in ("alone", "global_metrics", "personalized"):
+        metrics = getattr(row, kind)
+        assert metrics["balanced_accuracy"] is None and metrics["auroc"] is None, kind
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+
+    member = make_user("ref-member", referral_site)
+    client.force_login(member)
+    page = client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
+    section = page[page.index("data-comparison"):]
+    section = section[:section.index("</section>")]
+    assert 'data-comparison-row="personalized"' in section and "n/a" in section
+    assert "nan" not in section.lower()
+    home = client.get(reverse("site_home")).content.decode()
+    assert "data-comparison" in home and "Alone (your rows only)" in home
+    api = client.get(f"/api/v1/experiments/{experiment.pk}/").json()["comparison"]
+    assert api["alone"]["auroc"] is None and api["status"] == "done"

@@ -15,6 +15,7 @@ from ..forms import FEW_SITES, FEW_SITES_NOTICE, ExperimentForm, strategy_label
 from ..models import Experiment
 from ..permissions import visible_experiments
 from ..services.consent import STATE_TEXT
+from .comparison import comparison_context, finish_text
 from .live import live_context
 from .progress import experiment_progress
 
@@ -62,6 +63,9 @@ def experiment_detail(request, pk: int):
         "chart_titles": [("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC"),
                          ("accuracy", "accuracy"), ("loss", "loss")],
         "privacy_guarantee": policy.guarantee(experiment),
+        # Alone / global / personalised: a site its own, the coordinator aggregates only.
+        "cmp": comparison_context(viewer, experiment),
+        "finish_text": finish_text(experiment),
         # "0.000001", not Python's "1e-06".
         "plain_numbers": {name: _plain(getattr(experiment, name)) for name in ("lr", "weight_decay")},
         **live_context(request, experiment),

@@ -12,6 +12,7 @@ from aggregation.figure_words import class_words, worse_than_chance
 from aggregation.models import Experiment
 from aggregation.permissions import visible_experiments, visible_updates
 from aggregation.services import privacy
+from aggregation.views.comparison import comparison_context
 from aggregation.views.progress import experiment_progress, site_figures
 from audit import services as audit
 from clients.forms import UploadForm
@@ -47,6 +48,9 @@ def site_home(request):
             # A finished model worse than chance on this site's test rows is said, not hidden.
             "below_chance": worse_than_chance(mine.global_) if finished and mine and mine.global_ else [],
             "active": experiment.status in Experiment.ACTIVE,
+            # Alone / global / personalised at this site, once the experiment completed.
+            "cmp": (cmp := comparison_context(viewer, experiment)),
+            "worse_than_alone": bool(cmp and cmp["warning"]),
         })
     updates = list(visible_updates(user).select_related("round__experiment").order_by("-created_at")[:RECENT_UPDATES])
     for u in updates:  # the reason and the agent's own note, as the policy shows them
