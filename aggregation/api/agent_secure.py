@@ -12,6 +12,7 @@ Every POST is safe to retry: a message already counted answers ``replay``.
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
 from rest_framework.decorators import action
@@ -19,6 +20,7 @@ from rest_framework.response import Response
 
 from aggregation.models import SecureRound, SecureSite
 from aggregation.services import UpdateRefused
+from aggregation.services import privacy as privacy_ledger
 from aggregation.services import secure_agent as service
 from fedhealth.api.exceptions import Conflict, PayloadTooLarge, field_error
 from fedhealth.api.schema import ErrorSerializer
@@ -69,18 +71,27 @@ class SecureStepsMixin:
     @action(detail=True, methods=["post"])
     def trained(self, request, pk=None):
         """Secure experiments: report that this site trained (sample count, loss, local
-        metrics). The weights stay at the site until they leave masked."""
-        _, update = self.selected()
+        metrics and, with record-level DP, its accountant's spend). The weights stay at the
+        site until they leave masked."""
+        from .agent import _reported_spend  # agent.py imports this mixin
+
+        round_, update = self.selected()
         form = s.TrainedSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
+        reported = _reported_spend(round_, data.get("privacy"))
         try:
-            counted = service.report_trained(
-                update,
-                num_samples=data["num_samples"],
-                loss=data.get("loss"),
-                metrics=data.get("metrics", {}),
-            )
+            # The report and the spend are recorded together, as with update/: a counted
+            # update of a private experiment never lacks its ledger entry.
+            with transaction.atomic():
+                counted = service.report_trained(
+                    update,
+                    num_samples=data["num_samples"],
+                    loss=data.get("loss"),
+                    metrics=data.get("metrics", {}),
+                )
+                if reported is not None and counted:
+                    privacy_ledger.record_reported_spend(update.pk, reported)
         except UpdateRefused as exc:
             if exc.bad_input:
                 raise field_error("num_samples", str(exc)) from None

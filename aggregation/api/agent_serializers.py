@@ -342,6 +342,12 @@ class TrainedSerializer(serializers.Serializer):
     metrics = serializers.DictField(
         required=False, help_text="Local model on the site's test split."
     )
+    privacy = serializers.DictField(
+        required=False,
+        help_text="Required in a differentially private experiment, refused otherwise: the "
+        "round's spend from the agent's own accountant (round, noise_multiplier, sample_rate, "
+        "steps, delta, clip_norm, epsilon, epsilon_total), as with update/. Figures only.",
+    )
 
     def validate_metrics(self, value):
         return metrics_from(value)

@@ -239,7 +239,7 @@ class SiteAgent:
             local["accuracy"],
         )
         if task.get("secure_aggregation"):  # the weights stay here until they leave masked
-            refusal = self.secure.keep(rid, self.site, result, weights, task["number"])
+            refusal = self.secure.keep(rid, self.site, result, weights, task["number"], spend)
             if refusal is not None:
                 code, note = refusal
                 self.client.post_json(

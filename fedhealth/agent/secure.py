@@ -102,10 +102,17 @@ class SecureSteps:
         self._refused: set[tuple[int, str]] = set()
 
     def keep(
-        self, round_id: int, site: str, result: Any, reference: Weights, number: int
+        self,
+        round_id: int,
+        site: str,
+        result: Any,
+        reference: Weights,
+        number: int,
+        spend: Any = None,
     ) -> tuple[str, str] | None:
-        """After training: check the update here, keep it, report the figures only.
-        Returns ``(code, note)`` to report as a failure instead."""
+        """After training: check the update here, keep it, report the figures only (with
+        ``spend``, the round's record-level DP spend from this agent's own accountant, as a
+        plain round's upload carries it). Returns ``(code, note)`` to report as a failure."""
         if self.store is None:
             return (
                 "site_reported",
@@ -119,6 +126,8 @@ class SecureSteps:
         body: dict[str, Any] = {"num_samples": result.num_samples, "metrics": metrics}
         if math.isfinite(result.loss):
             body["loss"] = float(result.loss)
+        if spend is not None:
+            body["privacy"] = spend.to_dict()
         self.client.post_json(f"/agent/rounds/{round_id}/trained/", body)
         log.info(
             "round %d: trained for secure aggregation; the update stays here (%s), only its "

@@ -495,3 +495,78 @@ def test_hostile_messages_are_refused_with_a_reason_and_the_round_still_complete
     round2 = Round.objects.get(pk=rid)
     assert sorted(round2.metrics["accepted"]) == ["remote-0", "remote-1", "remote-2"]
     assert round2.metrics["secure"]["dropped"] == []
+
+
+def test_an_agent_in_a_secure_dp_round_reports_its_spend_with_its_figures_only(
+    live_server, agent_sites, agent_csv, charlie, client_for, eager_celery, tmp_path
+):
+    """Record-level DP with secure aggregation: each agent reports its accountant's spend with
+    trained/ (figures, never the update), the server records and checks it as for update/,
+    and a report without it is refused."""
+    from aggregation.models import Participant
+    from aggregation.services.consent import record_acceptance
+    from fedhealth.agent.ledger import AgentLedger, fingerprint
+
+    agents, bodies = [], []
+    for i, (site, token) in enumerate(agent_sites):
+        client = ApiClient(live_server.url, token, retries=1, backoff=0.01)
+        real_post = client.post_json
+
+        def spy(path, body=None, _real=real_post):
+            bodies.append((path, json.loads(json.dumps(body))))
+            return _real(path, body)
+
+        client.post_json = spy
+        agents.append(
+            SiteAgent(
+                client,
+                LocalData.from_source(agent_csv(site.slug, rows=300, seed=70 + i)),
+                ledger=AgentLedger(tmp_path / site.slug / "ledger"),
+                state_dir=tmp_path / site.slug,
+            )
+        )
+    api = client_for(charlie)
+    created = api.post(
+        "/api/v1/experiments/",
+        {
+            "name": "secure dp",
+            "datasets": [a.register() for a in agents],
+            "num_rounds": 1,
+            "local_epochs": 1,
+            "min_sites": 2,
+            "secure_aggregation": True,
+        },
+    )
+    assert created.status_code == 201, created.json()
+    experiment_id = created.json()["id"]
+    Experiment.objects.filter(pk=experiment_id).update(dp_mode="record", dp_epsilon=8.0)
+    for participant in Participant.objects.filter(experiment_id=experiment_id):
+        record_acceptance(participant)
+    assert api.post(f"/api/v1/experiments/{experiment_id}/start/").status_code == 200
+    rid = Round.objects.get(experiment_id=experiment_id, number=1).pk
+    without = requests.post(
+        f"{live_server.url}/api/v1/agent/rounds/{rid}/trained/",
+        json={"num_samples": 10},
+        headers={"Authorization": f"Bearer {agent_sites[0][1]}"},
+        timeout=30,
+    )
+    assert without.status_code == 400, without.text
+    assert "record-level DP" in without.text and "privacy" in without.text
+    experiment = drive(agents, experiment_id)
+
+    assert experiment.status == Experiment.Status.COMPLETED, experiment.failure_reason
+    from aggregation.models import PrivacyLedgerEntry
+
+    for agent in agents:
+        update = ClientUpdate.objects.get(round__experiment=experiment, site__slug=agent.site)
+        assert update.status == "received" and not update.weights_file
+        entry = PrivacyLedgerEntry.objects.get(experiment=experiment, update=update)
+        assert entry.source == "agent"
+        assert entry.consistency == "consistent", entry.consistency_detail
+        assert entry.spend() == agent.ledger.spends(fingerprint(agent.data.X, agent.data.y))[0]
+    trained = [b for p, b in bodies if p.endswith("/trained/")]
+    assert len(trained) == 2
+    for body in trained:  # figures only
+        assert set(body) == {"num_samples", "loss", "metrics", "privacy"}
+        assert set(body["privacy"]) >= {"epsilon", "epsilon_total", "noise_multiplier", "steps"}
+        assert len(json.dumps(body)) < 2000
