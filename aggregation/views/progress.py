@@ -178,7 +178,7 @@ def round_table_context(numbers: list[int], rows: list[dict[str, Any]], viewer: 
 
 # A site's last step that counted, in words.
 _SITE_STEP = {"advertise": "keys advertised", "share": "keys shared", "masked": "masked update sent",
-              "unmask": "shares revealed"}
+              "consistency": "survivor list signed", "unmask": "shares revealed"}
 
 
 def secure_table(experiment: Experiment, viewer: policy.Viewer) -> list[dict[str, Any]]:
