@@ -99,6 +99,9 @@ class ModelVersionViewSet(
     filter_params = {"experiment": Param("experiment_id", "int")}
 
     def get_queryset(self):
+        if self.action == "predict":
+            # One row by id, the API's hot path: no ordering, no joined round.
+            return visible_versions(self.request.user)
         return (
             visible_versions(self.request.user)
             .select_related("round")

@@ -19,25 +19,33 @@ from . import artifacts
 
 MAX_BATCH = 10_000
 
-# Versions are immutable (a checksum names them), so a built model can be kept per
-# process; a small LRU keeps memory bounded when many versions are queried.
-_cache: OrderedDict[str, Predictor] = OrderedDict()
+# A version is immutable, so its built model is kept per process (a small LRU bounds the
+# memory when many versions are queried). The key is the version's id and checksum, and
+# the entry remembers the configuration and normaliser it was built from: two versions
+# with the same weights (a round that kept the previous model) have their own entries,
+# and a row that no longer matches (a database restored under a running process) is
+# rebuilt, never served stale. The cache holds models only; who may use a version is
+# decided before it is reached (the caller's scoped queryset).
+_cache: OrderedDict[tuple[int, str], tuple[Any, Predictor]] = OrderedDict()
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 16
 
 
 def _predictor(version: ModelVersion) -> Predictor:
+    key, source = (version.pk, version.sha256), (version.model_config, version.normalizer)
     with _cache_lock:
-        if version.sha256 in _cache:
-            _cache.move_to_end(version.sha256)
-            return _cache[version.sha256]
+        entry = _cache.get(key)
+        if entry is not None and entry[0] == source:
+            _cache.move_to_end(key)
+            return entry[1]
     predictor = Predictor(
         ModelConfig.from_dict(version.model_config),
         artifacts.load_weights(version.weights_file, version.sha256),
         Normalizer.from_dict(version.normalizer),
     )
     with _cache_lock:
-        _cache[version.sha256] = predictor
+        _cache[key] = (source, predictor)
+        _cache.move_to_end(key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return predictor
