@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from aggregation.api.agent import AgentModelViewSet, AgentRoundViewSet, AssignmentsView
+from aggregation.api.agent_comparison import AgentExperimentViewSet
 from aggregation.api.consent import InvitationViewSet
 from aggregation.api.experiments import ExperimentViewSet
 from aggregation.api.records import ModelVersionViewSet, RoundViewSet, UpdateViewSet
@@ -31,6 +32,7 @@ router.register("models", ModelVersionViewSet, basename="modelversion")
 router.register("agent/datasets", AgentDatasetViewSet, basename="agent-dataset")
 router.register("agent/rounds", AgentRoundViewSet, basename="agent-round")
 router.register("agent/models", AgentModelViewSet, basename="agent-model")
+router.register("agent/experiments", AgentExperimentViewSet, basename="agent-experiment")
 
 urlpatterns = [
     path("v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -77,8 +77,10 @@ class AssignmentsView(APIView):
 
     @extend_schema(responses={200: s.AssignmentsSerializer})
     def get(self, request):
-        """Work waiting for this site: updates to train in open rounds, and global
-        model versions it has not evaluated yet."""
+        """Work waiting for this site: updates to train in open rounds, global model
+        versions it has not evaluated yet, and finished experiments whose comparison
+        (alone / global / personalised) it has not reported."""
+        from .agent_comparison import comparison_items  # it builds on this module's base
         site = request.auth.site
         training = [
             {
@@ -161,6 +163,7 @@ class AssignmentsView(APIView):
                     "training": training,
                     "secure": secure,
                     "evaluations": evaluations,
+                    "comparisons": comparison_items(site),
                 }
             ).data
         )

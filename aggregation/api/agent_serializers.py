@@ -101,6 +101,26 @@ class EvaluationItemSerializer(serializers.Serializer):
     )
 
 
+class ComparisonItemSerializer(serializers.Serializer):
+    """A completed experiment waiting for this agent site's alone / global / personalised
+    figures (``agent/experiments/<id>/comparison/``)."""
+
+    experiment = serializers.IntegerField()
+    model = serializers.IntegerField(help_text="The selected global version's id (its weights).")
+    version = serializers.IntegerField(help_text="Its version number: send it back with the figures.")
+    sha256 = serializers.CharField()
+    dataset = serializers.IntegerField()
+    mode = serializers.CharField(
+        allow_null=True, help_text="Personalisation mode (fedper, finetune, ditto), or null: none."
+    )
+    test_fraction = serializers.FloatField()
+    seed = serializers.IntegerField()
+    config = serializers.DictField(
+        help_text="rounds, model, train, seed, validation_fraction: the budget and seeds of the "
+        "site's local-only and personalised models."
+    )
+
+
 class AssignmentsSerializer(serializers.Serializer):
     site = serializers.CharField()
     training = TrainingItemSerializer(many=True)
@@ -108,6 +128,11 @@ class AssignmentsSerializer(serializers.Serializer):
         many=True, help_text="Secure rounds owing this site a protocol step."
     )
     evaluations = EvaluationItemSerializer(many=True)
+    comparisons = ComparisonItemSerializer(
+        many=True,
+        help_text="Completed experiments waiting for this site's alone / global / personalised "
+        "figures (after it evaluated every version).",
+    )
 
 
 class SplitSerializer(serializers.Serializer):

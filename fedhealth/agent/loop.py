@@ -24,6 +24,7 @@ from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.weights_io import sha256_hex, weights_from_bytes, weights_to_bytes
 
 from .client import ApiClient, ApiError, Unavailable
+from .compare import ComparisonStore, SiteComparer
 from .data import LocalData
 from .ledger import AgentLedger, BudgetExceeded, fingerprint
 from .policy import LocalPolicy, terms_sha256
@@ -72,6 +73,11 @@ class SiteAgent:
         self._skipped: set[tuple[str, int]] = set()
         # Secure aggregation: round secrets and kept updates in the agent's own folder only.
         self.secure = SecureSteps(client, None if state_dir is None else SecureStore(state_dir))
+        # The end-of-experiment comparison's models and records (None: no folder to keep
+        # them in, so no comparison is measured).
+        self.comparer = SiteComparer(
+            client, data, None if state_dir is None else ComparisonStore(state_dir)
+        )
 
     # -- registration ------------------------------------------------------------------
 
@@ -135,6 +141,12 @@ class SiteAgent:
                     self.evaluate,
                     item,
                     f"model v{item['version']} of experiment {item['experiment']}",
+                )
+        for item in work.get("comparisons", []):
+            key = ("compare", item["experiment"])
+            if key not in self._skipped:
+                done += self._guard(
+                    self.compare, item, f"comparison for experiment {item['experiment']}"
                 )
         if not done:
             log.debug("no work")
@@ -297,6 +309,29 @@ class SiteAgent:
             spend.delta,
         )
         return None
+
+    # -- the end-of-experiment comparison ----------------------------------------------
+
+    def compare(self, item: dict[str, Any]) -> None:
+        """Alone / global / personalised on the local test rows, once per experiment;
+        the models stay in the state folder, only the figures are sent."""
+        experiment = item["experiment"]
+        if self.comparer.store is None or item["dataset"] != self.dataset_id:
+            self._skipped.add(("compare", experiment))
+            log.warning(
+                "experiment %d: no comparison (alone / global / personalised) measured: %s",
+                experiment,
+                "this agent has no state folder to keep the models in (start it with --state-dir)"
+                if self.comparer.store is None
+                else f"the experiment uses dataset {item['dataset']}, this CSV is dataset "
+                f"{self.dataset_id}",
+            )
+            return
+        try:
+            self.comparer.step(item, self.site)
+        except ValueError as exc:  # too few rows to train alone, a bad model file
+            self._skipped.add(("compare", experiment))
+            log.error("experiment %d: the comparison could not be measured: %s", experiment, exc)
 
     # -- evaluation --------------------------------------------------------------------
 
