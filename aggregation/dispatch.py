@@ -190,9 +190,10 @@ def queue_evaluations(version_id: int, *, include_training: bool = False, quiet_
 
 # -- the end of an experiment: alone / global / personalised at each hosted site --------
 
-def queue_site_comparisons(experiment_id: int) -> int:
-    """Send each hosted site's pending (or interrupted) comparison to its own queue.
-    Safe to repeat: the task claims its row first (site_comparison.begin_comparison)."""
+def queue_site_comparisons(experiment_id: int, only: Iterable[int] | None = None) -> int:
+    """Send each hosted site's pending (or interrupted) comparison to its own queue
+    (``only``: just these rows). Safe to repeat: the task claims its row first
+    (site_comparison.begin_comparison)."""
     from .models import SiteComparison
 
     rows = SiteComparison.objects.filter(
@@ -200,4 +201,6 @@ def queue_site_comparisons(experiment_id: int) -> int:
         status__in=[SiteComparison.Status.PENDING, SiteComparison.Status.RUNNING],
         participant__site__is_active=True,
     ).select_related("participant__site")
+    if only is not None:
+        rows = rows.filter(pk__in=list(only))
     return _send_all("compare_site", (([c.pk], c.participant.site.queue) for c in rows))

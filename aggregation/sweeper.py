@@ -101,6 +101,33 @@ def sweep(now: datetime | None = None) -> dict[str, int]:
         counts["evaluations"] += _each("re-sending evaluations", dispatch.queue_evaluations, version_id,
                                        include_training=True, quiet_since=stale)
 
+    counts["comparisons"] = _each("sweeping comparisons", _sweep_comparisons, now, stale)
+
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
+
+
+def _sweep_comparisons(now: datetime, stale: datetime) -> int:
+    """End-of-experiment comparisons at hosted sites (site_comparison): one quiet for
+    ``stale`` is given up past its budget, else sent again (its row touched, so once per
+    quiet period); experiments finished more than EVALUATION_HORIZON ago are left."""
+    from .budgets import COMPARE_SITE
+    from .models import SiteComparison
+    from .services import site_comparison
+
+    quiet = SiteComparison.objects.filter(
+        source=SiteComparison.Source.HOSTED,
+        status__in=[SiteComparison.Status.PENDING, SiteComparison.Status.RUNNING],
+        updated_at__lte=stale, participant__experiment__finished_at__gte=now - EVALUATION_HORIZON,
+    )
+    sent, resend = 0, {}
+    for pk, tries, experiment_id in quiet.values_list("pk", "attempts", "participant__experiment_id"):
+        if COMPARE_SITE.exhausted(tries):
+            site_comparison.fail_comparison(pk, Reason.ATTEMPTS_EXHAUSTED)
+            continue
+        SiteComparison.objects.filter(pk=pk).update(updated_at=now)
+        resend.setdefault(experiment_id, []).append(pk)
+    for experiment_id, ids in resend.items():
+        sent += dispatch.queue_site_comparisons(experiment_id, only=ids)
+    return sent

@@ -14,7 +14,7 @@ from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.schema import Schema
 from fedhealth.ml.stats import Normalizer
 
-from ..models import ModelVersion
+from ..models import ModelVersion, SiteComparison
 from . import artifacts
 
 MAX_BATCH = 10_000
@@ -31,8 +31,11 @@ _cache_lock = threading.Lock()
 _CACHE_SIZE = 16
 
 
-def _predictor(version: ModelVersion) -> Predictor:
-    key, source = (version.pk, version.sha256), (version.model_config, version.normalizer)
+def _predictor(version: ModelVersion, personal: SiteComparison | None = None) -> Predictor:
+    # A site's personalised model: the version's architecture and normaliser with the
+    # weights its site built from it (site-private storage, checked by their checksum).
+    name, sha = (personal.personal_file, personal.personal_sha256) if personal else (version.weights_file, version.sha256)
+    key, source = (version.pk, sha), (version.model_config, version.normalizer)
     with _cache_lock:
         entry = _cache.get(key)
         if entry is not None and entry[0] == source:
@@ -40,7 +43,7 @@ def _predictor(version: ModelVersion) -> Predictor:
             return entry[1]
     predictor = Predictor(
         ModelConfig.from_dict(version.model_config),
-        artifacts.load_weights(version.weights_file, version.sha256),
+        artifacts.load_weights(name, sha),
         Normalizer.from_dict(version.normalizer),
     )
     with _cache_lock:
@@ -62,15 +65,36 @@ class PredictionResult:
         return not self.errors
 
 
-def predict_records(version: ModelVersion, records: Sequence[Mapping[str, Any]]) -> PredictionResult:
-    """Check the records against the version's schema and predict, or return the errors."""
+def personal_model(viewer: Any, version: ModelVersion) -> SiteComparison | None:
+    """The viewer's own site's personalised model of ``version``'s experiment, when its
+    site built one (a hosted site, at the end of the experiment); None otherwise. Only
+    the owning site ever gets it: another site, the coordinator or nobody get None."""
+    if getattr(viewer, "site_id", None) is None:
+        return None
+    return (
+        SiteComparison.objects.filter(
+            participant__experiment_id=version.experiment_id, participant__site_id=viewer.site_id,
+            status=SiteComparison.Status.DONE,
+        )
+        .exclude(personal_file="")
+        .first()
+    )
+
+
+def predict_records(
+    version: ModelVersion, records: Sequence[Mapping[str, Any]], *, personal: SiteComparison | None = None
+) -> PredictionResult:
+    """Check the records against the version's schema and predict, or return the errors.
+    ``personal`` (from ``personal_model``): predict with the site's personalised model
+    of the version's experiment instead of the version's global weights."""
     if len(records) > MAX_BATCH:
         return PredictionResult(errors=[FieldError(0, "", len(records), f"at most {MAX_BATCH} records per request")])
     schema = Schema.from_dict(version.schema)
     X, errors = features_from_records(records, schema)
     if X is None:
         return PredictionResult(errors=errors)
-    prob, labels = _predictor(version).predict(X)
+    prob, labels = _predictor(version, personal).predict(X)
     # Counts only: the inputs are patients' vitals and never enter the audit trail.
-    audit.record(audit.Kind.PREDICTION, target=f"model version {version.pk}", details={"records": len(records)})
+    target = f"personalised model of experiment {version.experiment_id}" if personal else f"model version {version.pk}"
+    audit.record(audit.Kind.PREDICTION, target=target, details={"records": len(records)})
     return PredictionResult(probabilities=prob.tolist(), labels=labels.tolist())

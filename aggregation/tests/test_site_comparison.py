@@ -241,3 +241,55 @@ def test_a_single_label_site_gets_its_comparison_with_na(client, make_site, make
     assert "data-comparison" in home and "Alone (your rows only)" in home
     api = client.get(f"/api/v1/experiments/{experiment.pk}/").json()["comparison"]
     assert api["alone"]["auroc"] is None and api["status"] == "done"
+
+
+def test_the_sweeper_resends_a_quiet_comparison_once_then_gives_it_up(finished, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from aggregation import sweeper
+    from aggregation.budgets import COMPARE_SITE
+    from aggregation.reasons import Reason
+
+    rows = SiteComparison.objects.filter(participant__experiment=finished)
+    assert sweeper.sweep()["comparisons"] == 0  # just opened: not quiet yet
+    long_ago = timezone.now() - timedelta(seconds=settings.FEDHEALTH_STALE_SECONDS + 5)
+    first, second, third = rows.order_by("pk")
+    rows.filter(pk=first.pk).update(updated_at=long_ago)
+    # The broker is reachable in this test (filesystem transport): the quiet row is sent.
+    assert sweeper.sweep()["comparisons"] == 1
+    assert sweeper.sweep()["comparisons"] == 0  # touched when sent: once per quiet period
+    rows.filter(pk=second.pk).update(updated_at=long_ago, attempts=COMPARE_SITE.attempts, status="running")
+    sweeper.sweep()
+    second.refresh_from_db()
+    assert (second.status, second.error_code) == ("failed", Reason.ATTEMPTS_EXHAUSTED)
+    third.refresh_from_db()
+    assert third.status == "pending"
+
+
+def test_a_site_predicts_with_its_own_personalised_model_and_no_other_site_can(client, finished, make_user):
+    from django.urls import reverse
+
+    rows = list(SiteComparison.objects.filter(participant__experiment=finished).select_related("participant__site"))
+    mine, other = rows[0], rows[1]
+    assert tasks.compare_site.apply(args=[mine.pk]).get() == "compared"
+    version = finished.versions.order_by("-version").first()
+    patient = {"heart_rate": "112", "systolic_bp": "150", "diastolic_bp": "95", "spo2": "91"}
+
+    def ask(user, personal: bool):
+        client.force_login(user)
+        data = {"mode": "single", "version": version.pk, **patient} | ({"personal": "1"} if personal else {})
+        return client.post(reverse("predict"), data)
+
+    owner = make_user("owner", mine.participant.site)
+    global_ = ask(owner, False)
+    assert global_.context["personal_available"] is True and "data-personal-choice" in global_.content.decode()
+    personal = ask(owner, True)
+    assert personal.context["personal"] is True
+    assert "personalised model of" in personal.content.decode()
+    assert personal.context["single"]["probability"] != global_.context["single"]["probability"]
+    # Another site (its own comparison not run yet) asking for "personal" gets the global model.
+    stranger = ask(make_user("stranger", other.participant.site), True)
+    assert stranger.context["personal"] is False and stranger.context["personal_available"] is False
+    assert stranger.context["single"]["probability"] == global_.context["single"]["probability"]

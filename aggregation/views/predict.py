@@ -19,7 +19,7 @@ from fedhealth.ml.schema import Schema
 from .. import policy
 from ..forms import PredictCsvForm, PredictForm, feature_label
 from ..permissions import visible_versions
-from ..services.predict import MAX_BATCH, predict_records
+from ..services.predict import MAX_BATCH, personal_model, predict_records
 from ..services.recommend import default_version
 
 SHOWN_ROWS = 500  # a results table longer than this is offered as a download only
@@ -68,11 +68,15 @@ def predict(request):
                        initial=initial, viewer=viewer)
     csv_form = PredictCsvForm(request.POST if mode == "csv" else None, request.FILES if mode == "csv" else None,
                               versions=versions, initial=initial, prefix="csv", viewer=viewer)
+    # The site's own personalised model of this experiment, when it built one and asks.
+    available = personal_model(viewer, version)
+    personal = available if (request.POST.get("personal") or request.GET.get("personal")) == "1" else None
     context = {"form": form, "csv_form": csv_form, "version": version, "schema": schema,
-               "max_batch": MAX_BATCH, "label_name": schema.label}
+               "max_batch": MAX_BATCH, "label_name": schema.label,
+               "personal_available": available is not None, "personal": personal is not None}
     if mode == "single" and form.is_valid():
         record = {name: form.cleaned_data[name] for name in schema.feature_names}
-        result = predict_records(version, [record])
+        result = predict_records(version, [record], personal=personal)
         if result.ok:
             p = result.probabilities[0]
             context["single"] = {"probability": p, "percent": percent(p), "label": result.labels[0],
@@ -86,7 +90,7 @@ def predict(request):
             csv_form.errors.pop("file", None)  # "required": the file was cut off, not missing
             csv_form.add_error("file", _too_large_message())
         elif csv_form.is_valid():
-            return _predict_csv(request, version, schema, csv_form, context)
+            return _predict_csv(request, version, schema, csv_form, context, personal)
     return render(request, "aggregation/predict.html", context)
 
 
@@ -112,13 +116,13 @@ def _read_records(upload) -> tuple[list[dict[str, str]], list[str]]:
     return records, []
 
 
-def _predict_csv(request, version, schema: Schema, csv_form, context):
+def _predict_csv(request, version, schema: Schema, csv_form, context, personal=None):
     records, problems = _read_records(csv_form.cleaned_data["file"])
     if problems:
         for p in problems:
             csv_form.add_error("file", p)
         return render(request, "aggregation/predict.html", context)
-    result = predict_records(version, records)
+    result = predict_records(version, records, personal=personal)
     if not result.ok:
         context["csv_errors"] = [_error_row(e) for e in result.errors]
         csv_form.add_error("file", f"{len(result.errors)} value{pluralize(len(result.errors))} need{'s' if len(result.errors) == 1 else ''} fixing; nothing was predicted.")
