@@ -18,6 +18,8 @@ from aggregation.services.site_comparison import (
 from fedhealth.files import read_bytes
 from fedhealth.ml.weights_io import sha256_hex
 
+from .test_heterogeneous_sites import referral_world  # noqa: F401 (a fixture)
+
 GOOD = {"accuracy": 0.8, "balanced_accuracy": 0.75, "auroc": None, "n": 20.0, "loss": 0.4}
 
 
@@ -293,3 +295,42 @@ def test_a_site_predicts_with_its_own_personalised_model_and_no_other_site_can(c
     stranger = ask(make_user("stranger", other.participant.site), True)
     assert stranger.context["personal"] is False and stranger.context["personal_available"] is False
     assert stranger.context["single"]["probability"] == global_.context["single"]["probability"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_a_real_hosted_worker_compares_every_site_once_with_a_single_label_site(settings, tmp_path, request):
+    """The whole flow on a real worker process: rounds, completion, then each hosted
+    site's compare_site task on its queue; the referral site (one label) reads n/a."""
+    from tests.support import manage, process_env, wait_until, worker
+
+    experiment, _ = request.getfixturevalue("referral_world")
+    Experiment.objects.filter(pk=experiment.pk).update(personalize="fedper", validation_fraction=0.2)
+    env = process_env(settings.MEDIA_ROOT) | {
+        "CELERY_BROKER_URL": "filesystem://", "CELERY_FILESYSTEM_BROKER_DIR": str(tmp_path / "broker")}
+    w = worker(env, tmp_path)
+    w.start()
+    try:
+        manage(env, "experiment", "start", str(experiment.pk))
+
+        def compared() -> bool:
+            e = Experiment.objects.get(pk=experiment.pk)
+            if e.status in (Experiment.Status.FAILED, Experiment.Status.CANCELLED):
+                pytest.fail(f"experiment {e.status}: {e.failure_reason}")
+            rows = SiteComparison.objects.filter(participant__experiment=e)
+            if rows.filter(status="failed").exists():
+                pytest.fail(f"a comparison failed: {list(rows.values_list('error_code', flat=True))}")
+            return e.status == Experiment.Status.COMPLETED and rows.count() == 4 and all(
+                r.status == "done" for r in rows)
+
+        wait_until(compared, timeout=600, what="the comparisons", watch=[w])
+    finally:
+        w.kill()
+    rows = {r.participant.site.slug: r for r in SiteComparison.objects.select_related("participant__site")}
+    assert all(r.attempts == 1 and r.mode == "fedper" and r.personal_sha256 for r in rows.values())
+    referral = rows["referral"]
+    assert referral.alone["auroc"] is None and referral.personalized["balanced_accuracy"] is None
+    assert 0.0 <= referral.personalized["accuracy"] <= 1.0
+    for slug in ("general-0", "general-1", "clinic-small"):
+        assert 0.0 <= rows[slug].personalized["auroc"] <= 1.0
