@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Any
@@ -101,8 +103,19 @@ def ingest_dataset(
     """
     check_can_upload(site)
     name = _dataset_name(name)
-    raw = upload.read(settings.FEDHEALTH_MAX_UPLOAD_BYTES + 1)
-    result = validate_csv(raw, schema, policy=policy, max_bytes=settings.FEDHEALTH_MAX_UPLOAD_BYTES)
+    limit = settings.FEDHEALTH_MAX_UPLOAD_BYTES
+    staged = getattr(upload, "temporary_file_path", None)
+    if staged is not None:
+        # A staged upload (past FILE_UPLOAD_MAX_MEMORY_SIZE) is validated from its file:
+        # pandas reads the path in its own buffers, never a copy of the upload in memory.
+        path = staged()
+        upload_size = os.path.getsize(path)
+        result = validate_csv(path, schema, policy=policy, max_bytes=limit)
+    else:  # an upload kept in memory (small) or a stream from a command
+        raw = upload.read(limit + 1)
+        upload_size = len(raw)
+        result = validate_csv(raw, schema, policy=policy, max_bytes=limit)
+        del raw  # the upload's bytes are not what is stored
     report = result.report
     fields = {
         "site": site,
@@ -111,7 +124,7 @@ def ingest_dataset(
         "policy": policy.value,
         "validation_report": report.to_dict(),
         "uploaded_by": user if getattr(user, "is_authenticated", False) else None,
-        "size_bytes": len(raw),
+        "size_bytes": upload_size,
     }
     if result.data is None:
         dataset = Dataset.objects.create(status=Dataset.Status.REJECTED, **fields)
@@ -119,32 +132,47 @@ def ingest_dataset(
         return IngestResult(dataset, report)
 
     data = result.data
-    del raw  # the upload's bytes are not what is stored
     stats, summary = summarise_arrays(schema, data)
-    # Staged beside uploads (site-private, cleaned by clean_staging if a crash leaves it).
-    with tempfile.NamedTemporaryFile(dir=staging_dir(site.slug), suffix=SUFFIX) as canonical:
-        size, sha256 = write_canonical_csv(data, schema, canonical)
-        canonical.flush()
-        canonical.seek(0)
-        with transaction.atomic():
-            dataset = Dataset(
-                status=Dataset.Status.READY,
-                sha256=sha256,
-                row_count=len(data.y),
-                positive_count=int(data.y.sum()),
-                rows_dropped=report.rows_dropped,
-                stats=stats,
-                summary=summary,
-                **(fields | {"size_bytes": size}),
-            )
-            _store(dataset, File(canonical))
+    dataset = Dataset(
+        status=Dataset.Status.READY,
+        row_count=len(data.y),
+        positive_count=int(data.y.sum()),
+        rows_dropped=report.rows_dropped,
+        stats=stats,
+        summary=summary,
+        **fields,
+    )
+    # Staged beside uploads (site-private, cleaned by clean_staging if a crash leaves it),
+    # written in blocks of rows; the storage then moves it in place (a rename on local
+    # disk, so the stored name never holds a partial file) or streams it in chunks (S3).
+    with tempfile.NamedTemporaryFile(dir=staging_dir(site.slug), suffix=SUFFIX, delete=False) as canonical:
+        staged_canonical = canonical.name
+        try:
+            dataset.size_bytes, dataset.sha256 = write_canonical_csv(data, schema, canonical)
+            canonical.flush()
+            canonical.seek(0)
             try:
-                dataset.save()
-            except Exception:
-                dataset.file.delete(save=False)
+                with transaction.atomic():
+                    _store(dataset, _StagedFile(canonical))
+                    dataset.save()
+                    _record_upload(dataset, report)
+            except BaseException:
+                # The row is rolled back: its file goes too (files before rows).
+                if dataset.file.name:
+                    dataset.file.storage.delete(dataset.file.name)
                 raise
-            _record_upload(dataset, report)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(staged_canonical)  # moved into storage, unless it was streamed
     return IngestResult(dataset, report)
+
+
+class _StagedFile(File):
+    """A finished staging file: ``temporary_file_path`` lets a file-system storage move it
+    into place instead of copying it."""
+
+    def temporary_file_path(self) -> str:
+        return self.file.name
 
 
 def _record_upload(dataset: Dataset, report: ValidationReport) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.template.defaultfilters import filesizeformat
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import PermissionDenied
@@ -22,7 +24,8 @@ from clients.services import (
     ingest_dataset,
     register_remote_dataset,
 )
-from fedhealth.api.exceptions import Conflict, InvalidWithContext, field_error
+from clients.views.access import SizeLimitedUploadHandler
+from fedhealth.api.exceptions import Conflict, InvalidWithContext, PayloadTooLarge, field_error
 from fedhealth.api.filters import Param
 from fedhealth.api.parsers import JSONParser
 from fedhealth.api.schema import ErrorSerializer
@@ -118,8 +121,19 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             check_can_upload(site)  # before the body is read: an agent site's rows stay home
         except UploadRefused as exc:
             raise PermissionDenied(exc.message) from None
-        # The body is staged in this site's private staging folder (fedhealth/uploads.py).
+        # The body is staged in this site's private staging folder (fedhealth/uploads.py),
+        # and reading stops once the file passes the limit: nothing more reaches the disk.
         request._request.site = site
+        request._request.upload_handlers.insert(
+            0, SizeLimitedUploadHandler(request._request, settings.FEDHEALTH_MAX_UPLOAD_BYTES)
+        )
+        request.data  # noqa: B018 (parse the body now, with the handler in place)
+        if request._request.upload_too_large:
+            raise PayloadTooLarge(
+                f"The file is larger than the {filesizeformat(settings.FEDHEALTH_MAX_UPLOAD_BYTES)} limit "
+                "(FEDHEALTH_MAX_UPLOAD_BYTES). Split it, or ask your coordinator to raise the limit. "
+                "Nothing was stored."
+            )
         form = DatasetUploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]

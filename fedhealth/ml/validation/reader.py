@@ -173,6 +173,8 @@ def _read_numeric(
     """Fast path: schema columns as float64 (extra columns as text); None if pandas refuses."""
     wanted = set(schema.columns)
     # A single dtype when there are no extra columns: a dict costs pandas a second header parse.
+    # (Not usecols, which would spare the extra columns' strings: with it pandas no longer
+    # refuses a row with more fields than the header.)
     dtype: str | dict[str, Any] = "float64"
     if not wanted.issuperset(header):
         dtype = {c: ("float64" if c in wanted else object) for c in header}
