@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from aggregation.models import Experiment, Participant, SiteComparison, SiteEvaluation
 from aggregation.permissions import visible_experiments
+from aggregation.policy.figures import version_figures
 from aggregation.services.site_comparison import (
     SiteComparisonInvalid,
     record_site_comparison,
@@ -37,8 +38,12 @@ STATE_FIELDS = frozenset({"experiment", "participant", "source"})
 
 def comparison_items(site: Site) -> list[dict]:
     """Completed experiments this agent site took part in with consent and has not
-    reported a comparison for, once it has evaluated every version (so its own
-    validation loss counts in the selected version it compares against)."""
+    reported a comparison for, once it evaluated every version itself (its own
+    validation loss counts) and every version's evaluations are final (every site
+    that accepted reported or gave up, or the evaluation grace passed: the rule that
+    publishes figures). Only then is the selected version settled: before, a late
+    site's validation loss could still move it, and this site would compare against a
+    version the experiment no longer offers."""
     if site.mode != Site.Mode.AGENT:
         return []  # a hosted site's worker measures its own
     participants = (
@@ -56,13 +61,16 @@ def comparison_items(site: Site) -> list[dict]:
     for participant in participants:
         experiment = participant.experiment
         versions = list(experiment.versions.all())
-        evaluated = set(
+        own = set(
             SiteEvaluation.objects.filter(version__experiment=experiment, site=site).values_list(
                 "version_id", flat=True
             )
         )
-        if not versions or any(v.pk not in evaluated for v in versions):
-            continue  # evaluations first: they are in this same assignment list
+        if not versions or any(v.pk not in own for v in versions):
+            continue  # this site's own evaluations first: they are in the same assignments
+        figures = version_figures(versions)
+        if not all(figures[v.pk].final for v in versions):
+            continue  # another site's validation loss may still move the selection
         version = selected_version(experiment)
         config = experiment.federated_config()
         items.append(

@@ -121,3 +121,52 @@ def test_a_site_posts_only_for_itself_and_only_as_an_agent_once_finished(
     services.start_experiment(running.pk)
     early = agent.post(url(running), FIGURES)
     assert early.status_code == 409 and "not completed" in early.json()["detail"]
+
+
+def test_the_comparison_waits_until_every_sites_evaluation_is_in(
+    agent, agent_site, make_site, client_for, make_experiment, remote_dataset
+):
+    other_site = make_site("agent-b", mode="agent")
+    other = client_for(other_site)
+    experiment = make_experiment(
+        [remote_dataset(agent_site, rows=160, seed=5), remote_dataset(other_site, rows=160, seed=6)],
+        min_sites=2, num_rounds=1,
+    )
+    services.start_experiment(experiment.pk)
+    experiment.refresh_from_db()
+    round_ = experiment.rounds.get(number=1)
+    for client in (agent, other):
+        assert client.post(f"{API}/rounds/{round_.pk}/claim/").status_code == 200
+        assert upload(client, round_.pk, weights_to_bytes(trained(experiment))).status_code == 201
+    services.aggregate_round(round_.pk)
+    experiment.refresh_from_db()
+    assert experiment.status == "completed"
+
+    evaluate_all(agent)
+    # The other site's validation loss could still change the selected version.
+    assert agent.get(f"{API}/assignments/").json()["comparisons"] == []
+    evaluate_all(other)
+    assert [i["experiment"] for i in agent.get(f"{API}/assignments/").json()["comparisons"]] == [experiment.pk]
+
+
+def test_a_silent_site_holds_the_comparison_only_until_the_evaluation_grace_ends(
+    agent, agent_site, make_site, make_experiment, remote_dataset, client_for, settings
+):
+    other_site = make_site("agent-b", mode="agent")
+    experiment = make_experiment(
+        [remote_dataset(agent_site, rows=160, seed=5), remote_dataset(other_site, rows=160, seed=6)],
+        min_sites=2, num_rounds=1,
+    )
+    services.start_experiment(experiment.pk)
+    experiment.refresh_from_db()
+    round_ = experiment.rounds.get(number=1)
+    for client in (agent, client_for(other_site)):
+        assert client.post(f"{API}/rounds/{round_.pk}/claim/").status_code == 200
+        assert upload(client, round_.pk, weights_to_bytes(trained(experiment))).status_code == 201
+    services.aggregate_round(round_.pk)
+    evaluate_all(agent)
+    assert agent.get(f"{API}/assignments/").json()["comparisons"] == []
+
+    settings.FEDHEALTH_EVALUATION_GRACE_SECONDS = 0  # the grace has passed
+
+    assert len(agent.get(f"{API}/assignments/").json()["comparisons"]) == 1
