@@ -25,7 +25,14 @@ from .personalize import (
     validation_split,
     with_head,
 )
-from .privacy import PrivacySettings, SiteDPSettings, dp_fedavg, plan_round_spend, train_local_dp
+from .privacy import (
+    PrivacySettings,
+    SiteDPSettings,
+    dp_fedavg,
+    plan_round_spend,
+    secure_dp_fedavg,
+    train_local_dp,
+)
 from .secagg import RoundContext
 from .secagg.federated import SecureOptions, incompatibility, secure_aggregate
 from .split import split_indices
@@ -235,8 +242,6 @@ def run_experiment(
                 f"site-level DP settings are for {site_dp.sites} sites and {site_dp.rounds} rounds; "
                 f"the run has {len(sites)} and {config.rounds}"
             )
-        if secure is not None:
-            raise ValueError("site-level DP with secure aggregation is not built in simulate")
         reason = incompatibility(get_strategy(config.strategy, **config.strategy_params))
         if reason is not None or config.strategy not in ("fedavg", "fedprox"):
             raise ValueError(f"site-level DP is DP-FedAvg: use strategy fedavg or fedprox, not {config.strategy}")
@@ -292,7 +297,17 @@ def run_experiment(
                     config.model, personal[site.name], X, y, ditto, anchor=round_start
                 ).weights
             updates.append(Update(result.weights, result.num_samples, site.name, result.metrics | {"loss": result.loss}))
-        if site_dp is not None:
+        if site_dp is not None and secure is not None:
+            # Each site adds its noise share before masking (seeded: no server to hide from).
+            rngs = {u.site: np.random.default_rng([config.seed, r, i]) for i, u in enumerate(updates)}
+            outcome, _ = secure_dp_fedavg(
+                weights, updates, clip_norm=site_dp.clip_norm, noise_multiplier=site_noise,
+                denominator=site_dp.denominator, options=secure,
+                ctx=RoundContext(f"simulate-{config.seed}", r), seed=config.seed, site_rngs=rngs,
+            )
+            spend = site_dp.spend(r, site_noise).to_dict()
+            spends = {u.site: spend for u in updates}
+        elif site_dp is not None:
             outcome = dp_fedavg(
                 weights, updates, clip_norm=site_dp.clip_norm, noise_multiplier=site_noise,
                 denominator=site_dp.denominator, rng=site_rng,

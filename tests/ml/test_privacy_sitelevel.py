@@ -161,3 +161,42 @@ def test_site_shares_carry_the_calibrated_noise_over_the_threshold():
     clipped = site_share(big, reference, clip_norm=clip, noise_multiplier=0.0, threshold=t, rng=rng)
     assert _norm(clipped) == pytest.approx(clip, rel=1e-9)
 
+
+
+def _secure(updates, previous, *, z, clip, m, dropout=0.0, seed=0):
+    from fedhealth.ml.privacy import secure_dp_fedavg
+    from fedhealth.ml.secagg import RoundContext
+    from fedhealth.ml.secagg.federated import SecureOptions
+
+    rngs = {u.site: np.random.default_rng([seed, i]) for i, u in enumerate(updates)}
+    return secure_dp_fedavg(previous, updates, clip_norm=clip, noise_multiplier=z, denominator=m,
+                            options=SecureOptions(dropout=dropout), ctx=RoundContext("t", 1), seed=seed,
+                            site_rngs=rngs)
+
+
+def test_secure_dp_fedavg_without_noise_equals_the_servers_dp_fedavg():
+    rng = np.random.default_rng(8)
+    previous = _weights(rng)
+    updates = [Update({k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in previous.items()}, 50, f"s{i}")
+               for i in range(4)]
+    secure, dropped = _secure(updates, previous, z=0.0, clip=0.7, m=4)
+    plain = dp_fedavg(previous, updates, clip_norm=0.7, noise_multiplier=0.0, denominator=4,
+                      rng=np.random.default_rng(0))
+    assert dropped == [] and sorted(secure.accepted) == ["s0", "s1", "s2", "s3"]
+    for k in previous:
+        np.testing.assert_allclose(secure.weights[k], plain.weights[k], atol=1e-5)
+
+
+def test_secure_dp_fedavg_sum_carries_the_calibrated_noise_from_threshold_sites():
+    previous = {"w": np.zeros(30000, dtype=np.float32)}
+    updates = [Update({"w": previous["w"].copy()}, 10, f"s{i}") for i in range(3)]  # no change: noise only
+    z, clip, m = 1.2, 0.5, 3  # threshold: a majority of 3 sites, 2
+    result, _ = _secure(updates, previous, z=z, clip=clip, m=m)
+    summed = result.weights["w"].astype(np.float64) * m
+    # Three shares of variance (z S)^2 / 2: more than calibrated, never less.
+    assert np.std(summed) == pytest.approx(z * clip * math.sqrt(3 / 2), rel=0.03)
+    # With one site dropped, the two left (the threshold) carry exactly the calibrated noise.
+    result, dropped = _secure(updates, previous, z=z, clip=clip, m=m, dropout=0.4, seed=3)
+    assert len(dropped) == 1, dropped
+    summed = result.weights["w"].astype(np.float64) * m
+    assert np.std(summed) == pytest.approx(z * clip, rel=0.03)

@@ -25,6 +25,8 @@ from .sitelevel import (
     apply_mean_change,
     clip_change,
     dp_fedavg,
+    secure_coordinate_bound,
+    secure_dp_fedavg,
     site_epsilon,
     site_share,
 )
@@ -53,6 +55,8 @@ __all__ = [
     "poisson_batches",
     "private_gradients",
     "sample_rate",
+    "secure_coordinate_bound",
+    "secure_dp_fedavg",
     "site_epsilon",
     "site_share",
     "steps_per_round",

@@ -63,6 +63,8 @@ __all__ = [
     "apply_mean_change",
     "clip_change",
     "dp_fedavg",
+    "secure_dp_fedavg",
+    "secure_coordinate_bound",
     "site_epsilon",
     "site_share",
 ]
@@ -275,3 +277,58 @@ def apply_mean_change(reference: Weights, changes_sum: Mapping[str, npt.NDArray[
         name: (np.asarray(ref, dtype=np.float64) + np.asarray(changes_sum[name], dtype=np.float64) / denominator).astype(np.float32)
         for name, ref in reference.items()
     }
+
+
+def secure_coordinate_bound(clip_norm: float, noise_multiplier: float, threshold: int) -> float:
+    """The per-coordinate range secure aggregation's quantisation must keep for a site's
+    noisy clipped change: ``S`` plus 8 standard deviations of its noise share. A value
+    outside is clamped by the site's encoding, which would cut the noise's tails; at 8
+    standard deviations that happens with probability about 1e-15 per coordinate."""
+    return clip_norm + 8.0 * noise_multiplier * clip_norm / math.sqrt(max(threshold, 1))
+
+
+def secure_dp_fedavg(
+    previous: Weights,
+    updates: Sequence[Update],
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    denominator: int,
+    options: Any,
+    ctx: Any,
+    seed: int,
+    site_rngs: Mapping[str, np.random.Generator],
+) -> tuple[AggregateResult, list[str]]:
+    """One DP-FedAvg round through secure aggregation, all in one process (``simulate``).
+
+    Each site adds its own noise share to its clipped change (``site_share``, with its
+    own generator from ``site_rngs``) and sends ``previous + share`` with weight 1 through
+    the protocol (``fedhealth.ml.secagg.federated.secure_aggregate``, ``options`` a
+    ``SecureOptions`` whose per-coordinate clip is widened to ``secure_coordinate_bound``).
+    The server learns only the mean over the survivors, turns it back into their sum and
+    divides by the fixed ``denominator``. Returns ``(result, dropped sites)``; below the
+    threshold the result keeps the previous model, as without DP.
+    """
+    from dataclasses import replace
+
+    from fedhealth.ml.secagg.federated import secure_aggregate
+    from fedhealth.ml.strategies import FedAvg
+
+    threshold = options.threshold_for(len(updates))
+    shares = []
+    for u in updates:
+        change = site_share(u.weights, previous, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
+                            threshold=threshold, rng=site_rngs[u.site])
+        shares.append(Update(
+            {k: (np.asarray(previous[k], dtype=np.float64) + change[k]).astype(np.float32) for k in previous},
+            1, u.site, u.metrics,
+        ))
+    wide = replace(options, clip=max(options.clip, secure_coordinate_bound(clip_norm, noise_multiplier, threshold)))
+    outcome, dropped = secure_aggregate(FedAvg(), previous, shares, wide, ctx, seed=seed)
+    if outcome.weights is None:
+        return outcome, dropped
+    survivors = len(outcome.accepted)
+    summed = {k: (outcome.weights[k].astype(np.float64) - previous[k]) * survivors for k in previous}
+    outcome.weights = apply_mean_change(previous, summed, denominator)
+    outcome.num_samples = sum(u.num_samples for u in updates if u.site in set(outcome.accepted))
+    return outcome, dropped
