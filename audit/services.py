@@ -196,7 +196,12 @@ def _append(events: list[AuditEvent]) -> None:
         event.seq, event.created_at, event.prev_hash = seq, timezone.now(), prev
         event.hash = prev = compute_hash(event)
     AuditEvent.objects.bulk_create(events)
-    AuditHead.objects.filter(pk=1).update(seq=seq, hash=prev)
+    connection = transaction.get_connection()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {connection.ops.quote_name(AuditHead._meta.db_table)} SET seq = %s, hash = %s WHERE id = 1",
+            [seq, prev],
+        )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,36 @@ def test_depth_is_measured_outside_strings():
     assert json_depth(DEEP) == 100_000
 
 
+def test_depth_with_and_without_escapes_matches_the_decoded_documents():
+    """Documents without a backslash take the quote-parity path, others the string
+    pattern: both must give the depth of what the decoder builds, brackets, quotes and
+    non-ASCII text inside strings included."""
+    import json
+    import random
+
+    def depth(value) -> int:
+        if isinstance(value, dict | list):
+            children = value.values() if isinstance(value, dict) else value
+            return 1 + max((depth(v) for v in children), default=0)
+        return 0
+
+    rng = random.Random(0)
+
+    def document(level: int):
+        r = rng.random()
+        if level > 8 or r < 0.3:
+            return rng.choice([1, 2.5, None, "x[", "}{", "[]{}", 'a"b', "c\\", "é[", "plain"])
+        if r < 0.65:
+            return [document(level + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(["k", "[", "]", "{", "é"]): document(level + 1) for _ in range(rng.randint(0, 3))}
+
+    texts = [json.dumps(document(0), ensure_ascii=rng.random() < 0.5) for _ in range(3000)]
+    assert {"\\" in t for t in texts} == {True, False}  # both paths taken
+    for text in texts:
+        assert json_depth(text) == depth(json.loads(text)), text
+    assert json_depth('[["]]]]"], "x"]') == 2 and json_depth('""') == 0
+
+
 @pytest.fixture
 def evaluation_url(agent, mixed, drive):  # noqa: F811
     finish_round(agent, mixed, drive)

@@ -24,6 +24,7 @@ MAX_JSON_DEPTH = 32
 # costs one linear pass.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_MARKS = bytes(b for b in range(256) if b not in b'[]{}"\\')
 # Opening brackets +1, closing -1, as a byte lookup table.
 _STEP = np.zeros(256, dtype=np.int32)
 _STEP[[ord("["), ord("{")]] = 1
@@ -40,6 +41,14 @@ def json_depth(raw: bytes | str) -> int:
     Exact for valid JSON; for invalid JSON a number the decoder will refuse anyway.
     """
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    marks = data.translate(None, _NOT_MARKS)  # brackets, quotes and backslashes only
+    if b"\\" not in marks:
+        # No escapes (a batch of records, say): every quote opens or closes a string, so a
+        # bracket is inside one when an odd number of quotes precede it. Array operations
+        # on the marks instead of a pattern over every byte (~10x faster).
+        codes = np.frombuffer(marks, dtype=np.uint8)
+        steps = np.where(np.cumsum(codes == ord('"')) & 1, 0, _STEP[codes])
+        return int(np.cumsum(steps).max()) if len(steps) else 0
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
     if not brackets:
         return 0
