@@ -53,15 +53,24 @@ def log_name(experiment: Experiment) -> str:
     return f"{experiment.storage_prefix}/log.jsonl"
 
 
-def global_weights_for(round_: Round) -> tuple[Weights, int]:
-    """The model a round's sites start from: the latest version before it, or the
-    initial weights. Returns (weights, version number; 0 for the initial weights)."""
-    experiment = round_.experiment
-    previous = (
-        ModelVersion.objects.filter(experiment=experiment, round__number__lt=round_.number)
+def global_version_for(round_: Round) -> ModelVersion | None:
+    """The version a round's sites start from: the latest before it (None: the
+    experiment's initial weights)."""
+    return (
+        ModelVersion.objects.filter(experiment_id=round_.experiment_id, round__number__lt=round_.number)
         .order_by("-version")
         .first()
     )
+
+
+def global_weights_for(round_: Round) -> tuple[Weights, int]:
+    """The model a round's sites start from: the latest version before it, or the
+    initial weights. Returns (weights, version number; 0 for the initial weights)."""
+    return start_weights(round_.experiment, global_version_for(round_))
+
+
+def start_weights(experiment: Experiment, previous: ModelVersion | None) -> tuple[Weights, int]:
+    """``global_weights_for`` when the caller has looked the version up already."""
     if previous is None:
         return load_weights(experiment.initial_weights, experiment.initial_sha256), 0
     return load_weights(previous.weights_file, previous.sha256), previous.version
@@ -102,12 +111,14 @@ def read_log(experiment: Experiment) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "global_version_for",
     "global_weights_for",
     "initial_name",
     "load_weights",
     "log_name",
     "read_log",
     "save_weights",
+    "start_weights",
     "state_name",
     "update_name",
     "version_name",

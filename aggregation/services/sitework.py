@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from clients.models import Site
@@ -109,16 +109,15 @@ def train_hosted_update(update_id: int) -> str:
         fail_update(update_id, getattr(exc, "code", Reason.DATA_UNUSABLE))
         return "failed: site data"
     plan = site_plan(experiment, update.site, update.round.number)
-    weights, version_number = artifacts.global_weights_for(update.round)
-    if version_number:
-        # The site has the latest global model in hand: evaluating it here saves a
-        # separate evaluation task (and a second load of rows and weights) per round.
-        version = ModelVersion.objects.get(experiment=experiment, version=version_number)
-        if not SiteEvaluation.objects.filter(version=version, site=update.site).exists():
-            record_evaluation(version.pk, update.site.pk, *evaluate_at_site(
-                plan.model, weights, plan.normalizer, split, positive=plan.train.positive,
-                validation_fraction=plan.validation_fraction, split_seed=plan.split_seed,
-            ))
+    version = artifacts.global_version_for(update.round)
+    weights, _ = artifacts.start_weights(experiment, version)
+    # The site has the latest global model in hand: evaluating it here saves a
+    # separate evaluation task (and a second load of rows and weights) per round.
+    if version is not None and not SiteEvaluation.objects.filter(version=version, site=update.site).exists():
+        record_evaluation(version.pk, update.site.pk, *evaluate_at_site(
+            plan.model, weights, plan.normalizer, split, positive=plan.train.positive,
+            validation_fraction=plan.validation_fraction, split_seed=plan.split_seed,
+        ))
     spend = None
     if plan.privacy is not None:
         # The site's own ledger and budget decide, whatever the experiment asks: the spend
@@ -202,28 +201,32 @@ def record_evaluation(version_id: int, site_id: int, metrics: Metrics, curves: d
     """
     metrics, curves = stored_metrics(metrics), json_safe(curves or {})
     with transaction.atomic():
+        # Every evaluation of a version is recorded here, under this row lock: the
+        # check below and the insert cannot race (the unique constraint stays as the
+        # backstop). Only the metrics are read back, never the other sites' curves.
         version = ModelVersion.objects.select_for_update().get(pk=version_id)
-        try:
-            with transaction.atomic():
-                SiteEvaluation.objects.create(version=version, site_id=site_id, metrics=metrics, curves=curves)
-        except IntegrityError:
+        earlier = list(version.evaluations.order_by("pk").values_list("site_id", "metrics"))
+        if any(site == site_id for site, _ in earlier):
             return False  # a duplicate delivery: the first evaluation stands
-        evaluations = list(version.evaluations.select_related("site"))
-        reported = [e.metrics for e in evaluations]
+        SiteEvaluation.objects.create(version=version, site_id=site_id, metrics=metrics, curves=curves)
+        reported = [m for _, m in earlier] + [metrics]
         version.metrics = {
             "mean": json_safe(mean_metrics(reported)),
             "defined": defined_counts(reported),
-            "sites_reported": len(evaluations),
+            "sites_reported": len(reported),
         } | validation_summary(reported)  # what the best version is selected by
         version.save(update_fields=["metrics"])
-        expected = version.experiment.participants.filter(consent=Participant.Consent.ACCEPTED).count()
-        if len(evaluations) == expected:
+        expected = Participant.objects.filter(
+            experiment_id=version.experiment_id, consent=Participant.Consent.ACCEPTED
+        ).count()
+        if len(reported) == expected:
+            per_site = version.evaluations.order_by("pk").values_list("site__slug", "metrics")
             artifacts.write_log_event(version.experiment, {
                 "event": "evaluated", "round": version.version, "version": version.version,
                 "at": timezone.now().isoformat(),
                 "mean": version.metrics["mean"],
                 "defined": version.metrics["defined"],
-                "per_site": {e.site.slug: e.metrics for e in evaluations},
+                "per_site": dict(per_site),
             })
     return True
 
