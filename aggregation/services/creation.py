@@ -320,12 +320,14 @@ def validate_experiment(
     site_dp = clean.get("dp_mode") == "site"
     if site_dp:
         _site_level_dp(clean, rows, fail)
-        if config.get("secure_aggregation") is True:
-            # The sites' noise shares (fedhealth.ml.privacy.site_share) are in the core;
-            # the platform's secure rounds do not add them yet, and a secure round must
-            # never publish a sum without the noise.
-            fail("dp_mode", "site-level DP with secure aggregation is not available yet: "
-                 "turn one of them off.")
+        agents = [ds.site.slug for ds in rows if ds.site.mode == Site.Mode.AGENT]
+        if config.get("secure_aggregation") is True and agents:
+            # Hosted sites add their noise shares before masking (services/site_dp.py);
+            # the agent's secure step does not yet, and a secure round must never publish
+            # a sum without the noise.
+            fail("dp_mode", "site-level DP with secure aggregation needs hosted sites for now: "
+                 f"{', '.join(agents)} run{'s' if len(agents) == 1 else ''} a site agent, which does "
+                 "not add its noise share yet.")
     if clean.get("dp_delta") and rows and not site_dp:
         # delta is a probability of failure per patient: at or above 1/rows it allows
         # releasing a whole row. Checked against each site's training rows.

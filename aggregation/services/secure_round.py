@@ -56,10 +56,10 @@ from fedhealth.ml.types import Metrics, Update, Weights
 from fedhealth.ml.weights_io import weights_from_bytes, weights_to_bytes
 
 from .. import dispatch
-from ..models import ClientUpdate, ModelVersion, Round, SecureRound, SecureSite
+from ..models import ClientUpdate, Experiment, ModelVersion, Round, SecureRound, SecureSite
 from ..reasons import Reason
 from ..reasons import text as reason_text
-from . import artifacts
+from . import artifacts, site_dp
 from .rounds import (
     OPEN_UPDATE,
     UpdateRefused,
@@ -163,9 +163,11 @@ def start(round_: Round, sites: list[Site]) -> SecureRound | None:
     threshold = max(threshold, default_threshold(n))
     max_weight = max(sample_limit(experiment.pk, s.pk) for s in sites)
     ids = pseudonyms(len(sites))
+    # Site-level DP: weight 1 per site and a range wide enough for the noise (site_dp).
+    spec = {"max_weight": max(1, max_weight)} | site_dp.secure_spec(round_, threshold)
     session = AggregationSession(
         RoundContext(session_id(experiment.pk), round_.number), sites=ids,
-        reference=reference_weights(experiment), threshold=threshold, max_weight=max(1, max_weight),
+        reference=reference_weights(experiment), threshold=threshold, **spec,
     )
     secure = SecureRound.objects.create(
         round=round_, phase=Phase.ADVERTISE, phase_deadline=_deadline(round_), threshold=threshold,
@@ -233,6 +235,8 @@ def run_site_phase(round_id: int, site_id: int) -> str:
             "num_samples": saved["num_samples"],
             "reference": artifacts.global_weights_for(round_)[0],
         }
+        # Site-level DP: the site clips its change and adds its noise share before masking.
+        extra = site_dp.noised_input(round_, secure.threshold, extra)
     state, message = site_step(saved["protocol"], task, site=place.protocol_id, **extra)
     # Saved before posting: a worker killed in between resends the same bytes.
     write_bytes(_state_name(site, round_), json.dumps({**saved, "protocol": state}).encode())
@@ -377,7 +381,12 @@ def _publish(round_: Round, secure: SecureResult, previous: Weights) -> ModelVer
         fail_aggregation(round_.pk, Reason.QUORUM, f"{len(secure.survivors)} usable of the {experiment.min_sites} required.")
         return None
     strategy = _load_strategy(experiment)
-    result = strategy.aggregate(previous, [Update(secure.weights, secure.total_weight, AGGREGATE_SITE)])
+    extra_metrics = None
+    if experiment.dp_mode == Experiment.DPMode.SITE:  # a mean of noisy clipped changes, weight 1
+        result, figures = site_dp.secure_result(round_, secure.weights, len(survivors), previous)
+        extra_metrics = {"site_dp": figures}
+    else:
+        result = strategy.aggregate(previous, [Update(secure.weights, secure.total_weight, AGGREGATE_SITE)])
     result.accepted = sorted(survivors)
     result.num_samples = secure.total_weight
     rejected = [_dropped(s) for s in sorted(dropped)]
@@ -386,7 +395,9 @@ def _publish(round_: Round, secure: SecureResult, previous: Weights) -> ModelVer
         for slug, code in round_.updates.filter(status=ClientUpdate.Status.FAILED).values_list("site__slug", "error_code")
     ]
     used = list(round_.updates.filter(status=ClientUpdate.Status.RECEIVED, site__slug__in=survivors))
-    version = publish_aggregate(round_, strategy, result, rejected, used)
+    if extra_metrics:  # each site's weight was 1: the rows behind the version are the reports'
+        result.num_samples = sum(u.num_samples for u in used)
+    version = publish_aggregate(round_, strategy, result, rejected, used, extra_metrics=extra_metrics)
     # What the page shows of the protocol: counts and the quantisation bound, no update.
     metrics = Round.objects.values_list("metrics", flat=True).get(pk=round_.pk)
     Round.objects.filter(pk=round_.pk).update(metrics={**metrics, "secure": {

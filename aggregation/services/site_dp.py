@@ -1,5 +1,12 @@
 """Site-level differential privacy at aggregation: DP-FedAvg (McMahan et al. 2018).
 
+With secure aggregation (hosted sites; ``secure_round`` calls the helpers below) each
+site clips its own change and adds its share of the noise, ``N(0, (z S)^2 / t)`` with
+``t`` the round's threshold, before masking (``noised_input``); the protocol's range is
+widened for it (``secure_spec``); the server turns the survivors' mean back into their
+sum over the fixed ``m`` (``secure_result``). The sum carries the calibrated noise when
+at least ``t`` sites are honest.
+
 Without secure aggregation the server is trusted with each site's update and adds the
 noise itself (``fedhealth.ml.privacy.dp_fedavg``): each site's change from the round's
 global model is clipped to ``dp_clip_norm``, weighted 1, summed, noised with
@@ -20,8 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from fedhealth.ml.privacy import dp_fedavg, epsilon_for
-from fedhealth.ml.strategies import Rejected
+from fedhealth.ml.privacy import (
+    apply_mean_change,
+    dp_fedavg,
+    epsilon_for,
+    secure_coordinate_bound,
+    site_share,
+)
+from fedhealth.ml.strategies import AggregateResult, Rejected
+from fedhealth.ml.types import Weights
 
 from ..models import ClientUpdate, ModelVersion, Round
 from ..reasons import Reason
@@ -36,7 +50,7 @@ def _entries_before(round_: Round) -> list[dict[str, Any]]:
     return [m["site_dp"] for m in done if m and m.get("site_dp")]
 
 
-def round_figures(round_: Round) -> dict[str, Any]:
+def round_figures(round_: Round, *, noise_added_by: str = "server") -> dict[str, Any]:
     """This round's DP-FedAvg settings and spend, before aggregating.
 
     Raises ValueError (the core's message) when the settings no longer hold, e.g. fewer
@@ -61,7 +75,7 @@ def round_figures(round_: Round) -> dict[str, Any]:
         "target_epsilon": float(settings.epsilon),
         "epsilon_round": epsilon_for([(z, q, 1)], delta),
         "epsilon": epsilon_for([*history, (z, q, 1)], delta),
-        "noise_added_by": "server",
+        "noise_added_by": noise_added_by,
     }
 
 
@@ -115,4 +129,43 @@ def aggregate_site_dp(round_: Round) -> ModelVersion | None:
     )
 
 
-__all__ = ["aggregate_site_dp", "round_figures"]
+def secure_spec(round_: Round, threshold: int) -> dict[str, Any]:
+    """The secure round's quantisation settings under site-level DP (``{}`` otherwise):
+    weight 1 per site, and a per-coordinate range wide enough for a noisy clipped change."""
+    if round_.experiment.dp_mode != "site":
+        return {}
+    figures = round_figures(round_, noise_added_by="sites")
+    clip = secure_coordinate_bound(figures["clip_norm"], figures["noise_multiplier"], threshold)
+    return {"clip": clip, "max_weight": 1}
+
+
+def noised_input(round_: Round, threshold: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """A hosted site's masked-phase input under site-level DP: its clipped change plus its
+    noise share (the operating system's randomness, at the site), as ``reference + share``
+    with weight 1. ``extra`` unchanged otherwise."""
+    if round_.experiment.dp_mode != "site":
+        return extra
+    figures = round_figures(round_, noise_added_by="sites")
+    reference: Weights = extra["reference"]
+    share = site_share(
+        extra["weights"], reference, clip_norm=figures["clip_norm"],
+        noise_multiplier=figures["noise_multiplier"], threshold=threshold,
+        rng=np.random.default_rng(),
+    )
+    noisy = {k: (np.asarray(reference[k], dtype=np.float64) + share[k]).astype(np.float32) for k in reference}
+    return {**extra, "weights": noisy, "num_samples": 1}
+
+
+def secure_result(
+    round_: Round, mean: Weights, survivors: int, previous: Weights
+) -> tuple[AggregateResult, dict[str, Any]]:
+    """The next model from a secure round's unmasked mean of ``reference + share`` over
+    ``survivors`` sites: ``previous + survivors * (mean - previous) / m``; with the round's
+    figures for its metrics."""
+    figures = round_figures(round_, noise_added_by="sites")
+    summed = {k: (mean[k].astype(np.float64) - previous[k]) * survivors for k in previous}
+    weights = apply_mean_change(previous, summed, figures["denominator"])
+    return AggregateResult(weights=weights), figures
+
+
+__all__ = ["aggregate_site_dp", "noised_input", "round_figures", "secure_result", "secure_spec"]

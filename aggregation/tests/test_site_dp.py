@@ -137,9 +137,13 @@ def test_the_experiment_epsilon_composes_its_rounds_up_to_the_target(make_site, 
     assert ClientUpdate.objects.filter(round__experiment=experiment, status="received").count() == 6
 
 
-def test_site_level_dp_with_secure_aggregation_is_refused_until_the_sites_add_the_noise(three):
+def test_site_level_dp_with_secure_aggregation_is_refused_with_an_agent_site(three, agent_site, remote_dataset):
+    remote = remote_dataset(agent_site, rows=200, seed=9)
     with pytest.raises(ExperimentInvalid) as caught:
-        create_experiment(name="x", datasets=three, dp_mode="site", secure_aggregation=True)
+        create_experiment(name="x", datasets=[*three, remote], dp_mode="site", secure_aggregation=True)
     assert caught.value.errors["dp_mode"] == [
-        "site-level DP with secure aggregation is not available yet: turn one of them off."
+        f"site-level DP with secure aggregation needs hosted sites for now: {agent_site.slug} runs a "
+        "site agent, which does not add its noise share yet."
     ]
+    hosted = create_experiment(name="y", datasets=three, dp_mode="site", secure_aggregation=True)
+    assert hosted.secure_aggregation and hosted.dp_mode == "site"
