@@ -21,12 +21,14 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 QUICK_ARGS = {
     "csv": ["--rows", "100000"],
+    "upload": ["--rows", "100000", "--repeat", "1"],
     "dp": ["--rows", "5000", "--repeats", "2", "--no-utility"],
     "fedavg": ["--updates", "20"],
     "flower": ["--repeats", "1", "--rows", "1000"],
     "orchestration": ["--sites", "4", "--rows", "2000", "--rounds", "3"],
     "predict": ["--repeats", "5", "--requests", "500"],
     "quality": ["--seeds", "1", "--rounds", "5"],
+    "scale": ["--sites", "4,8", "--rows", "100", "--rounds", "2"],
     "secagg": ["--params", "100000", "--rows", "500", "--repeats", "2"],
     "startup": ["--repeats", "3"],
 }

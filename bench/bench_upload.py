@@ -44,7 +44,8 @@ sys.path.insert(0, str(HERE))
 
 from bench_csv import WRITER, python, run_child  # noqa: E402
 
-TARGETS = {"memory": 2.0, "time": 1.5}
+# "cpu" is the time target applied to CPU seconds, which a loaded shared machine disturbs less.
+TARGETS = {"memory": 2.0, "time": 1.5, "cpu": 1.5}
 PASSWORD = "bench-only-password-8c1f"
 
 SETUP = """
@@ -283,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode, rs in runs.items()
     }
     base_mem, base_time = results["read_csv"]["peak_mib"], results["validate_csv"]["best_seconds"]
+    base_cpu = results["validate_csv"]["cpu_seconds"]
     ratios = {}
     for mode in ("web", "api"):
         ratios[f"{mode}_memory"] = results[mode]["peak_mib"] / base_mem
         ratios[f"{mode}_time"] = results[mode]["best_seconds"] / base_time
+        ratios[f"{mode}_cpu"] = results[mode]["cpu_seconds"] / base_cpu
     passed = all(ratios[k] <= TARGETS[k.split("_")[1]] for k in ratios)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
 
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         payload = {"name": "upload", "rows": args.rows, "file_mib": round(size_mib, 2), "results": results,
-                   "ratios": ratios, "targets": TARGETS, "pass": passed, "training": training,
+                   "ratios": ratios, "targets": {k: TARGETS[k.split("_")[1]] for k in ratios}, "pass": passed, "training": training,
                    "loadavg": {"before": load_before, "after": load_after}}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
