@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 QUICK_ARGS = {
+    "agents": ["--agents", "5", "--rounds", "2", "--rows", "200"],
     "csv": ["--rows", "100000"],
     "upload": ["--rows", "100000", "--repeat", "1"],
     "dp": ["--rows", "5000", "--repeats", "2", "--no-utility"],
