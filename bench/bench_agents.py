@@ -1,6 +1,6 @@
 """Many site agents against one deployment: gunicorn and a Celery worker.
 
-    python bench/bench_agents.py [--agents 100] [--rows 300] [--rounds 3] [--poll 1.0]
+    python bench/bench_agents.py [--agents 100] [--rows 300] [--rounds 3] [--poll 5.0]
         [--database-url postgres://...] [--json PATH]
 
 Each agent is the real client code (``fedhealth.agent``'s ``SiteAgent`` over its
@@ -123,7 +123,7 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--poll", type=float, default=1.0, help="each agent's poll interval (s)")
+    parser.add_argument("--poll", type=float, default=5.0, help="each agent's poll interval (s; the agent's default)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     parser.add_argument("--database-url", help="an empty database to use instead of SQLite (migrated here)")
     parser.add_argument("--json", dest="json_path")
