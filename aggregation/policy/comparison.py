@@ -74,8 +74,10 @@ def aggregate(experiment: Experiment) -> dict[str, Any]:
     which site. Figures withheld below ``min_sites()`` reports."""
     rows = list(SiteComparison.objects.filter(participant__experiment=experiment))
     done = [r for r in rows if r.status == SiteComparison.Status.DONE]
+    # Every site that took part is expected: an agent's row appears only when it reports.
+    expected = experiment.participants.filter(consent="accepted").count()
     result: dict[str, Any] = {
-        "sites": len(rows),
+        "sites": max(expected, len(rows)),
         "reported": len(done),
         "failed": sum(r.status == SiteComparison.Status.FAILED for r in rows),
         "withheld": len(done) < min_sites(),
