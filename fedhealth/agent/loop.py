@@ -329,7 +329,7 @@ class SiteAgent:
             return
         try:
             self.comparer.step(item, self.site)
-        except ValueError as exc:  # too few rows to train alone, a bad model file
+        except (ValueError, OSError) as exc:  # too few rows, a bad model file, a full disk
             self._skipped.add(("compare", experiment))
             log.error("experiment %d: the comparison could not be measured: %s", experiment, exc)
 
