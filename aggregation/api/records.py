@@ -12,9 +12,10 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 
+from aggregation import policy
 from aggregation.models import ClientUpdate, ModelVersion, Round
 from aggregation.permissions import visible_rounds, visible_updates, visible_versions
-from aggregation.services.predict import predict_records
+from aggregation.services.predict import personal_model, predict_records
 from audit import services as audit
 from fedhealth.api.filters import Param
 from fedhealth.files import read_bytes
@@ -141,7 +142,12 @@ class ModelVersionViewSet(
         form.is_valid(raise_exception=True)
         single = "record" in form.validated_data
         records = [form.validated_data["record"]] if single else form.validated_data["records"]
-        result = predict_records(version, records)
+        personal = None
+        if form.validated_data.get("personal"):
+            personal = personal_model(policy.viewer_of(request.user), version)
+            if personal is None:
+                raise ValidationError({"personal": ["your site has no personalised model of this experiment."]})
+        result = predict_records(version, records, personal=personal)
         if not result.ok:
             key = "record" if single else "records"
             errors: dict = {}
@@ -154,6 +160,7 @@ class ModelVersionViewSet(
                 "model": version.pk,
                 "experiment": version.experiment_id,
                 "version": version.version,
+                "personal": personal is not None,
                 "threshold": 0.5,
                 "probabilities": result.probabilities,
                 "labels": result.labels,

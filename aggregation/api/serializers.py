@@ -395,6 +395,11 @@ class PredictRequestSerializer(serializers.Serializer):
 
     record = serializers.DictField(required=False, help_text="Feature name -> value.")
     records = RecordsField(required=False)
+    personal = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Predict with the caller's own site's personalised model of this version's "
+        "experiment (hosted sites, once the experiment completed); 400 when the site has none.",
+    )
 
     def validate(self, attrs):
         if ("record" in attrs) == ("records" in attrs):
@@ -406,6 +411,7 @@ class PredictResponseSerializer(serializers.Serializer):
     model = serializers.IntegerField()
     experiment = serializers.IntegerField()
     version = serializers.IntegerField()
+    personal = serializers.BooleanField(help_text="Whether the site's personalised model answered.")
     threshold = serializers.FloatField()
     probabilities = serializers.ListField(child=serializers.FloatField())
     labels = serializers.ListField(child=serializers.IntegerField())
