@@ -34,6 +34,7 @@ def test_the_openapi_schema_describes_every_resource_and_the_token_scheme(anon):
         "/api/v1/agent/rounds/{id}/update/",
         "/api/v1/agent/rounds/{id}/failure/",
         "/api/v1/agent/models/{id}/evaluation/",
+        "/api/v1/agent/experiments/{id}/comparison/",
     ]:
         assert path in paths
     assert schema["components"]["securitySchemes"]["tokenAuth"] == {
