@@ -63,7 +63,7 @@ class Submission:
     replayed: bool  # True when the same update had already been received
 
 
-def claim_update(update_id: int) -> bool:
+def claim_update(update_id: int, *, loaded: ClientUpdate | None = None) -> bool:
     """Mark a pending (or interrupted) update as training. False when there is nothing
     left to do: the update was already reported, its round has closed, or its site has
     no valid consent (never accepted these terms, withdrew, or withdrew its dataset):
@@ -71,8 +71,10 @@ def claim_update(update_id: int) -> bool:
 
     Every path that starts site work comes through here: the hosted task (first
     delivery, retry, redelivery, the sweeper's re-send) and the agent's claim.
+    ``loaded``: the update with its round and experiment, when the caller read them
+    already (its status is not trusted: the conditional UPDATE decides).
     """
-    update = ClientUpdate.objects.select_related("round__experiment").filter(pk=update_id).first()
+    update = loaded or ClientUpdate.objects.select_related("round__experiment").filter(pk=update_id).first()
     if update is None:
         return False
     if not consent.has_consent(update.round.experiment, update.site_id):
@@ -128,15 +130,18 @@ def submit_update(
     loss: float | None,
     metrics: Metrics,
     source: str,
+    loaded: ClientUpdate | None = None,
 ) -> Submission:
     """Accept a site's trained weights for a round.
 
     Refused (``UpdateRefused``) when the round is closed, the update was already
     received with other weights, the weights do not fit the experiment's model
     (shape, dtype, NaN/Inf, implausible magnitudes), or ``num_samples`` is more than
-    the site holds. Replaying the same weights is harmless.
+    the site holds. Replaying the same weights is harmless. ``loaded``: the update with
+    its round, experiment and site when the caller read them already (a stale status
+    is harmless: the conditional UPDATE below decides, and a refusal re-reads the row).
     """
-    update = ClientUpdate.objects.select_related("round__experiment", "site").get(pk=update_id)
+    update = loaded or ClientUpdate.objects.select_related("round__experiment", "site").get(pk=update_id)
     experiment = update.round.experiment
     if experiment.secure_aggregation:  # never in the clear: the site sends it masked, in the protocol
         raise UpdateRefused(
@@ -197,7 +202,8 @@ def maybe_close_round(round_id: int, *, now: Any = None) -> str:
     round's status afterwards. Safe to call any number of times from anywhere."""
     now = now or timezone.now()
     with transaction.atomic():
-        round_ = Round.objects.select_for_update().select_related("experiment").get(pk=round_id)
+        # The experiment is read only when the round closes (not on every report).
+        round_ = Round.objects.select_for_update().get(pk=round_id)
         if round_.status != Round.Status.OPEN:
             return round_.status
         deadline_passed = now >= round_.deadline

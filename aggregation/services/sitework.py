@@ -98,9 +98,11 @@ _SPLIT_CACHE_BYTES = 256 * 2**20
 
 def train_hosted_update(update_id: int) -> str:
     """Train one site's update for a round and submit it. Returns what happened."""
-    if not claim_update(update_id):  # checks the site's consent first
+    # Read once for the claim, the work and the submission (each query of these joined
+    # rows cost more to build in the ORM than to run).
+    update = ClientUpdate.objects.select_related("round__experiment", "site").filter(pk=update_id).first()
+    if update is None or not claim_update(update_id, loaded=update):  # checks the site's consent first
         return "skipped: already reported, round closed, or no consent"
-    update = ClientUpdate.objects.select_related("round__experiment", "site").get(pk=update_id)
     experiment = update.round.experiment
     try:
         split = site_split(experiment, update.site)
@@ -152,7 +154,7 @@ def train_hosted_update(update_id: int) -> str:
         return "kept for secure aggregation"
     submit_update(
         update_id, result.weights, num_samples=result.num_samples, loss=result.loss,
-        metrics=local, source="hosted",
+        metrics=local, source="hosted", loaded=update,
     )
     return "submitted"
 
