@@ -196,9 +196,20 @@ def evaluate_site(self, version_id: int, site_id: int) -> str:
 
 # -- the end of an experiment: alone / global / personalised at each hosted site --------
 
+# While the last version's evaluations are open (at most FEDHEALTH_EVALUATION_GRACE_SECONDS,
+# an hour by default) the comparison waits, asking again this often; waiting is not a try.
+COMPARISON_WAIT_SECONDS = 60
+
 @shared_task(name="aggregation.compare_site", max_retries=COMPARE_SITE.attempts - 1, **GUARDED)
 @_unless_gone
 def compare_site(self, comparison_id: int) -> str:
+    try:
+        ready = site_comparison.ready_to_compare(comparison_id)
+    except SiteDataError as exc:
+        site_comparison.fail_comparison(comparison_id, exc.code)
+        return "failed: site data"
+    if not ready:  # other sites' evaluations of the last version are still coming
+        raise self.retry(countdown=COMPARISON_WAIT_SECONDS, max_retries=None)
     tries = site_comparison.begin_comparison(comparison_id)
     if not tries:
         return "skipped: compared or given up"

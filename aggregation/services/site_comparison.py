@@ -23,8 +23,8 @@ from django.db import transaction
 from django.db.models import F
 
 from clients.models import Site
+from fedhealth.ml.config import PERSONALIZE_MODES
 from fedhealth.ml.metrics import METRIC_KEYS, stored_metrics
-from fedhealth.ml.personalize import PERSONALIZE_MODES
 
 from .. import dispatch
 from ..models import Experiment, ModelVersion, Participant, SiteComparison
@@ -224,6 +224,29 @@ def personal_name(site: Site, experiment: Experiment, kind: str) -> str:
     return f"datasets/{site.slug}/personal/e{experiment.pk}-{kind}.safetensors"
 
 
+def ready_to_compare(comparison_id: int) -> bool:
+    """Whether the selected version is settled: the last version's evaluations are
+    closed (every site reported or gave up, or the evaluation grace passed), as an
+    agent waits for too, so hosted sites and agents compare against the same version.
+    The site evaluates the last version itself first if it has not yet. A row that is
+    not ready is touched, so the sweeper does not take the wait for a lost message."""
+    from django.utils import timezone
+
+    from ..policy.figures import version_figures
+    from .sitework import evaluate_hosted
+
+    row = SiteComparison.objects.select_related("participant__experiment").get(pk=comparison_id)
+    experiment = row.participant.experiment
+    latest = experiment.versions.order_by("-version").first()
+    if latest is None or row.status not in (SiteComparison.Status.PENDING, SiteComparison.Status.RUNNING):
+        return True  # nothing to wait for: the task's claim decides
+    evaluate_hosted(latest.pk, row.participant.site_id)
+    if version_figures([latest])[latest.pk].final:
+        return True
+    SiteComparison.objects.filter(pk=comparison_id).update(updated_at=timezone.now())
+    return False
+
+
 def compare_hosted(comparison_id: int) -> str:
     """A hosted site's end-of-experiment work, on its own queue: its local-only model
     and its personalised model (the experiment's mode, from the selected global
@@ -287,6 +310,7 @@ __all__ = [
     "compare_hosted",
     "fail_comparison",
     "open_comparisons",
+    "ready_to_compare",
     "record_site_comparison",
     "selected_version",
 ]

@@ -334,3 +334,26 @@ def test_a_real_hosted_worker_compares_every_site_once_with_a_single_label_site(
     assert 0.0 <= referral.personalized["accuracy"] <= 1.0
     for slug in ("general-0", "general-1", "clinic-small"):
         assert 0.0 <= rows[slug].personalized["auroc"] <= 1.0
+
+
+def test_a_comparison_waits_until_the_last_versions_evaluations_close(finished, settings):
+    from aggregation.models import SiteEvaluation
+    from aggregation.services.site_comparison import ready_to_compare
+    from aggregation.tests.policy_world import time_passes
+
+    latest = finished.versions.order_by("-version").first()
+    rows = list(SiteComparison.objects.filter(participant__experiment=finished).select_related("participant"))
+    waiting, late = rows[0], rows[1]
+    # Another site's evaluation of the last version has not arrived: the selected version
+    # is not settled, so the comparison waits (and is not counted as a try).
+    SiteEvaluation.objects.filter(version=latest, site_id=late.participant.site_id).delete()
+    assert ready_to_compare(waiting.pk) is False
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.attempts) == ("pending", 0)
+    # Its own missing evaluation the site does itself before deciding.
+    SiteEvaluation.objects.filter(version=latest, site_id=waiting.participant.site_id).delete()
+    assert ready_to_compare(waiting.pk) is False
+    assert SiteEvaluation.objects.filter(version=latest, site_id=waiting.participant.site_id).exists()
+    # Once the evaluation grace has passed the evaluations are closed: it goes ahead.
+    time_passes(latest, settings.FEDHEALTH_EVALUATION_GRACE_SECONDS + 60)
+    assert ready_to_compare(waiting.pk) is True
