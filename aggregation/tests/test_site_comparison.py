@@ -357,3 +357,21 @@ def test_a_comparison_waits_until_the_last_versions_evaluations_close(finished, 
     # Once the evaluation grace has passed the evaluations are closed: it goes ahead.
     time_passes(latest, settings.FEDHEALTH_EVALUATION_GRACE_SECONDS + 60)
     assert ready_to_compare(waiting.pk) is True
+
+
+def test_the_coordinator_sees_nothing_aggregate_below_the_minimum_sites(client, charlie, finished):
+    from django.urls import reverse
+
+    rows = list(SiteComparison.objects.filter(participant__experiment=finished).order_by("pk"))
+    for row in rows[:2]:
+        assert tasks.compare_site.apply(args=[row.pk]).get() == "compared"
+    client.force_login(charlie)
+    shown = client.get(f"/api/v1/experiments/{finished.pk}/").json()["comparison"]
+    assert shown["withheld"] is True and shown["reported"] == 2 and shown["sites"] == 3
+    assert shown["mean"] is None and shown["global_worse_than_alone"] is None
+    page = client.get(reverse("experiment_detail", args=[finished.pk])).content.decode()
+    assert "data-comparison-withheld" in page and "2 of 3 sites have reported" in page
+    assert "data-comparison-row" not in page
+    assert tasks.compare_site.apply(args=[rows[2].pk]).get() == "compared"
+    shown = client.get(f"/api/v1/experiments/{finished.pk}/").json()["comparison"]
+    assert shown["withheld"] is False and shown["mean"]["personalized"]["balanced_accuracy"] is not None
