@@ -153,8 +153,11 @@ def consenting(experiment: Experiment) -> list[Participant]:
 
 
 def has_consent(experiment: Experiment, site_id: int) -> bool:
+    # Asked before every piece of site work: the dataset's JSON columns, which is_valid
+    # does not read, are left in the database.
     p = (
         Participant.objects.select_related("dataset")
+        .defer("dataset__schema", "dataset__stats", "dataset__summary", "dataset__validation_report")
         .filter(experiment=experiment, site_id=site_id)
         .first()
     )

@@ -54,7 +54,11 @@ class SiteDataChanged(SiteDataError):
 def site_split(experiment: Experiment, site: Site) -> SiteSplit:
     """The site's rows split into train/test with the experiment's seed (stable across
     rounds, so the test rows are never trained on)."""
-    participant = Participant.objects.select_related("dataset").get(experiment=experiment, site=site)
+    participant = (
+        Participant.objects.select_related("dataset")
+        .defer("dataset__summary", "dataset__validation_report")  # JSON this never reads
+        .get(experiment=experiment, site=site)
+    )
     dataset = participant.dataset
     if dataset is None or not dataset.file:
         raise SiteDataError(f"site {site.slug} has no hosted dataset for this experiment")
