@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import policy
-from ..figure_words import metric_text
+from ..figure_words import class_words, metric_text
 from ..models import Experiment
 from ..reasons import text as reason_text
 
@@ -46,6 +46,7 @@ def comparison_context(viewer: policy.Viewer, experiment: Experiment) -> dict[st
     if shown is None:
         return None
     columns = [label for _, label in COLUMNS]
+    statement = class_words(experiment.schema)["statement"]
     if not viewer.is_coordinator:
         done = shown["status"] == "done"
         rows = [
@@ -61,6 +62,7 @@ def comparison_context(viewer: policy.Viewer, experiment: Experiment) -> dict[st
                             else " It did not beat your local-only model."))
         return {
             "own": True, "columns": columns, "rows": rows if done else [], "notes": notes,
+            "statement": statement,
             "warning": ("The finished global model did worse on your site's test rows than a model trained on "
                         "your rows alone." if shown["global_worse_than_alone"] else ""),
             "pending": shown["status"] in ("pending", "running"),
@@ -84,6 +86,7 @@ def comparison_context(viewer: policy.Viewer, experiment: Experiment) -> dict[st
                        f"site{'' if n == 1 else 's'}.")
     return {
         "own": False, "columns": columns, "rows": rows, "notes": notes, "warning": warning,
+        "statement": statement,
         "pending": shown["reported"] + shown["failed"] < shown["sites"],
         "failed": "",
         "withheld": shown["withheld"],
