@@ -34,14 +34,14 @@ print(json.dumps({"code": code, "out": out.getvalue(), "modules": sorted({m.spli
 """
 
 
-def _imports(*args: str) -> dict:
+def _imports(*args: str, env: dict[str, str] | None = None) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", PROBE.replace("ARGS", repr(list(args)))],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -93,3 +93,39 @@ def test_local_training_imports_neither_the_compiler_nor_sympy():
 
     assert "torch" in modules
     assert not {"torch._dynamo", "sympy", "sklearn", "scipy", "pandas"} & modules
+
+
+WEB_PROBE = """
+import json, sys
+from fedhealth.wsgi import application
+from django.urls import get_resolver
+get_resolver().url_patterns  # every view, serializer and service a request can reach
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_manage_check_and_web_processes_import_no_torch():
+    # The experiment model's defaults come from fedhealth.ml.config (torch-free); the
+    # services, views and API import the training, site-work and model-building code
+    # (torch, ~2.5 s CPU) where they use it.
+    env = {"DEBUG": "1", "DJANGO_SETTINGS_MODULE": "fedhealth.settings"}
+    check = _imports("check", env=env)
+    web = subprocess.run(
+        [sys.executable, "-c", WEB_PROBE], cwd=ROOT, capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+
+    assert check["code"] == 0 and "no issues" in check["out"], check["out"]
+    assert "torch" not in check["modules"]
+    modules = set(json.loads(web.stdout.strip().splitlines()[-1]))
+    assert "django" in modules and "torch" not in modules
+
+
+def test_the_configurations_keep_their_old_import_paths():
+    from fedhealth.ml import config, federation, model, personalize, training
+
+    assert model.ModelConfig is config.ModelConfig and training.TrainConfig is config.TrainConfig
+    assert federation.FederatedConfig is config.FederatedConfig
+    assert personalize.PERSONALIZE_MODES is config.PERSONALIZE_MODES
+    assert personalize.DEFAULT_PERSONALIZE == config.DEFAULT_PERSONALIZE
+

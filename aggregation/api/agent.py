@@ -34,14 +34,12 @@ from aggregation.services import (
     UpdateRefused,
     consent,
     fail_update,
-    record_evaluation,
     submit_update,
 )
 from aggregation.services import privacy as privacy_ledger
 from aggregation.services.artifacts import global_weights_for
 from aggregation.services.rounds import OPEN_UPDATE, claim_update
 from aggregation.services.selection import reported_validation_problem
-from aggregation.services.sitework import site_plan
 from clients.api.permissions import IsSiteAgent
 from fedhealth.api.exceptions import Conflict, PayloadTooLarge, field_error
 from fedhealth.api.schema import ErrorSerializer
@@ -213,7 +211,10 @@ class AgentRoundViewSet(SecureStepsMixin, AgentBase):
             raise Conflict(f"this site's update for round {round_.number} is {update.status}")
         update.refresh_from_db()
         experiment = round_.experiment
-        # The same plan a hosted worker trains with (aggregation.services.sitework).
+        # The same plan a hosted worker trains with (aggregation.services.sitework, which
+        # imports torch: on use, so that web processes start without it).
+        from aggregation.services.sitework import site_plan
+
         plan = site_plan(experiment, self.site, round_.number).to_dict()
         participant = Participant.objects.filter(experiment=experiment, site=self.site).first()
         return Response(
@@ -410,6 +411,8 @@ class AgentModelViewSet(AgentBase):
         if problem:
             raise field_error("metrics", problem)
         curves = {k: dict(v) for k, v in form.validated_data.get("curves", {}).items()}
+        from aggregation.services.sitework import record_evaluation  # torch: on use
+
         recorded = record_evaluation(
             version.pk, self.site.pk, form.validated_data["metrics"], curves
         )

@@ -8,8 +8,9 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from fedhealth.ml.federation import FederatedConfig
-from fedhealth.ml.model import ModelConfig
+# The configurations come from the core's torch-free module: this model is imported by
+# every web process and `manage.py check`.
+from fedhealth.ml.config import FederatedConfig, ModelConfig, TrainConfig
 from fedhealth.ml.privacy import (
     DEFAULT_CLIP_NORM,
     DEFAULT_EPSILON,
@@ -18,7 +19,6 @@ from fedhealth.ml.privacy import (
     SiteDPSettings,
 )
 from fedhealth.ml.schema import Schema
-from fedhealth.ml.training import TrainConfig
 
 # The core's defaults are the product's defaults (tuned in fedhealth/ml; see README).
 _MODEL = ModelConfig(n_features=1)

@@ -9,7 +9,6 @@ from .lifecycle import (
     start_experiment,
 )
 from .rounds import UpdateRefused, aggregate_round, fail_update, maybe_close_round, submit_update
-from .sitework import evaluate_hosted, record_evaluation, train_hosted_update
 
 __all__ = [
     "TransitionError",
@@ -27,3 +26,15 @@ __all__ = [
     "submit_update",
     "train_hosted_update",
 ]
+
+# Site work trains and evaluates (torch): loaded on first use, so that importing the
+# services (the admin, the views, `manage.py check`) does not import torch.
+_SITEWORK = ("evaluate_hosted", "record_evaluation", "train_hosted_update")
+
+
+def __getattr__(name: str):
+    if name in _SITEWORK:
+        from . import sitework
+
+        return getattr(sitework, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ from django.db import transaction
 from audit import services as audit
 from clients.models import Dataset, Site
 from clients.policy import join_problems
-from fedhealth.ml.personalize import DEFAULT_PERSONALIZE, PERSONALIZE_MODES
+from fedhealth.ml.config import DEFAULT_PERSONALIZE, PERSONALIZE_MODES
 from fedhealth.ml.privacy import DP_TRAIN_DEFAULTS, MIN_SITE_DP_SITES
 from fedhealth.ml.schema import DEFAULT_SCHEMA, Schema, SchemaError
 from fedhealth.ml.secagg.federated import incompatibility

@@ -16,7 +16,6 @@ from django.utils import timezone
 from audit import services as audit
 from clients.models import Site
 from clients.policy import join_problems
-from fedhealth.ml.model import init_weights
 from fedhealth.ml.stats import Normalizer, SufficientStats, merge_stats
 from fedhealth.ml.strategies import get_strategy
 
@@ -79,6 +78,8 @@ def start_experiment(experiment_id: int) -> Experiment:
     # Global normalisation from each site's sufficient statistics: no rows needed.
     stats = [SufficientStats.from_dict(p.dataset.stats) for p in consent.consenting(experiment)]
     normalizer = Normalizer.from_stats(merge_stats(stats))
+    from fedhealth.ml.model import init_weights  # torch: only where weights are made
+
     weights = init_weights(experiment.model_config, experiment.seed)
     # Written before the transaction (slow I/O stays outside it); the name is fixed, so
     # a retry simply rewrites the same file.

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit import services as audit
+from fedhealth.ml.config import ModelConfig
 from fedhealth.ml.inference import FieldError, Predictor, features_from_records
-from fedhealth.ml.model import ModelConfig
 from fedhealth.ml.schema import Schema
 from fedhealth.ml.stats import Normalizer
 

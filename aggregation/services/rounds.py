@@ -20,7 +20,6 @@ from django.utils import timezone
 
 from fedhealth.files import write_bytes
 from fedhealth.ml.metrics import stored_metrics
-from fedhealth.ml.model import weight_spec
 from fedhealth.ml.robust import find_outliers, update_distance
 from fedhealth.ml.strategies import Rejected, get_strategy
 from fedhealth.ml.strategies.checks import check_aggregate, update_problem
@@ -95,6 +94,8 @@ def claim_update(update_id: int, *, loaded: ClientUpdate | None = None) -> bool:
 
 
 def reference_weights(experiment: Experiment) -> Weights:
+    from fedhealth.ml.model import weight_spec  # torch: imported on use (web processes skip it)
+
     return {k: np.zeros(shape, dtype=np.float32) for k, shape in weight_spec(experiment.model_config).items()}
 
 

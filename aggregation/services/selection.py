@@ -15,10 +15,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fedhealth.ml.model import ModelConfig
-from fedhealth.ml.model_file import describe
+from fedhealth.ml.config import ModelConfig
 from fedhealth.ml.schema import Schema
-from fedhealth.ml.sitework import validation_rows
 from fedhealth.ml.stats import Normalizer
 
 from ..models import ModelVersion
@@ -63,6 +61,8 @@ def reported_validation_problem(
             f"this experiment holds out a validation slice ({validation_fraction:g} of the training "
             "rows): send validation_loss and validation_n with the evaluation"
         )
+    from fedhealth.ml.sitework import validation_rows  # the core's site work imports torch
+
     try:
         expected = validation_rows(rows, test_fraction=test_fraction, validation_fraction=validation_fraction)
     except ValueError:
@@ -108,6 +108,8 @@ def describe_version(
             "fraction": experiment.validation_fraction,
             "best": best,
         }
+    from fedhealth.ml.model_file import describe  # imports torch: on use only
+
     return describe(
         schema=Schema.from_dict(version.schema),
         normalizer=Normalizer.from_dict(version.normalizer),

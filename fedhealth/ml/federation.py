@@ -16,18 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from .config import FederatedConfig  # here before it moved; still exported
 from .metrics import defined_counts, mean_metrics
 from .model import ModelConfig, init_weights
 from .personalize import (
-    PERSONALIZE_MODES,
     fit_early_stopping,
     validation_loss,
     validation_split,
     with_head,
 )
 from .privacy import (
-    PrivacySettings,
-    SiteDPSettings,
     dp_fedavg,
     plan_round_spend,
     secure_dp_fedavg,
@@ -59,58 +57,6 @@ def split_site(
     """Hold out a stratified, seeded ``test_fraction`` of a site's rows for evaluation."""
     train, test = split_indices(y, test=test_fraction, seed=seed)
     return SiteSplit(name, X[train], y[train], X[test], y[test])
-
-
-@dataclass(frozen=True)
-class FederatedConfig:
-    """Everything that defines an experiment's training, JSON-serialisable via ``to_dict``."""
-
-    rounds: int = 20
-    strategy: str = "fedavg"
-    strategy_params: dict[str, float] = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(n_features=4))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    # Record-level DP at each site (DP-SGD); None: off. ``rounds`` must match.
-    privacy: PrivacySettings | None = None
-    # Site-level DP (DP-FedAvg at the server, ``privacy.sitelevel``); None: off. Its
-    # ``rounds`` must match and its ``sites`` equal the number of sites. Not with ``privacy``.
-    site_privacy: SiteDPSettings | None = None
-    # Share of each site's training rows held out to select the best round (0: off,
-    # the last round is the model) and, with ``early_stopping`` (rounds without
-    # improvement), to stop the experiment early.
-    validation_fraction: float = 0.0
-    early_stopping: int | None = None
-    # One model per site built from the federation (``personalize.PERSONALIZE_MODES``).
-    personalize: str | None = None
-    ditto_lambda: float = 0.1
-    finetune_lr: float = 3e-4  # a tenth of the training lr: measured best of 3e-3, 1e-3, 3e-4
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.early_stopping is not None:
-            if self.early_stopping < 1:
-                raise ValueError(f"early stopping must be at least 1 round, got {self.early_stopping}")
-            if self.validation_fraction == 0.0:
-                raise ValueError("early stopping needs a validation fraction above 0")
-        if self.personalize is not None and self.personalize not in PERSONALIZE_MODES:
-            raise ValueError(f"personalize must be one of {PERSONALIZE_MODES}, got {self.personalize!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rounds": self.rounds,
-            "strategy": self.strategy,
-            "strategy_params": dict(self.strategy_params),
-            "model": self.model.to_dict(),
-            "train": self.train.to_dict(),
-            "seed": self.seed,
-            "privacy": None if self.privacy is None else self.privacy.to_dict(),
-            "site_privacy": None if self.site_privacy is None else self.site_privacy.to_dict(),
-            "validation_fraction": self.validation_fraction,
-            "early_stopping": self.early_stopping,
-            "personalize": self.personalize,
-        }
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from .model import ModelConfig, build_model, set_weights
+from .config import ModelConfig
 from .schema import Schema
 from .stats import Normalizer
-from .training import predict_proba
 from .types import Weights
 
 
@@ -150,6 +148,13 @@ class Predictor:
     """
 
     def __init__(self, cfg: ModelConfig, weights: Weights, normalizer: Normalizer) -> None:
+        # torch is imported here, not with the module: the input checks and FieldError
+        # serve pages and `manage.py check` without it.
+        import torch
+
+        from .model import build_model, set_weights
+
+        self._torch = torch
         self.normalizer = normalizer
         self.model = build_model(cfg)
         set_weights(self.model, weights)
@@ -159,6 +164,7 @@ class Predictor:
         self, X_raw: np.ndarray, *, threshold: float = 0.5
     ) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (n,) of label 1 and labels (n,) 0/1 for raw X (n, d)."""
+        torch = self._torch
         x = torch.from_numpy(self.normalizer.transform(X_raw))
         with torch.inference_mode():
             prob = torch.sigmoid(self.model(x)).numpy()
@@ -174,5 +180,7 @@ def predict(
     threshold: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (n,) of label 1 and labels (n,) 0/1 for raw (unnormalised) X (n, d)."""
+    from .training import predict_proba
+
     prob = predict_proba(cfg, weights, normalizer.transform(X_raw))
     return prob, (prob >= threshold).astype(np.int64)

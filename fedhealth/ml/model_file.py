@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .config import ModelConfig
 from .inference import Predictor, features_from_records
 from .metrics import json_safe
-from .model import ModelConfig
 from .schema import Schema
 from .stats import Normalizer
 from .types import Weights

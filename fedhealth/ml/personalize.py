@@ -38,6 +38,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from .config import DEFAULT_PERSONALIZE, PERSONALIZE_MODES  # here before they moved; still exported
 from .model import ModelConfig, build_model, get_weights, set_weights
 from .split import split_indices
 from .training import TrainConfig, evaluate
@@ -54,11 +55,6 @@ __all__ = [
     "with_head",
 ]
 
-PERSONALIZE_MODES = ("finetune", "ditto", "fedper")
-#: The default mode, chosen by measurement on the cases in docs/quality.md (FedPer:
-#: mean accuracy 0.981 / 0.759 / 0.893 against finetune's 0.962 / 0.767 / 0.890 and
-#: Ditto's 0.973 / 0.747 / 0.892 on breast cancer / diabetes / generated sites).
-DEFAULT_PERSONALIZE = "fedper"
 #: FedPer's site-kept layer: the output layer of ``HealthNet``.
 HEAD_PREFIX = "out."
 

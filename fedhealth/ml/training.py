@@ -15,9 +15,8 @@ count (callers own ``torch.set_num_threads``; this module never changes global s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -25,85 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from fedhealth.ml.adam import FusedAdam
+from fedhealth.ml.config import LR_SCHEDULES, TrainConfig  # here before they moved; still exported
 from fedhealth.ml.metrics import compute_metrics
 from fedhealth.ml.model import HealthNet, ModelConfig, build_model, get_weights, set_weights
 from fedhealth.ml.types import Metrics, Weights
 
 __all__ = ["LR_SCHEDULES", "TrainConfig", "TrainResult", "evaluate", "predict_proba", "train_local"]
 
-LR_SCHEDULES = ("cosine", "step", "constant")
 _COSINE_FLOOR = 0.1  # cosine ends at 10% of lr rather than 0, so no local step is wasted
 _PREDICT_BATCH = 8192  # rows per forward pass in predict_proba/evaluate
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one site's local training in one round.
-
-    Defaults target sites with hundreds to thousands of normalised rows and the default
-    ``ModelConfig`` (64-32-16 MLP, no dropout):
-
-    * ``epochs=2``: few local epochs limit client drift on non-IID sites (FedAvg uses
-      1-5); more rounds beat more local epochs.
-    * ``batch_size=32``: ~30-300 Adam steps per epoch at these site sizes; small batches
-      regularise.
-    * ``lr=3e-3``: a bit above Adam's 1e-3 because each round runs few steps and restarts
-      the optimiser; the schedule anneals it within the round.
-    * ``weight_decay=1e-4``: light L2 (Adam's coupled form) against overfitting small sites.
-    * ``lr_schedule="cosine"``: per local step from ``lr`` down to 10% of ``lr``;
-      ``"step"`` halves ``lr`` after each third of the steps; ``"constant"`` keeps it.
-    * ``proximal_mu=0.0``: plain FedAvg; > 0 adds FedProx's ``mu/2 * ||w - w_global||^2``
-      (0.001-0.1 typical for heterogeneous sites).
-    * ``seed``: vary it per round and site (e.g. ``hash((experiment, round, site))``) so
-      rounds do not replay the same shuffles.
-    * ``positive``: not a hyper-parameter but how ``TrainResult.metrics`` are read: the
-      label value of the schema's positive class (sensitivity, precision and F1 are its).
-    """
-
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    proximal_mu: float = 0.0
-    lr_schedule: str = "cosine"
-    positive: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an int, got {value!r}")
-        for name in ("lr", "weight_decay", "proximal_mu"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed accepts
-            raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
-        if isinstance(self.positive, bool) or self.positive not in (0, 1):
-            raise ValueError(f"positive must be the label value 0 or 1, got {self.positive!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of all fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of ``to_dict``; missing keys take defaults; raises ``ValueError`` otherwise."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from .accounting import (
     sample_rate,
     steps_per_round,
 )
-from .dpsgd import GRAD_SAMPLERS, dp_optimizer, poisson_batches, private_gradients, train_local_dp
 from .sitelevel import (
     DEFAULT_SITE_DELTA,
     MIN_SITE_DP_SITES,
@@ -62,3 +61,15 @@ __all__ = [
     "steps_per_round",
     "train_local_dp",
 ]
+
+# DP-SGD imports torch: loaded on first use, so that the settings and the accounting
+# (fedhealth.ml.config, the experiment model, web processes) come without it.
+_DPSGD = ("GRAD_SAMPLERS", "dp_optimizer", "poisson_batches", "private_gradients", "train_local_dp")
+
+
+def __getattr__(name: str):
+    if name in _DPSGD:
+        from . import dpsgd
+
+        return getattr(dpsgd, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
