@@ -78,7 +78,8 @@ def terms(experiment: Experiment) -> dict[str, Any]:
     """What a site is asked to agree to: purpose, features, model, schedule, privacy,
     who else takes part (how many, never which), who coordinates, what leaves the site."""
     schema = experiment.schema or {}
-    record_dp = experiment.dp_mode == "record"
+    # Record-level or site-level: the figures a site agrees to (off: none).
+    record_dp = experiment.dp_mode in ("record", "site")
     return {
         "experiment": experiment.pk,
         "name": experiment.name,

@@ -147,3 +147,10 @@ def test_site_level_dp_with_secure_aggregation_is_refused_with_an_agent_site(thr
     ]
     hosted = create_experiment(name="y", datasets=three, dp_mode="site", secure_aggregation=True)
     assert hosted.secure_aggregation and hosted.dp_mode == "site"
+
+
+def test_the_terms_a_site_accepts_state_the_site_level_figures(three):
+    from aggregation.services.consent import terms
+
+    experiment = create_experiment(name="t", datasets=three, dp_mode="site", dp_epsilon=12, dp_clip_norm=0.4)
+    assert terms(experiment)["privacy"] == {"mode": "site", "epsilon": 12.0, "delta": None, "clip_norm": 0.4}
