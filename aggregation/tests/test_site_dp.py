@@ -154,3 +154,16 @@ def test_the_terms_a_site_accepts_state_the_site_level_figures(three):
 
     experiment = create_experiment(name="t", datasets=three, dp_mode="site", dp_epsilon=12, dp_clip_norm=0.4)
     assert terms(experiment)["privacy"] == {"mode": "site", "epsilon": 12.0, "delta": None, "clip_norm": 0.4}
+
+
+def test_with_fraction_fit_below_1_the_sites_are_chosen_secretly(make_site, make_dataset, make_experiment):
+    from aggregation.services.lifecycle import select_sites
+
+    datasets = [make_dataset(make_site(f"f-{i}"), rows=120, seed=i) for i in range(6)]
+    seeded = make_experiment(datasets, fraction_fit=0.5, min_sites=3)
+    secret = make_experiment(datasets, fraction_fit=0.5, min_sites=3, dp_mode="site")
+    # A seeded draw can be replayed by anyone who knows the seed (no amplification by
+    # sampling); site-level DP draws from the operating system: 20 possible choices of 3.
+    assert len({tuple(s.slug for s in select_sites(seeded, 1)) for _ in range(6)}) == 1
+    draws = [tuple(s.slug for s in select_sites(secret, 1)) for _ in range(6)]
+    assert all(len(d) == 3 for d in draws) and len(set(draws)) > 1
