@@ -167,3 +167,15 @@ def test_with_fraction_fit_below_1_the_sites_are_chosen_secretly(make_site, make
     assert len({tuple(s.slug for s in select_sites(seeded, 1)) for _ in range(6)}) == 1
     draws = [tuple(s.slug for s in select_sites(secret, 1)) for _ in range(6)]
     assert all(len(d) == 3 for d in draws) and len(set(draws)) > 1
+
+
+def test_the_experiment_page_states_the_site_level_guarantee(client, make_user, three):
+    from django.urls import reverse
+
+    experiment = create_experiment(name="page", datasets=three, dp_mode="site", dp_epsilon=9)
+    client.force_login(make_user("coord"))
+    page = client.get(reverse("experiment_detail", args=[experiment.pk]))
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "Privacy of each site&#x27;s contribution" in body or "Privacy of each site's contribution" in body
+    assert "(9, 1e-05)-DP for each site" in body and 'id="chart-privacy"' not in body
