@@ -401,7 +401,10 @@ class SecureTaskSerializer(serializers.Serializer):
     task = serializers.DictField(
         allow_null=True,
         help_text="This site's step now (the core's site_step input: the round's context, the "
-        "roster, the ciphertexts addressed to this site, or the unmask request), or null.",
+        "roster, the ciphertexts addressed to this site, or the unmask request), or null. "
+        "Under site-level DP the masked task also carries `site_dp` (noise_multiplier, "
+        "clip_norm, threshold, denominator, ...): the noise share the agent is asked to add "
+        "before masking; the agent checks it against the target it agreed to.",
     )
 
 

@@ -321,13 +321,17 @@ def validate_experiment(
     if site_dp:
         _site_level_dp(clean, rows, fail)
         agents = [ds.site.slug for ds in rows if ds.site.mode == Site.Mode.AGENT]
-        if config.get("secure_aggregation") is True and agents:
-            # Hosted sites add their noise shares before masking (services/site_dp.py);
-            # the agent's secure step does not yet, and a secure round must never publish
-            # a sum without the noise.
-            fail("dp_mode", "site-level DP with secure aggregation needs hosted sites for now: "
-                 f"{', '.join(agents)} run{'s' if len(agents) == 1 else ''} a site agent, which does "
-                 "not add its noise share yet.")
+        fraction = clean.get("fraction_fit", Experiment._meta.get_field("fraction_fit").default)
+        quorum = min_sites if isinstance(min_sites, int) else 1
+        selected = min(n, max(quorum, math.ceil(fraction * n))) if n else 0
+        if config.get("secure_aggregation") is True and agents and selected < n:
+            # Each site adds its own noise share before masking; an agent checks the
+            # server's noise against the target at sampling rate 1 (it cannot see the
+            # selection), so a noise derived for q = m / N < 1 is one it would refuse.
+            fail("fraction_fit", f"site-level DP with secure aggregation and site agents "
+                 f"({', '.join(agents)}) selects every site each round: an agent adds noise "
+                 f"for sampling rate 1 (it cannot check the server's selection), and refuses "
+                 f"the smaller noise of selecting {selected} of {n}. Set fraction_fit to 1.")
     if clean.get("dp_delta") and rows and not site_dp:
         # delta is a probability of failure per patient: at or above 1/rows it allows
         # releasing a whole row. Checked against each site's training rows.

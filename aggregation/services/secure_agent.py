@@ -24,6 +24,7 @@ from fedhealth.ml.types import Metrics
 
 from ..models import ClientUpdate, Round, SecureRound, SecureSite
 from ..reasons import Reason
+from . import site_dp
 from .rounds import OPEN_UPDATE, UpdateRefused, _check_sample_count
 from .secure_round import TERMINAL, _site_task, mark_kept, post
 
@@ -120,6 +121,11 @@ def task_for(round_: Round, site: Site) -> dict[str, Any]:
         and place.last_phase != secure.phase
     ):
         task = _site_task(secure, place.protocol_id)
+        if task is not None and task["phase"] == "masked":
+            # Site-level DP: the noise share the agent is asked to add (it checks it).
+            request = site_dp.share_request(round_, secure.threshold)
+            if request is not None:
+                task["site_dp"] = request
     return {
         "round": round_.pk,
         "phase": secure.phase,

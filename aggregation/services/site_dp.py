@@ -1,8 +1,9 @@
 """Site-level differential privacy at aggregation: DP-FedAvg (McMahan et al. 2018).
 
-With secure aggregation (hosted sites; ``secure_round`` calls the helpers below) each
-site clips its own change and adds its share of the noise, ``N(0, (z S)^2 / t)`` with
-``t`` the round's threshold, before masking (``noised_input``); the protocol's range is
+With secure aggregation (``secure_round`` calls the helpers below) each site clips its
+own change and adds its share of the noise, ``N(0, (z S)^2 / t)`` with ``t`` the round's
+threshold, before masking: a hosted site in ``noised_input``, an agent on its own machine
+after checking the round's ``share_request`` against the target it agreed to; the protocol's range is
 widened for it (``secure_spec``); the server turns the survivors' mean back into their
 sum over the fixed ``m`` (``secure_result``). The sum carries the calibrated noise when
 at least ``t`` sites are honest.
@@ -32,7 +33,7 @@ from fedhealth.ml.privacy import (
     dp_fedavg,
     epsilon_for,
     secure_coordinate_bound,
-    site_share,
+    secure_site_input,
 )
 from fedhealth.ml.strategies import AggregateResult, Rejected
 from fedhealth.ml.types import Weights
@@ -146,14 +147,32 @@ def noised_input(round_: Round, threshold: int, extra: dict[str, Any]) -> dict[s
     if round_.experiment.dp_mode != "site":
         return extra
     figures = round_figures(round_, noise_added_by="sites")
-    reference: Weights = extra["reference"]
-    share = site_share(
-        extra["weights"], reference, clip_norm=figures["clip_norm"],
+    noisy = secure_site_input(
+        extra["weights"], extra["reference"], clip_norm=figures["clip_norm"],
         noise_multiplier=figures["noise_multiplier"], threshold=threshold,
-        rng=np.random.default_rng(),
+        rng=np.random.default_rng(),  # OS entropy, at the site
     )
-    noisy = {k: (np.asarray(reference[k], dtype=np.float64) + share[k]).astype(np.float32) for k in reference}
     return {**extra, "weights": noisy, "num_samples": 1}
+
+
+def share_request(round_: Round, threshold: int) -> dict[str, Any] | None:
+    """What an agent is asked to add before masking under site-level DP (None otherwise):
+    the noise multiplier z, clip S, threshold t and denominator m of the round, with the
+    figures they come from. A request: the agent checks z against the target it agreed to
+    (``fedhealth.ml.privacy.checked_share_request``) and refuses less noise."""
+    if round_.experiment.dp_mode != "site":
+        return None
+    figures = round_figures(round_, noise_added_by="sites")
+    return {
+        "noise_multiplier": figures["noise_multiplier"],
+        "clip_norm": figures["clip_norm"],
+        "threshold": threshold,
+        "denominator": figures["denominator"],
+        "sample_rate": figures["sample_rate"],
+        "sites": figures["sites"],
+        "delta": figures["delta"],
+        "target_epsilon": figures["target_epsilon"],
+    }
 
 
 def secure_result(
@@ -168,4 +187,6 @@ def secure_result(
     return AggregateResult(weights=weights), figures
 
 
-__all__ = ["aggregate_site_dp", "noised_input", "round_figures", "secure_result", "secure_spec"]
+__all__ = [
+    "aggregate_site_dp", "noised_input", "round_figures", "secure_result", "secure_spec", "share_request",
+]

@@ -137,16 +137,25 @@ def test_the_experiment_epsilon_composes_its_rounds_up_to_the_target(make_site, 
     assert ClientUpdate.objects.filter(round__experiment=experiment, status="received").count() == 6
 
 
-def test_site_level_dp_with_secure_aggregation_is_refused_with_an_agent_site(three, agent_site, remote_dataset):
+def test_site_level_dp_with_secure_aggregation_takes_agent_sites_when_every_site_is_selected(
+    three, agent_site, remote_dataset
+):
     remote = remote_dataset(agent_site, rows=200, seed=9)
+    # An agent adds its noise share itself, checked at sampling rate 1: a selection of
+    # fewer than every site (noise derived for q < 1) is one it would refuse.
     with pytest.raises(ExperimentInvalid) as caught:
-        create_experiment(name="x", datasets=[*three, remote], dp_mode="site", secure_aggregation=True)
-    assert caught.value.errors["dp_mode"] == [
-        f"site-level DP with secure aggregation needs hosted sites for now: {agent_site.slug} runs a "
-        "site agent, which does not add its noise share yet."
+        create_experiment(name="x", datasets=[*three, remote], dp_mode="site", secure_aggregation=True,
+                          fraction_fit=0.5, min_sites=2)
+    assert caught.value.errors["fraction_fit"] == [
+        f"site-level DP with secure aggregation and site agents ({agent_site.slug}) selects every "
+        "site each round: an agent adds noise for sampling rate 1 (it cannot check the server's "
+        "selection), and refuses the smaller noise of selecting 2 of 4. Set fraction_fit to 1."
     ]
-    hosted = create_experiment(name="y", datasets=three, dp_mode="site", secure_aggregation=True)
-    assert hosted.secure_aggregation and hosted.dp_mode == "site"
+    mixed = create_experiment(name="y", datasets=[*three, remote], dp_mode="site", secure_aggregation=True)
+    assert mixed.secure_aggregation and mixed.dp_mode == "site"
+    hosted = create_experiment(name="z", datasets=three, dp_mode="site", secure_aggregation=True,
+                               fraction_fit=0.5, min_sites=2)
+    assert hosted.fraction_fit == 0.5
 
 
 def test_the_terms_a_site_accepts_state_the_site_level_figures(three):

@@ -28,7 +28,7 @@ from .compare import ComparisonStore, SiteComparer
 from .data import LocalData
 from .ledger import AgentLedger, BudgetExceeded, fingerprint
 from .policy import LocalPolicy, terms_sha256
-from .secure import SecureSteps, SecureStore
+from .secure import SecureSteps, SecureStore, site_dp_target
 
 log = logging.getLogger("fedhealth.agent")
 
@@ -251,7 +251,10 @@ class SiteAgent:
             local["accuracy"],
         )
         if task.get("secure_aggregation"):  # the weights stay here until they leave masked
-            refusal = self.secure.keep(rid, self.site, result, weights, task["number"], spend)
+            refusal = self.secure.keep(
+                rid, self.site, result, weights, task["number"], spend,
+                site_dp=site_dp_target(item.get("terms")),
+            )
             if refusal is not None:
                 code, note = refusal
                 self.client.post_json(

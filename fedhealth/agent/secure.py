@@ -27,8 +27,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fedhealth.ml.privacy import DEFAULT_SITE_DELTA, checked_share_request, secure_site_input
 from fedhealth.ml.secagg import SecAggError
-from fedhealth.ml.secagg.sitestep import site_step
+from fedhealth.ml.secagg.sitestep import protocol_range, site_step
 from fedhealth.ml.strategies.checks import update_problem
 from fedhealth.ml.types import Update, Weights
 from fedhealth.ml.weights_io import weights_from_bytes, weights_to_bytes
@@ -46,6 +49,80 @@ ENDPOINT = {
     "unmask": "unmask",
 }
 OVER = ("done", "failed", "over")
+
+
+def site_dp_target(terms: Any) -> dict[str, Any] | None:
+    """The site-level DP target of an experiment's terms (what the site agreed to):
+    ``{"epsilon", "delta", "rounds"}``, or None when the terms are not site-level DP."""
+    privacy = terms.get("privacy") if isinstance(terms, dict) else None
+    if not isinstance(privacy, dict) or privacy.get("mode") != "site":
+        return None
+    delta = privacy.get("delta")
+    return {
+        "epsilon": privacy.get("epsilon"),
+        "delta": DEFAULT_SITE_DELTA if delta is None else delta,
+        "rounds": terms.get("rounds"),
+    }
+
+
+def noised_input(
+    saved: dict[str, Any], request: Any, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The masked step's input under site-level DP: the clipped change plus this agent's
+    noise share (``secure_site_input``, the core function hosted sites use), from the
+    operating system's randomness, as ``reference + share`` with weight 1.
+
+    The server's request (z, S, t) is checked first against the target of the terms this
+    site trained under, at sampling rate 1, and against the threshold and range of the
+    roster this site shared its secrets under (``checked_share_request``). ValueError
+    (the reason) when the request is missing, asks for less noise, or does not match."""
+    target = saved.get("site_dp")
+    if target is None:
+        raise ValueError(
+            "the server asks for a site-level DP noise share, but the terms this site trained "
+            "under are not site-level DP"
+        )
+    if request is None:
+        raise ValueError(
+            "the terms this site trained under are site-level DP, but the server's task asks "
+            "for no noise share: the update would leave this site without its noise"
+        )
+    protocol = protocol_range(saved.get("protocol"))
+    if protocol is None:
+        raise ValueError("no roster saved for this round: its threshold is unknown here")
+    threshold, coordinate_bound = protocol
+    try:
+        epsilon, delta, rounds = (
+            float(target["epsilon"]),
+            float(target["delta"]),
+            int(target["rounds"]),
+        )
+    except (TypeError, ValueError, KeyError):
+        raise ValueError(f"the terms' site-level DP target is not usable: {target!r}") from None
+    z, clip = checked_share_request(
+        request,
+        epsilon=epsilon,
+        delta=delta,
+        rounds=rounds,
+        threshold=threshold,
+        coordinate_bound=coordinate_bound,
+    )
+    noisy = secure_site_input(
+        extra["weights"],
+        extra["reference"],
+        clip_norm=clip,
+        noise_multiplier=z,
+        threshold=threshold,
+        rng=np.random.default_rng(),  # the operating system's entropy, never a replayable seed
+    )
+    log.info(
+        "site-level DP: clipped this site's change to %g and added its noise share "
+        "(multiplier %.4g, threshold %d) before masking",
+        clip,
+        z,
+        threshold,
+    )
+    return {**extra, "weights": noisy, "num_samples": 1}
 
 
 class SecureStore:
@@ -69,10 +146,20 @@ class SecureStore:
             os.fsync(f.fileno())
         os.replace(tmp, path)  # a crash leaves the old file or the new one, never half
 
-    def keep(self, round_id: int, weights: Weights, reference: Weights, num_samples: int) -> None:
+    def keep(
+        self,
+        round_id: int,
+        weights: Weights,
+        reference: Weights,
+        num_samples: int,
+        site_dp: dict[str, Any] | None = None,
+    ) -> None:
         self._write(self._path(round_id, "update.safetensors"), weights_to_bytes(weights))
         self._write(self._path(round_id, "reference.safetensors"), weights_to_bytes(reference))
-        self.save(round_id, {"num_samples": num_samples, "protocol": None})
+        state: dict[str, Any] = {"num_samples": num_samples, "protocol": None}
+        if site_dp is not None:
+            state["site_dp"] = site_dp
+        self.save(round_id, state)
 
     def load(self, round_id: int) -> dict[str, Any] | None:
         path = self._path(round_id, "state.json")
@@ -109,10 +196,13 @@ class SecureSteps:
         reference: Weights,
         number: int,
         spend: Any = None,
+        site_dp: dict[str, Any] | None = None,
     ) -> tuple[str, str] | None:
         """After training: check the update here, keep it, report the figures only (with
         ``spend``, the round's record-level DP spend from this agent's own accountant, as a
-        plain round's upload carries it). Returns ``(code, note)`` to report as a failure."""
+        plain round's upload carries it). ``site_dp``: the site-level DP target of the terms
+        this site trained under (``site_dp_target``), kept to check the noise request
+        against at the masked step. Returns ``(code, note)`` to report as a failure."""
         if self.store is None:
             return (
                 "site_reported",
@@ -121,7 +211,7 @@ class SecureSteps:
         problem = update_problem(Update(result.weights, result.num_samples, site), reference)
         if problem is not None:
             return ("site_reported", f"the trained update is not valid: {problem.reason}")
-        self.store.keep(round_id, result.weights, reference, result.num_samples)
+        self.store.keep(round_id, result.weights, reference, result.num_samples, site_dp=site_dp)
         metrics = {k: float(v) for k, v in result.metrics.items() if math.isfinite(v)}
         body: dict[str, Any] = {"num_samples": result.num_samples, "metrics": metrics}
         if math.isfinite(result.loss):
@@ -155,6 +245,8 @@ class SecureSteps:
             )
             self._refused.add((rid, phase))
             return
+        task = dict(task)
+        request = task.pop("site_dp", None)  # not part of the protocol's task (its digest)
         extra: dict[str, Any] = {}
         if phase == "masked":
             extra = {
@@ -162,6 +254,19 @@ class SecureSteps:
                 "reference": self.store.weights(rid, "reference"),
                 "num_samples": saved["num_samples"],
             }
+            answered = "masked" in ((saved["protocol"] or {}).get("outbox") or {})
+            if not answered and (request is not None or saved.get("site_dp") is not None):
+                try:
+                    extra = noised_input(saved, request, extra)
+                except ValueError as exc:
+                    self._refused.add((rid, phase))
+                    log.error(
+                        "round %d: refused the server's masked-input task (site-level DP): %s; "
+                        "this site will count as dropped",
+                        rid,
+                        exc,
+                    )
+                    return
         try:
             # In the protocol this site is its round's pseudonym, as every other site is.
             me = info.get("protocol_id") or site

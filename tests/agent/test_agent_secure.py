@@ -50,8 +50,8 @@ def kept(monkeypatch):
         seen[(u.round.number, u.site.slug)] = Update(dict(weights), num_samples, u.site.slug)
         return real_hosted(update_id, weights, num_samples=num_samples, loss=loss, metrics=metrics)
 
-    def agent(store, round_id, weights, reference, num_samples):
-        real_agent(store, round_id, weights, reference, num_samples)
+    def agent(store, round_id, weights, reference, num_samples, site_dp=None):
+        real_agent(store, round_id, weights, reference, num_samples, site_dp)
         folder = store.folder
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())

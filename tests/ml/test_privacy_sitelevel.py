@@ -200,3 +200,36 @@ def test_secure_dp_fedavg_sum_carries_the_calibrated_noise_from_threshold_sites(
     assert len(dropped) == 1, dropped
     summed = result.weights["w"].astype(np.float64) * m
     assert np.std(summed) == pytest.approx(z * clip, rel=0.03)
+
+
+def test_a_site_checks_the_servers_noise_request_against_its_own_target_at_rate_1():
+    from fedhealth.ml.privacy import checked_share_request, secure_coordinate_bound
+
+    needed = SiteDPSettings(epsilon=4.0, delta=1e-5, clip_norm=0.5, rounds=5, sites=10).noise_multiplier()
+    # A server that claims a 1-in-10 selection derives less noise; a site cannot see the
+    # selection, so it counts on sampling rate 1 and refuses it.
+    amplified = SiteDPSettings(epsilon=4.0, delta=1e-5, clip_norm=0.5, rounds=5, sites=10, per_round=1)
+    assert amplified.noise_multiplier() < needed
+    wide = secure_coordinate_bound(0.5, 10 * needed, 3)
+    target = {"epsilon": 4.0, "delta": 1e-5, "rounds": 5, "threshold": 3, "coordinate_bound": wide}
+    assert checked_share_request(
+        {"noise_multiplier": needed, "clip_norm": 0.5, "threshold": 3}, **target
+    ) == (needed, 0.5)
+    more = checked_share_request({"noise_multiplier": 2 * needed, "clip_norm": 0.7, "threshold": 3}, **target)
+    assert more == (2 * needed, 0.7)  # more noise, or another clip at the same z, is as private
+    refusals = [
+        ({"noise_multiplier": amplified.noise_multiplier(), "clip_norm": 0.5, "threshold": 3},
+         "needs at least"),
+        ({"noise_multiplier": needed, "clip_norm": 0.5, "threshold": 4}, "threshold 4"),
+        ({"noise_multiplier": needed, "clip_norm": 0.0, "threshold": 3}, "not usable"),
+        ({"noise_multiplier": needed, "threshold": 3}, "lacks a usable"),
+    ]
+    for request, words in refusals:
+        with pytest.raises(ValueError, match=words):
+            checked_share_request(request, **target)
+    # A range too narrow for the share's tails would clamp the noise away at the encoding.
+    with pytest.raises(ValueError, match="would clamp the noise"):
+        checked_share_request(
+            {"noise_multiplier": needed, "clip_norm": 0.5, "threshold": 3},
+            **{**target, "coordinate_bound": 0.5},
+        )

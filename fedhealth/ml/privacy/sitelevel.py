@@ -61,10 +61,12 @@ __all__ = [
     "SiteDPSettings",
     "SiteSpend",
     "apply_mean_change",
+    "checked_share_request",
     "clip_change",
     "dp_fedavg",
     "secure_dp_fedavg",
     "secure_coordinate_bound",
+    "secure_site_input",
     "site_epsilon",
     "site_share",
 ]
@@ -268,6 +270,79 @@ def site_share(
         for name, array in _gaussian(reference, std, rng).items():
             change[name] += array
     return change
+
+
+def secure_site_input(
+    weights: Weights,
+    reference: Weights,
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    threshold: int,
+    rng: np.random.Generator,
+) -> Weights:
+    """What a site masks under site-level DP with secure aggregation: ``reference +
+    site_share(...)`` in float32, to send with weight 1 (hosted sites and agents alike)."""
+    share = site_share(
+        weights, reference, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
+        threshold=threshold, rng=rng,
+    )
+    return {k: (np.asarray(reference[k], dtype=np.float64) + share[k]).astype(np.float32) for k in reference}
+
+
+def checked_share_request(
+    request: Mapping[str, Any],
+    *,
+    epsilon: float,
+    delta: float,
+    rounds: int,
+    threshold: int,
+    coordinate_bound: float,
+) -> tuple[float, float]:
+    """A site's own check of the server's request for its noise share: ``(noise_multiplier,
+    clip_norm)`` to call ``secure_site_input`` with, or ValueError saying why not.
+
+    The request (``noise_multiplier`` z and ``clip_norm`` S from the server's task) is a
+    request, not an order. The site derives the noise the target it agreed to needs
+    (``epsilon`` and ``delta`` over ``rounds``) itself, at ``q = 1``: the site cannot see
+    how the server selects sites, so it assumes no amplification by sampling, which needs
+    the most noise of any ``q``. It refuses a z below that; a request whose threshold is
+    not ``threshold``, the one its own protocol run shares its secrets under (a larger one
+    would shrink each share); and a protocol range (``coordinate_bound``, the roster's
+    per-coordinate clip) narrower than ``secure_coordinate_bound`` (the encoding would clamp
+    the noise away). The privacy of a clipped change plus ``N(0, (z S)^2 / t)`` depends on
+    z and t, not on S, so S is taken as asked (> 0)."""
+    if not isinstance(request, Mapping):
+        raise ValueError(f"the noise request is not a mapping: {request!r}")
+    try:
+        z = float(request["noise_multiplier"])
+        clip = float(request["clip_norm"])
+        asked_t = int(request["threshold"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the noise request lacks a usable {exc}") from None
+    if not (math.isfinite(z) and math.isfinite(clip)) or clip <= 0:
+        raise ValueError(f"the noise request's clip_norm {clip} or noise_multiplier {z} is not usable")
+    if asked_t != threshold:
+        raise ValueError(
+            f"the noise request is for threshold {asked_t}, but this site's protocol shares its "
+            f"secrets under threshold {threshold}"
+        )
+    needed = _noise_for(float(epsilon), float(delta), 1.0, int(rounds))
+    if z < needed * (1 - 1e-9):
+        raise ValueError(
+            f"the server asks for noise multiplier {z:.4g}; the target this site agreed to "
+            f"(epsilon {float(epsilon):g}, delta {float(delta):g} over {int(rounds)} rounds) "
+            f"needs at least {needed:.4g} at sampling rate 1 (this site cannot see the "
+            "selection, so it counts on no amplification)"
+        )
+    bound = secure_coordinate_bound(clip, z, threshold)
+    if not coordinate_bound >= bound * (1 - 1e-9):
+        raise ValueError(
+            f"the protocol's per-coordinate range {coordinate_bound:g} is narrower than "
+            f"{bound:g} (the clip plus 8 standard deviations of the noise share): the encoding "
+            "would clamp the noise"
+        )
+    return z, clip
 
 
 def apply_mean_change(reference: Weights, changes_sum: Mapping[str, npt.NDArray[np.floating[Any]]], denominator: int) -> Weights:

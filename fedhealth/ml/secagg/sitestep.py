@@ -109,6 +109,18 @@ def site_step(
     return {"session": session.export_state(), "outbox": done, "asked": asked}, message
 
 
+def protocol_range(state: dict[str, Any] | None) -> tuple[int, float] | None:
+    """``(threshold, per-coordinate clip)`` of the roster this site shared its secrets
+    under, from its saved state (None before the share phase): what the site itself knows
+    of the round's protocol, whatever a later task says."""
+    roster = None if state is None else state.get("session", {}).get("roster")
+    if roster is None:
+        return None
+    decoded = wire.decode(roster)
+    assert isinstance(decoded, Roster)
+    return decoded.threshold, float(decoded.spec.clip)
+
+
 def _digest(task: dict[str, Any]) -> str:
     """SHA-256 of a task's canonical JSON: the same task asked again has the same digest."""
     return hashlib.sha256(
