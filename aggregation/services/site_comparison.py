@@ -292,7 +292,7 @@ def compare_hosted(comparison_id: int) -> str:
         personal_file = personal_name(site, experiment, "personal")
         personal_sha = artifacts.save_weights(
             personal_file, result.personal,
-            meta | {"kind": "personal", "mode": mode or "", "version": str(version.version)},
+            meta | {"kind": "personal", "mode": mode or "", "chosen": result.chosen, "version": str(version.version)},
         )
     figures = json_safe({**result.figures, "version": version.version})
     record_site_comparison(

@@ -176,7 +176,8 @@ class SiteComparer:
                 model_weights,
                 describe(
                     schema=schema, normalizer=norm, model=config.model,
-                    experiment={"id": experiment, "site": site, "model": kind, "mode": mode},
+                    experiment={"id": experiment, "site": site, "model": kind, "mode": mode}
+                    | ({"chosen": result.chosen} if kind == "personal" else {}),
                     round_number=version, metrics=metrics,
                 ),
             )
