@@ -117,3 +117,73 @@ def test_row_gradients_refuse_a_model_with_other_parameters() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
     with pytest.raises(ValueError, match="linear layers only"):
         RowGradients(model)
+
+
+def test_poisson_batches_sample_every_row_independently_at_rate_q() -> None:
+    from fedhealth.ml.privacy import poisson_batches
+
+    # Prepare: 200 rows at q = 0.05 over 4,000 steps (drawn as two "epochs" of 2,000).
+    n, q, steps = 200, 0.05, 2000
+    g = torch.Generator().manual_seed(5)
+    batches = poisson_batches(n, q, steps, g) + poisson_batches(n, q, steps, g)
+    member = torch.zeros(2 * steps, n)
+    for s, idx in enumerate(batches):
+        assert idx.dtype == torch.int64 and torch.equal(idx, torch.unique(idx))  # sorted, no repeats
+        assert idx.numel() == 0 or (int(idx.min()) >= 0 and int(idx.max()) < n)
+        member[s, idx] = 1
+    total = member.numel()
+
+    # Assert: every (step, row) is a Bernoulli(q): the overall rate, each row's rate, the
+    # batch sizes' mean and variance (Binomial(n, q)), and no dependence between adjacent
+    # rows, the last and first rows of consecutive steps, or the same row in consecutive steps.
+    assert float(member.mean()) == pytest.approx(q, abs=4 * (q * (1 - q) / total) ** 0.5)
+    per_row = member.mean(0)
+    assert float(per_row.min()) > q - 5 * (q * (1 - q) / (2 * steps)) ** 0.5
+    assert float(per_row.max()) < q + 5 * (q * (1 - q) / (2 * steps)) ** 0.5
+    sizes = member.sum(1)
+    assert float(sizes.mean()) == pytest.approx(n * q, rel=0.02)
+    assert float(sizes.var()) == pytest.approx(n * q * (1 - q), rel=0.1)
+    stream = member.reshape(-1)  # the steps x n slots in the order they are drawn
+    for a, b in [
+        (stream[:-1], stream[1:]),
+        (member[:-1, -1], member[1:, 0]),
+        (member[:-1].reshape(-1), member[1:].reshape(-1)),
+    ]:
+        r = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
+        assert abs(r) < 5 / len(a) ** 0.5, r
+    # q = 1 (a site smaller than one batch): every row, every step.
+    assert all(torch.equal(b, torch.arange(7)) for b in poisson_batches(7, 1.0, 3, g))
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
+@pytest.mark.parametrize("sigma", [0.0, 1.3])
+def test_the_products_optimizer_clips_and_noises_as_opacus_over_steps(sigma) -> None:
+    """train_local_dp's privatisation (RowGradients, the flat optimizer, its flat noise)
+    against Opacus's own GradSampleModule and DPOptimizer, step by step from the same
+    generator state, empty batch included: the same clipped sum, the same noise."""
+    cfg = ModelConfig(n_features=5, hidden=(64, 32))  # 2,497 parameters: the noise's std to ~1.4%
+    x, y = _batch(n=60)
+    got, want = [], []
+    for ours in (True, False):
+        model = _model(cfg)
+        private = RowGradients(model) if ours else GradSampleModule(model, loss_reduction="sum")
+        optimizer = dp_optimizer(
+            torch.optim.SGD(model.parameters(), lr=0.0),
+            sigma,
+            0.05,
+            24,
+            torch.Generator().manual_seed(21),
+            flat=ours,
+        )
+        for rows in (slice(0, 30), slice(0, 0), slice(30, 60)):
+            private_gradients(private, optimizer, x[rows], y[rows])
+            (got if ours else want).append([p.grad.clone() for p in model.parameters()])
+        private.remove_hooks()
+    for ours, theirs in zip(got, want, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    if sigma:  # the empty step is the noise alone: N(0, (sigma C / expected batch)^2)
+        noise = torch.cat([g.reshape(-1) for g in got[1]])
+        assert float(noise.std()) == pytest.approx(sigma * 0.05 / 24, rel=0.06)
+    else:
+        assert all(float(g.abs().max()) == 0 for g in got[1])

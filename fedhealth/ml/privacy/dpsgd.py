@@ -27,6 +27,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from fedhealth.ml.adam import FusedAdam
 from fedhealth.ml.model import ModelConfig, build_model, get_weights, set_weights
 from fedhealth.ml.training import (
     TrainConfig,
@@ -62,9 +63,31 @@ def poisson_batches(n: int, q: float, steps: int, generator: torch.Generator) ->
     """Row indices of each step: every row joins each batch independently with prob. ``q``.
 
     This is the sampling the RDP accountant's subsampled Gaussian assumes; batch sizes vary
-    and may be 0 (such a step still adds noise).
+    and may be 0 (such a step still adds noise). The ``steps x n`` (step, row) slots are one
+    sequence of independent Bernoulli(q) trials, drawn as the gaps between successes, which
+    are i.i.d. Geometric(q) (the number of trials up to and including the next success):
+    the same distribution as one uniform draw per row per step, from about ``q x n`` draws
+    per step instead of ``n`` (``tests/ml/test_privacy.py`` checks the rates, sizes and
+    independence).
     """
-    return [torch.nonzero(torch.rand(n, generator=generator) < q).squeeze(1) for _ in range(steps)]
+    if q >= 1:
+        return [torch.arange(n) for _ in range(steps)]
+    if not q > 0:
+        raise ValueError(f"sampling rate must be in (0, 1], got {q}")
+    total = n * steps
+    expected = q * total
+    chunk = int(expected + 6 * math.sqrt(expected) + 16)  # almost always enough at once
+    drawn: list[torch.Tensor] = []
+    last = -1.0  # the slot of the last success so far (float64 counts integers exactly)
+    while last < total - 1:
+        gaps = torch.empty(chunk, dtype=torch.float64).geometric_(q, generator=generator)
+        slots = gaps.cumsum_(0).add_(last)
+        drawn.append(slots)
+        last = float(slots[-1])
+    slots = torch.cat(drawn) if len(drawn) > 1 else drawn[0]
+    slots = slots[slots < total].long()
+    per_step = torch.bincount(slots // n, minlength=steps).tolist()
+    return list(torch.split(slots % n, per_step))
 
 
 def dp_optimizer(
@@ -106,7 +129,6 @@ def private_gradients(
     batch; no ``.item()``, which would sync every step).
     """
     optimizer.zero_grad(set_to_none=True)
-    total = torch.zeros(())
     if len(x):
         loss = F.binary_cross_entropy_with_logits(private(x), y, reduction="sum")
         if isinstance(private, RowGradients):
@@ -122,6 +144,7 @@ def private_gradients(
             loss.backward()
         total = loss.detach()
     else:
+        total = torch.zeros(())
         # An empty batch still releases noise: the accountant counted this step.
         for p in optimizer.params:
             p.grad_sample = torch.zeros((0, *p.shape))
@@ -182,13 +205,17 @@ def train_local_dp(
     params = list(model.parameters())
     mu = train.proximal_mu
     anchors = [p.detach().clone() for p in params] if mu > 0 else []
-    adam = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    # The update is train_local's: torch's fused Adam kernel called directly (FusedAdam, the
+    # same update as torch.optim.Adam(fused=True) bit for bit, without its per-step
+    # wrapper). Opacus's DPOptimizer wraps a torch optimiser, whose groups give it the
+    # parameters: a plain SGD holder that never steps (pre_step only privatises .grad).
+    adam = FusedAdam(params, lr=train.lr, weight_decay=train.weight_decay)
     q = sample_rate(train.batch_size, n)
     expected_batch = q * n  # = batch_size, or n on a site smaller than one batch
     optimizer = dp_optimizer(
-        adam, noise_multiplier, clip_norm, expected_batch, generator, flat=grad_sampler == "rows"
+        torch.optim.SGD(params, lr=0.0), noise_multiplier, clip_norm, expected_batch,
+        generator, flat=grad_sampler == "rows",
     )
-    group = adam.param_groups[0]
 
     per_epoch = steps_per_round(1, train.batch_size, n)
     lrs = _learning_rates(train, per_epoch * train.epochs)
@@ -196,7 +223,7 @@ def train_local_dp(
     last_loss, last_rows = torch.zeros(()), 0
     for epoch in range(train.epochs):
         for idx in poisson_batches(n, q, per_epoch, generator):
-            group["lr"] = lrs[step]
+            adam.lr = lrs[step]
             step += 1
             loss = private_gradients(private, optimizer, x_all[idx], y_all[idx])
             if epoch == train.epochs - 1:

@@ -34,6 +34,8 @@ class RowGradients:
 
     Call it like the model (``rows(x)``), compute the *summed* loss over the rows, then
     ``rows.backward(loss)``. ``p.grad`` is not touched. ``remove_hooks()`` when done.
+    (Writing the rows' gradients straight into one flat matrix, to spare the optimizer its
+    ``cat``, was measured slower: the strided writes cost more than the copy.)
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -93,36 +95,126 @@ def flat_clip_optimizer(optimizer: torch.optim.Optimizer, **kwargs: Any) -> DPOp
     ``min(1, C / (norm + 1e-6))``, the factor-weighted sum of the rows' gradients into
     ``p.summed_grad``; then Opacus's own noise and checks, and its scaling by the expected
     batch size in one call. One ``cat``, one norm and one matrix-vector product replace a
-    norm, an einsum and a sum per parameter.
+    norm, an einsum and a sum per parameter. Opacus's noise
+    draws, one ``torch.normal`` per parameter in order from the same generator, land in
+    one flat buffer, so the gradients, the noise and the division are one vector each.
     """
     from opacus.optimizers import DPOptimizer
     from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+    from opacus.optimizers.utils import params as group_params
 
     class FlatClipDPOptimizer(DPOptimizer):
-        def clip_and_accumulate(self) -> None:
+        _flat: torch.Tensor | None = None  # this step's clipped sum, all parameters
+        _param_list: list[torch.Tensor] | None = None
+        _sizes: list[int] = []
+        _shapes: list[torch.Size] = []
+        _noise: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # buffer, its views
+
+        @property
+        def params(self) -> list[torch.Tensor]:
+            # Opacus rebuilds this list from the groups on every access (several times a
+            # step); the groups never change here, so it is built once, with each
+            # parameter's size and shape in the flat vectors.
+            if self._param_list is None:
+                self._param_list = group_params(self)
+                self._sizes = [p.numel() for p in self._param_list]
+                self._shapes = [p.shape for p in self._param_list]
+            return self._param_list
+
+        def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+            """Each parameter's part of ``flat``, shaped like it (one split, then a view
+            of the matrices only: slicing each part out costs twice as much)."""
+            return [
+                part.view(shape) if len(shape) > 1 else part
+                for part, shape in zip(flat.split_with_sizes(self._sizes), self._shapes, strict=True)
+            ]
+
+        def pre_step(self, closure=None) -> bool:
+            """Opacus's ``pre_step`` without building the per-sample list first just to
+            test it for emptiness (``clip_and_accumulate`` reads it anyway)."""
+            if not self.params:
+                return True
+            self.clip_and_accumulate()
+            if self._check_skip_next_step():
+                self._is_last_step_skipped = True
+                return False
+            self.add_noise()
+            self.scale_grad()
+            if self.step_hook:
+                self.step_hook(self)
+            self._is_last_step_skipped = False
+            return True
+
+        def zero_grad(self, set_to_none: bool = False) -> None:
+            """Opacus's ``zero_grad`` (per-sample and summed gradients always dropped);
+            with ``set_to_none`` the gradients too, without torch's profiler record."""
+            if not set_to_none:
+                super().zero_grad(set_to_none)
+                return
+            skipped = self._is_last_step_skipped
+            for p in self.params:
+                p.grad_sample = None
+                if not skipped:
+                    p.summed_grad = None
+                p.grad = None
+
+        def _rows_matrix(self) -> torch.Tensor:
+            """Every row's gradient over every parameter, ``(rows, parameters)``."""
             samples = [self._get_flat_grad_sample(p) for p in self.params]
             rows = len(samples[0])
-            flat = torch.cat(
-                [g.reshape(rows, p.numel()) for g, p in zip(samples, self.params, strict=True)],
-                dim=1,
+            return torch.cat(
+                [g.reshape(rows, n) for g, n in zip(samples, self._sizes, strict=True)], dim=1
             )
-            if rows:
+
+        def clip_and_accumulate(self) -> None:
+            flat = self._rows_matrix()
+            if len(flat):
                 factor = (self.max_grad_norm / (flat.norm(2, dim=1) + 1e-6)).clamp(max=1.0)
                 summed = factor @ flat
             else:  # an empty Poisson batch: nothing to sum, the noise still comes
                 summed = flat.new_zeros(flat.shape[1])
-            offset = 0
-            for p in self.params:
+            fresh = all(p.summed_grad is None for p in self.params)
+            self._flat = summed if fresh else None
+            for p, part in zip(self.params, self._views(summed), strict=True):
                 _check_processed_flag(p.grad_sample)
-                part = summed[offset : offset + p.numel()].view_as(p)
-                offset += p.numel()
                 p.summed_grad = part if p.summed_grad is None else p.summed_grad + part
                 _mark_as_processed(p.grad_sample)
 
+        def add_noise(self) -> None:
+            """Opacus's ``add_noise`` on the flat sum: each parameter's noise is the same
+            ``torch.normal(0, sigma * C, size=p.shape, generator=...)`` draw, in the same
+            order (so the same numbers for the same generator state), written into one flat
+            buffer; then one addition, and each ``p.grad`` a view of the result."""
+            flat = self._flat
+            if flat is None or self.secure_mode:  # accumulated steps, or Opacus's secure noise
+                super().add_noise()
+                return
+            std = self.noise_multiplier * self.max_grad_norm
+            if std > 0:  # Opacus's _generate_noise returns zeros (no draw) at std 0
+                if self._noise is None:  # one buffer for every step: its parts made once
+                    buffer = torch.empty_like(flat)
+                    self._noise = (buffer, self._views(buffer))
+                noise, parts = self._noise
+                for part in parts:
+                    torch.normal(0, std, size=part.shape, generator=self.generator, out=part)
+                flat = flat + noise
+            else:  # a new tensor, as Opacus's sum with zeros is: .grad never aliases the sum
+                flat = flat.clone()
+            for p, grad in zip(self.params, self._views(flat), strict=True):
+                _check_processed_flag(p.summed_grad)
+                p.grad = grad
+                _mark_as_processed(p.summed_grad)
+            self._flat = flat
+
         def scale_grad(self) -> None:
-            # Opacus's division, with the divisor computed once rather than per parameter.
+            # Opacus's division, with the divisor computed once rather than per parameter,
+            # on the flat gradient whose views the parameters' .grad are.
             if self.loss_reduction == "mean":
                 divisor = self.expected_batch_size * self.accumulated_iterations
-                torch._foreach_div_([p.grad for p in self.params], divisor)
+                if self._flat is not None and not self.secure_mode:
+                    self._flat.div_(divisor)
+                else:
+                    torch._foreach_div_([p.grad for p in self.params], divisor)
+            self._flat = None
 
     return FlatClipDPOptimizer(optimizer, **kwargs)
