@@ -15,11 +15,8 @@ trains the two models again. The models are self-describing safetensors files
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,7 @@ from fedhealth.ml.personalize import PERSONALIZE_MODES
 from fedhealth.ml.schema import Schema, SchemaError
 from fedhealth.ml.stats import Normalizer
 from fedhealth.ml.training import TrainConfig
-from fedhealth.ml.weights_io import save_weights, weights_from_bytes
+from fedhealth.ml.weights_io import save_weights, weights_from_bytes, write_atomic
 
 from .client import ApiClient
 from .data import LocalData
@@ -63,18 +60,7 @@ class ComparisonStore:
     def save(self, experiment: int, record: dict[str, Any]) -> None:
         """Write the record atomically (a temporary file, fsynced, then renamed), 0600."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = self.record_path(experiment)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self.record_path(experiment), json.dumps(record, indent=1, sort_keys=True).encode())
 
 
 def federated_config(raw: dict[str, Any]) -> FederatedConfig:

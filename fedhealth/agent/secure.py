@@ -34,7 +34,7 @@ from fedhealth.ml.secagg import SecAggError
 from fedhealth.ml.secagg.sitestep import protocol_range, site_step
 from fedhealth.ml.strategies.checks import update_problem
 from fedhealth.ml.types import Update, Weights
-from fedhealth.ml.weights_io import weights_from_bytes, weights_to_bytes
+from fedhealth.ml.weights_io import weights_from_bytes, weights_to_bytes, write_atomic
 
 from .client import ApiClient, ApiError
 
@@ -138,13 +138,7 @@ class SecureStore:
     def _write(self, path: Path, data: bytes) -> None:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.folder, 0o700)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # a crash leaves the old file or the new one, never half
+        write_atomic(path, data)  # 0600; a crash leaves the old file or the new one, never half
 
     def keep(
         self,

@@ -157,6 +157,15 @@ def save_weights(
     partial write. The file is created with mode 0600 (weights can leak training data).
     """
     data = weights_to_bytes(weights, metadata)
+    write_atomic(path, data)
+    return sha256_hex(data)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers (and a crash) see the old file or the new
+    one, never half: a temporary file in the same directory (mode 0600, as mkstemp makes
+    it), fsynced, then ``os.replace``-d over ``path``. The temporary file is removed on
+    any failure. The one writer of the core's and the agent's files that must not tear."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -169,7 +178,6 @@ def save_weights(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return sha256_hex(data)
 
 
 def load_weights(path: str | os.PathLike[str], expected_sha256: str | None = None) -> Weights:
