@@ -184,9 +184,9 @@ class ExperimentForm(forms.Form):
     secure_aggregation = forms.BooleanField(
         label="Secure aggregation", required=False,
         help_text="The server learns only the sum of the sites' updates, never one site's update: each "
-                  "site masks its update so that the masks cancel only in the sum. Hosted sites only for "
-                  "now; not with FedMedian or trimmed mean, which must compare each site's update. A "
-                  "malicious site can still skew the sum.",
+                  "site masks its update so that the masks cancel only in the sum. Hosted sites and agents "
+                  "alike; not with FedMedian, trimmed mean or Krum, which must compare each site's "
+                  "update. A malicious site can still skew the sum.",
     )
     secagg_threshold = forms.IntegerField(
         label="Secure-aggregation threshold", required=False, min_value=2, max_value=MAX_SITES,
