@@ -16,6 +16,21 @@ ROOT = Path(__file__).resolve().parent
 (ROOT / "var" / "staticfiles").mkdir(parents=True, exist_ok=True)
 
 
+def pytest_configure(config):
+    """A new database connection per request in this process, Django's own default.
+
+    The product keeps connections (DATABASE_CONN_MAX_AGE, 60 s). In the test process the
+    live server answers each keep-alive HTTP connection in its own thread, so an agent's
+    idle HTTP session kept that thread's PostgreSQL session open for the rest of the run:
+    the browser tests' wait for the servers' sessions to end timed out, and the test
+    database could not be dropped. The servers that real-process tests start keep the
+    product's setting. Runs after pytest-django's setup, before any connection opens.
+    """
+    from django.conf import settings
+
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """As in the workers: on a loaded 2-core machine torch's thread pool makes this small

@@ -114,7 +114,15 @@ def _wait_for_disconnects() -> None:
                            "AND pid <> pg_backend_pid()")
             return cursor.fetchone()[0] == 0
 
-    wait_until(alone, timeout=30, what="the servers' database sessions to end")
+    try:
+        wait_until(alone, timeout=30, what="the servers' database sessions to end")
+    except BaseException:
+        # Name the sessions that stayed: their last query and age say which code holds them.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid, application_name, client_port, backend_start, state, left(query, 200) "
+                           "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            print("sessions still open:", *cursor.fetchall(), sep="\n  ")
+        raise
 
 
 def _healthy(url: str) -> bool:
