@@ -121,7 +121,8 @@ def _sweep_comparisons(now: datetime, stale: datetime) -> int:
         status__in=[SiteComparison.Status.PENDING, SiteComparison.Status.RUNNING],
         updated_at__lte=stale, participant__experiment__finished_at__gte=now - EVALUATION_HORIZON,
     )
-    sent, resend = 0, {}
+    sent = 0
+    resend: dict[int, list[int]] = {}
     for pk, tries, experiment_id in quiet.values_list("pk", "attempts", "participant__experiment_id"):
         if COMPARE_SITE.exhausted(tries):
             site_comparison.fail_comparison(pk, Reason.ATTEMPTS_EXHAUSTED)

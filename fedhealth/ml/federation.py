@@ -251,15 +251,15 @@ def run_experiment(
                 denominator=site_dp.denominator, options=secure,
                 ctx=RoundContext(f"simulate-{config.seed}", r), seed=config.seed, site_rngs=rngs,
             )
-            spend = site_dp.spend(r, site_noise).to_dict()
-            spends = {u.site: spend for u in updates}
+            site_spend = site_dp.spend(r, site_noise).to_dict()
+            spends = {u.site: site_spend for u in updates}
         elif site_dp is not None:
             outcome = dp_fedavg(
                 weights, updates, clip_norm=site_dp.clip_norm, noise_multiplier=site_noise,
                 denominator=site_dp.denominator, rng=site_rng,
             )
-            spend = site_dp.spend(r, site_noise).to_dict()
-            spends = {u.site: spend for u in updates}
+            site_spend = site_dp.spend(r, site_noise).to_dict()
+            spends = {u.site: site_spend for u in updates}
         elif secure is None:
             outcome = strategy.aggregate(weights, updates)
         else:

@@ -161,7 +161,7 @@ def save_weights(
     return sha256_hex(data)
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers (and a crash) see the old file or the new
     one, never half: a temporary file in the same directory (mode 0600, as mkstemp makes
     it), fsynced, then ``os.replace``-d over ``path``. The temporary file is removed on

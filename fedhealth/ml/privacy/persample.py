@@ -105,13 +105,14 @@ def flat_clip_optimizer(optimizer: torch.optim.Optimizer, **kwargs: Any) -> DPOp
 
     class FlatClipDPOptimizer(DPOptimizer):
         _flat: torch.Tensor | None = None  # this step's clipped sum, all parameters
-        _param_list: list[torch.Tensor] | None = None
+        # Any: Opacus hangs grad_sample and summed_grad on the parameters at run time.
+        _param_list: list[Any] | None = None
         _sizes: list[int] = []
         _shapes: list[torch.Size] = []
         _noise: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # buffer, its views
 
         @property
-        def params(self) -> list[torch.Tensor]:
+        def params(self) -> list[Any]:
             # Opacus rebuilds this list from the groups on every access (several times a
             # step); the groups never change here, so it is built once, with each
             # parameter's size and shape in the flat vectors.
